@@ -1,0 +1,129 @@
+// Elementwise math written once for every backend.
+//
+// Every function here is a template over the "lane" type T, which is either a
+// scalar (float / double, host or CUDA device) or a SIMD vector (the CPU
+// kernels specialise `Ops<at::vec::Vectorized<T>>` in dense/cpu_vec_ops.h).
+// The primitive operations a formula needs (exp, tanh, max(x, 0), x > 0 ? 1 : 0)
+// come from the `Ops<T>` traits class, so the formulas themselves - the
+// activations, their derivatives and the online-softmax bookkeeping - exist
+// exactly once and the CPU tests exercise the same code the CUDA kernels run.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "common/macros.h"
+
+namespace itnet {
+
+// Primitive operations per lane type; specialised for vector types elsewhere.
+template <class T>
+struct Ops;
+
+template <>
+struct Ops<float> {
+  static ITNET_HD float exp(float x) { return ::expf(x); }
+  static ITNET_HD float tanh(float x) { return ::tanhf(x); }
+  static ITNET_HD float relu(float x) { return x > 0.f ? x : 0.f; }
+  static ITNET_HD float step(float x) { return x > 0.f ? 1.f : 0.f; }
+};
+
+template <>
+struct Ops<double> {
+  static ITNET_HD double exp(double x) { return ::exp(x); }
+  static ITNET_HD double tanh(double x) { return ::tanh(x); }
+  static ITNET_HD double relu(double x) { return x > 0.0 ? x : 0.0; }
+  static ITNET_HD double step(double x) { return x > 0.0 ? 1.0 : 0.0; }
+};
+
+// The kernel MLP's hidden activation. The integer values are part of the op
+// schema (`int activation`), keep them stable.
+enum class Activation : int { Relu = 0, Gelu = 1, Silu = 2 };
+
+// act(x) and, in the same pass, d act / dx (the backward needs both).
+// GELU is the tanh form: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi),
+// identical to torch.nn.functional.gelu(x, approximate="tanh").
+template <Activation A, class T>
+struct Act;
+
+template <class T>
+struct Act<Activation::Relu, T> {
+  static ITNET_HD T fwd(T x) { return Ops<T>::relu(x); }
+  static ITNET_HD T fwd_grad(T x, T& dydx) {
+    dydx = Ops<T>::step(x);
+    return Ops<T>::relu(x);
+  }
+};
+
+template <class T>
+struct Act<Activation::Gelu, T> {
+  static ITNET_HD T inner(T x) {
+    return T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
+  }
+  static ITNET_HD T fwd(T x) {
+    return T(0.5) * x * (T(1) + Ops<T>::tanh(inner(x)));
+  }
+  static ITNET_HD T fwd_grad(T x, T& dydx) {
+    const T th = Ops<T>::tanh(inner(x));
+    const T half_x = T(0.5) * x;
+    const T dinner = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * x * x);
+    dydx = T(0.5) * (T(1) + th) + half_x * (T(1) - th * th) * dinner;
+    return half_x * (T(1) + th);
+  }
+};
+
+template <class T>
+struct Act<Activation::Silu, T> {
+  static ITNET_HD T sigmoid(T x) { return T(1) / (T(1) + Ops<T>::exp(T(0) - x)); }
+  static ITNET_HD T fwd(T x) { return x * sigmoid(x); }
+  static ITNET_HD T fwd_grad(T x, T& dydx) {
+    const T s = sigmoid(x);
+    dydx = s * (T(1) + x * (T(1) - s));
+    return x * s;
+  }
+};
+
+// ---- online softmax (per query row, scalars) --------------------------------
+//
+// State (m, l): running max of the logits seen so far and the sum of
+// exp(logit - m). -inf / 0 is the state of a row that has seen no key of its
+// support yet; such rows must never produce NaN (exp(-inf - -inf)).
+template <class T>
+ITNET_HD T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+// Factor that rescales the old accumulators when the running max moves from
+// m_old to m_new (m_new >= m_old). 0 when nothing was accumulated yet.
+template <class T>
+ITNET_HD T softmax_rescale(T m_old, T m_new) {
+  return m_old == neg_inf<T>() ? T(0) : Ops<T>::exp(m_old - m_new);
+}
+
+// The max that exponentials of a tile are shifted by: a row whose max is
+// still -inf has only masked entries, shift by 0 so exp(-inf - 0) = 0.
+template <class T>
+ITNET_HD T softmax_shift(T m_new) {
+  return m_new == neg_inf<T>() ? T(0) : m_new;
+}
+
+// log-sum-exp of a finished row; -inf for an empty support.
+template <class T>
+ITNET_HD T softmax_lse(T m, T l) {
+  return l > T(0) ? m + ::log(l) : neg_inf<T>();
+}
+
+// 1 / l, or 0 for an empty support (the output of such a row is exactly 0).
+template <class T>
+ITNET_HD T softmax_inv_sum(T l) {
+  return l > T(0) ? T(1) / l : T(0);
+}
+
+// What the backward subtracts from a logit to get the probability:
+// an empty row (lse = -inf) uses +inf so that exp(-inf - inf) = 0.
+template <class T>
+ITNET_HD T softmax_bwd_shift(T lse) {
+  return lse == neg_inf<T>() ? std::numeric_limits<T>::infinity() : lse;
+}
+
+}  // namespace itnet

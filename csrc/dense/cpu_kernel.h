@@ -1,0 +1,46 @@
+// Interface between the ATen-level CPU entry points (cpu.cpp) and the
+// vectorized kernels (cpu_kernel.cpp, compiled once per CPU capability).
+//
+// The work is split into items: (batch, head group, tile). A head group is a
+// single head when the op has no MLP term, and all heads when it has one (the
+// pair MLP's hidden layer is shared by the heads, so it is evaluated once per
+// pair and projected to every head). Forward tiles are query tiles; backward
+// tiles are key tiles, so that key-side gradients are owned by one item and
+// need no synchronisation.
+#pragma once
+
+#include <cstdint>
+
+#include "dense/params.h"
+
+namespace itnet {
+namespace dense {
+
+constexpr int64_t kCpuBlockQ = 64;
+constexpr int64_t kCpuBlockK = 64;
+
+inline int64_t cpu_head_groups(const FwdParams& p) { return p.W2 ? 1 : p.H; }
+inline int64_t cpu_fwd_items(const FwdParams& p) {
+  return p.B * cpu_head_groups(p) * ((p.N + kCpuBlockQ - 1) / kCpuBlockQ);
+}
+inline int64_t cpu_bwd_items(const FwdParams& p) {
+  return p.B * cpu_head_groups(p) * ((p.M + kCpuBlockK - 1) / kCpuBlockK);
+}
+
+// Runs items [begin, end). `tid` selects the per-thread gradient buffers.
+using FwdRangeFn = void (*)(const FwdParams&, int64_t begin, int64_t end);
+using BwdRangeFn = void (*)(const BwdParams&, int64_t begin, int64_t end, int64_t tid);
+
+struct CpuKernelTable {
+  FwdRangeFn fwd_f32;
+  FwdRangeFn fwd_f64;
+  BwdRangeFn bwd_f32;
+  BwdRangeFn bwd_f64;
+};
+
+namespace DEFAULT { const CpuKernelTable& kernel_table(); }
+namespace AVX2 { const CpuKernelTable& kernel_table(); }
+namespace AVX512 { const CpuKernelTable& kernel_table(); }
+
+}  // namespace dense
+}  // namespace itnet

@@ -1,0 +1,266 @@
+#include "dense/prepare.h"
+
+#include <cmath>
+#include <limits>
+
+#include "common/math.h"
+
+namespace itnet {
+namespace dense {
+namespace {
+
+std::string shape_str(const at::Tensor& x) { return c10::str(x.sizes()); }
+
+void check_same(const at::Tensor& x, const at::Tensor& v, const char* name) {
+  TORCH_CHECK(x.device() == v.device(), name, ": expected a tensor on ", v.device(),
+              " (the device of v), got ", x.device());
+  TORCH_CHECK(x.scalar_type() == v.scalar_type(), name, ": expected dtype ", v.scalar_type(),
+              " (the dtype of v), got ", x.scalar_type());
+}
+
+// (B or 1, n, last) -> contiguous (B, n, last)
+at::Tensor batch_expand(const at::Tensor& x, int64_t B, const char* name) {
+  TORCH_CHECK(x.size(0) == B || x.size(0) == 1, name, ": expected batch size ", B,
+              " or 1, got shape ", shape_str(x));
+  return x.expand({B, x.size(1), x.size(2)}).contiguous();
+}
+
+at::Tensor prepare_positions(const c10::optional<at::Tensor>& pos, int64_t B, int64_t n,
+                             int64_t D, const at::Tensor& v, const char* name) {
+  at::Tensor p;
+  if (pos.has_value()) {
+    p = *pos;
+    TORCH_CHECK(p.dim() == 3 && (p.size(0) == B || p.size(0) == 1) && p.size(1) == n &&
+                    p.size(2) == D,
+                name, ": expected shape (", B, " or 1, ", n, ", ", D, "), got ", shape_str(p));
+    TORCH_CHECK(at::isFloatingType(p.scalar_type()), name,
+                ": expected a floating-point tensor, got ", p.scalar_type());
+    TORCH_CHECK(p.device() == v.device(), name, ": expected a tensor on ", v.device(), ", got ",
+                p.device());
+    p = p.to(at::kDouble).contiguous();
+    TORCH_CHECK(!p.isnan().any().item<bool>(), name, ": contains NaN");
+  } else {
+    TORCH_CHECK(D == 1, name, ": required for a window of ", D,
+                " position dims (the default is the integer index, 1 dim)");
+    p = at::arange(n, v.options().dtype(at::kDouble)).view({1, n, 1});
+  }
+  return p;
+}
+
+}  // namespace
+
+at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& like) {
+  at::Tensor g = grad;
+  for (int64_t d = 0; d < like.dim(); ++d)
+    if (like.size(d) == 1 && g.size(d) != 1) g = g.sum(d, /*keepdim=*/true);
+  return g.reshape(like.sizes());
+}
+
+Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
+                 const at::Tensor& v, const c10::optional<at::Tensor>& u,
+                 const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
+                 const c10::optional<at::Tensor>& b2,
+                 const c10::optional<at::Tensor>& offset_table,
+                 const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
+                 const c10::optional<at::Tensor>& key_weight,
+                 const c10::optional<at::Tensor>& key_padding_mask,
+                 const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
+                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
+                 bool causal, bool transpose_for_cpu, bool backward) {
+  Prepared pr;
+  FwdParams& p = pr.params;
+  auto keep = [&](at::Tensor x) {
+    pr.keep_alive.push_back(x);
+    return x.data_ptr();
+  };
+
+  TORCH_CHECK(v.dim() == 4, "v: expected a 4-D tensor (B, H, M, Dv), got shape ", shape_str(v));
+  TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble ||
+                  v.device().is_cuda(),
+              "v: expected dtype float32 or float64 on CPU, got ", v.scalar_type());
+  p.B = v.size(0);
+  p.H = v.size(1);
+  p.M = v.size(2);
+  p.Dv = v.size(3);
+  p.v = keep(v.contiguous());
+  if (backward && transpose_for_cpu) p.vT = keep(v.transpose(-1, -2).contiguous());
+
+  TORCH_CHECK(q.has_value() == k.has_value(), "q, k: give both (content term) or neither");
+  p.N = -1;
+  if (q.has_value()) {
+    check_same(*q, v, "q");
+    check_same(*k, v, "k");
+    TORCH_CHECK(q->dim() == 4 && q->size(0) == p.B && q->size(1) == p.H,
+                "q: expected shape (", p.B, ", ", p.H, ", N, Dk), got ", shape_str(*q));
+    TORCH_CHECK(k->dim() == 4 && k->size(0) == p.B && k->size(1) == p.H && k->size(2) == p.M &&
+                    k->size(3) == q->size(3),
+                "k: expected shape (", p.B, ", ", p.H, ", ", p.M, ", ", q->size(3), "), got ",
+                shape_str(*k));
+    p.N = q->size(2);
+    p.Dk = q->size(3);
+    p.q = keep(q->contiguous());
+    p.k = keep(k->contiguous());
+    if (transpose_for_cpu) p.kT = keep(k->transpose(-1, -2).contiguous());
+    p.scale = scale;
+  }
+
+  if (W2.has_value()) {
+    check_same(*W2, v, "W2");
+    TORCH_CHECK(W2->dim() == 2 && W2->size(0) == p.H, "W2: expected shape (", p.H,
+                ", R), got ", shape_str(*W2));
+    p.R = W2->size(1);
+    p.W2 = keep(W2->contiguous());
+    TORCH_CHECK(activation >= 0 && activation <= 2,
+                "activation: expected 0 (relu), 1 (gelu) or 2 (silu), got ", activation);
+    p.activation = static_cast<int>(activation);
+    if (b2.has_value()) {
+      check_same(*b2, v, "b2");
+      TORCH_CHECK(b2->dim() == 1 && b2->size(0) == p.H, "b2: expected shape (", p.H,
+                  "), got ", shape_str(*b2));
+      p.b2 = keep(b2->contiguous());
+    }
+    if (u.has_value()) {
+      check_same(*u, v, "u");
+      TORCH_CHECK(u->dim() == 3 && u->size(2) == p.R && (p.N < 0 || u->size(1) == p.N),
+                  "u: expected shape (B or 1, N, ", p.R, "), got ", shape_str(*u));
+      if (p.N < 0) p.N = u->size(1);
+      p.u = keep(batch_expand(*u, p.B, "u"));
+    }
+    if (t.has_value()) {
+      check_same(*t, v, "t");
+      TORCH_CHECK(t->dim() == 3 && t->size(1) == p.M && t->size(2) == p.R,
+                  "t: expected shape (B or 1, ", p.M, ", ", p.R, "), got ", shape_str(*t));
+      // the kernels vectorize over keys: (B, R, M)
+      p.tT = keep(batch_expand(*t, p.B, "t").transpose(1, 2).contiguous());
+    }
+  } else {
+    TORCH_CHECK(!u.has_value() && !t.has_value() && !b2.has_value() && !offset_table.has_value(),
+                "u, t, b2, offset_table: the MLP term needs W2");
+    TORCH_CHECK(q.has_value(), "q, k, W2: no logit term enabled (give q and k, or W2)");
+  }
+  if (p.N < 0) {
+    TORCH_CHECK(q_pos.has_value(), "q_pos: needed to know N when neither q nor u is given");
+    p.N = q_pos->size(1);
+  }
+
+  // window and positions
+  TORCH_CHECK(window_lo.size() == window_hi.size(), "window: lo and hi must have the same length");
+  TORCH_CHECK(window_lo.size() <= static_cast<size_t>(kMaxPosDim), "window: at most ",
+              kMaxPosDim, " position dims, got ", window_lo.size());
+  const int64_t D = static_cast<int64_t>(window_lo.size());
+  p.window.dims = static_cast<int>(D);
+  for (int64_t d = 0; d < D; ++d) {
+    TORCH_CHECK(window_lo[d] <= window_hi[d], "window: expected lo <= hi in dim ", d, ", got (",
+                window_lo[d], ", ", window_hi[d], ")");
+    p.window.lo[d] = window_lo[d];
+    p.window.hi[d] = window_hi[d];
+  }
+  if (D > 0) {
+    at::Tensor qp = prepare_positions(q_pos, p.B, p.N, D, v, "q_pos");
+    at::Tensor kp = prepare_positions(k_pos, p.B, p.M, D, v, "k_pos");
+    p.qpos_bstride = qp.size(0) == 1 ? 0 : p.N * D;
+    p.kpos_bstride = kp.size(0) == 1 ? 0 : p.M * D;
+    p.qpos = static_cast<const double*>(keep(qp));
+    p.kpos = static_cast<const double*>(keep(kp));
+    if (offset_table.has_value()) {
+      int64_t volume = 1;
+      for (int64_t d = D - 1; d >= 0; --d) {
+        TORCH_CHECK(window_lo[d] == std::floor(window_lo[d]) &&
+                        window_hi[d] == std::floor(window_hi[d]),
+                    "offset_table: needs a window with integer bounds, got (", window_lo[d], ", ",
+                    window_hi[d], ") in dim ", d);
+        p.window.stride[d] = volume;
+        volume *= static_cast<int64_t>(window_hi[d] - window_lo[d]) + 1;
+      }
+      TORCH_CHECK((qp == qp.round()).all().item<bool>() && (kp == kp.round()).all().item<bool>(),
+                  "q_pos, k_pos: offset_table needs integer-valued positions");
+    }
+  } else {
+    TORCH_CHECK(!offset_table.has_value(),
+                "offset_table: needs a window (the table is indexed by the offset inside it)");
+  }
+  if (offset_table.has_value()) {
+    const at::Tensor& E = *offset_table;
+    check_same(E, v, "offset_table");
+    int64_t volume = 1;
+    for (int64_t d = 0; d < D; ++d) volume *= static_cast<int64_t>(window_hi[d] - window_lo[d]) + 1;
+    TORCH_CHECK(E.dim() == 2 && E.size(1) == p.R && E.size(0) >= volume,
+                "offset_table: expected shape (O >= ", volume, " = window volume, ", p.R,
+                "), got ", shape_str(E));
+    p.O = E.size(0);
+    p.E = keep(E.contiguous());
+  }
+
+  // per-key bias (padding, log weights) and scale (`none` mode weights)
+  const auto opts = v.options();
+  at::Tensor key_bias;
+  if (key_weight.has_value()) {
+    const at::Tensor& w = *key_weight;
+    check_same(w, v, "key_weight");
+    TORCH_CHECK(w.dim() == 2 && (w.size(0) == p.B || w.size(0) == 1) && w.size(1) == p.M,
+                "key_weight: expected shape (", p.B, " or 1, ", p.M, "), got ", shape_str(w));
+    TORCH_CHECK((w > 0).all().item<bool>(), "key_weight: expected positive weights");
+    at::Tensor we = w.expand({p.B, p.M}).contiguous();
+    if (softmax) {
+      key_bias = we.log();
+    } else {
+      p.key_scale = keep(we);
+    }
+  }
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& kpm = *key_padding_mask;
+    TORCH_CHECK(kpm.scalar_type() == at::kBool, "key_padding_mask: expected dtype bool, got ",
+                kpm.scalar_type());
+    TORCH_CHECK(kpm.dim() == 2 && kpm.size(0) == p.B && kpm.size(1) == p.M,
+                "key_padding_mask: expected shape (", p.B, ", ", p.M, "), got ", shape_str(kpm));
+    TORCH_CHECK(kpm.device() == v.device(), "key_padding_mask: expected a tensor on ", v.device());
+    at::Tensor pad = at::zeros({p.B, p.M}, opts).masked_fill(kpm, neg_inf<double>());
+    key_bias = key_bias.defined() ? key_bias + pad : pad;
+  }
+  if (key_bias.defined()) p.key_bias = keep(key_bias.contiguous());
+
+  if (attn_mask.has_value()) {
+    at::Tensor am = *attn_mask;
+    TORCH_CHECK(am.device() == v.device(), "attn_mask: expected a tensor on ", v.device());
+    TORCH_CHECK(am.dim() <= 4, "attn_mask: expected at most 4 dims (broadcastable to (B, H, N, M)), got ",
+                shape_str(am));
+    if (am.scalar_type() == at::kBool) {
+      am = at::zeros(am.sizes(), opts).masked_fill(am.logical_not(), neg_inf<double>());
+    } else {
+      TORCH_CHECK(at::isFloatingType(am.scalar_type()),
+                  "attn_mask: expected a bool or floating-point tensor, got ", am.scalar_type());
+      am = am.to(opts.dtype());
+    }
+    std::vector<int64_t> full = {p.B, p.H, p.N, p.M};
+    at::Tensor ex;
+    try {
+      ex = am.expand(full);
+    } catch (const c10::Error&) {
+      TORCH_CHECK(false, "attn_mask: shape ", shape_str(*attn_mask),
+                  " is not broadcastable to (B, H, N, M) = (", p.B, ", ", p.H, ", ", p.N, ", ",
+                  p.M, ")");
+    }
+    for (int d = 0; d < 4; ++d) p.mask_stride[d] = ex.stride(d);
+    p.mask = keep(ex);
+  }
+
+  p.softmax = softmax;
+  p.causal = causal;
+  return pr;
+}
+
+void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
+                       const FwdParams& p, bool softmax) {
+  const std::vector<int64_t> shape = {p.B, p.H, p.N, p.Dv};
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(shape), "grad_out: expected shape ",
+              at::IntArrayRef(shape), ", got ", grad_out.sizes());
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(shape), "out: expected shape ",
+              at::IntArrayRef(shape), ", got ", out.sizes());
+  if (softmax) {
+    TORCH_CHECK(lse.dim() == 3 && lse.size(0) == p.B && lse.size(1) == p.H && lse.size(2) == p.N,
+                "lse: expected shape (", p.B, ", ", p.H, ", ", p.N, "), got ", lse.sizes());
+  }
+}
+
+}  // namespace dense
+}  // namespace itnet

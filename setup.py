@@ -1,0 +1,161 @@
+"""Build of itnet_ext._C: CPU kernels always, CUDA kernels when possible.
+
+CUDA is built when torch is a CUDA build and nvcc is found; ITNET_FORCE_CUDA=1
+forces it (e.g. on a machine without a GPU, to check that the sources compile
+and link), ITNET_FORCE_CUDA=0 turns it off.
+
+The vectorized CPU kernel (csrc/dense/cpu_kernel.cpp) is compiled three
+times, for the DEFAULT, AVX2 and AVX512 capabilities, each with its own -m
+flags; the library picks one at run time (see csrc/dense/cpu.cpp), so a
+wheel built here runs on any x86-64.
+"""
+import glob
+import os
+import platform
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")
+
+# Sources compiled once per CPU capability, with these defines / flags.
+MULTI_ARCH_SOURCES = ["csrc/dense/cpu_kernel.cpp"]
+CPU_CAPABILITIES = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mbmi2", "-mf16c"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+               "-mavx2", "-mfma", "-mbmi2", "-mf16c"],
+}
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def want_cuda():
+    force = os.environ.get("ITNET_FORCE_CUDA")
+    if force == "0":
+        return False
+    has_nvcc = cpp_extension.CUDA_HOME is not None
+    if force == "1":
+        if torch.version.cuda is None:
+            sys.exit("ITNET_FORCE_CUDA=1 but this torch is a CPU build")
+        if not has_nvcc:
+            sys.exit("ITNET_FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        return True
+    return torch.version.cuda is not None and has_nvcc
+
+
+def cuda_include_dirs():
+    # CUDA builds of torch from PyPI ship the CUDA headers torch's own headers
+    # include (cusparse.h, ...) inside the nvidia wheels, not with nvcc.
+    dirs = []
+    for sp in sys.path:
+        for sub in ("cu13", "cu12"):
+            d = os.path.join(sp, "nvidia", sub, "include")
+            if os.path.isdir(d):
+                dirs.append(d)
+        dirs += glob.glob(os.path.join(sp, "nvidia", "*", "include"))
+    return sorted(set(dirs))
+
+
+class Build(cpp_extension.BuildExtension):
+    """BuildExtension plus the per-capability objects of MULTI_ARCH_SOURCES."""
+
+    def build_extensions(self):
+        # Python's own CFLAGS carry -g, which doubles C++ compile times.
+        if os.environ.get("ITNET_DEBUG") != "1":
+            for attr in ("compiler_so", "compiler_cxx", "linker_so"):
+                cmd = getattr(self.compiler, attr, None)
+                if isinstance(cmd, list):
+                    setattr(self.compiler, attr, [f for f in cmd if f not in ("-g", "-g3")])
+        super().build_extensions()
+
+    def build_extension(self, ext):
+        ext.extra_objects = list(ext.extra_objects or []) + self._multi_arch_objects(ext)
+        super().build_extension(ext)
+
+    def _multi_arch_objects(self, ext):
+        args = ext.extra_compile_args
+        cflags = list(args.get("cxx", []) if isinstance(args, dict) else args)
+        # the language standard and ABI defines BuildExtension added for this torch
+        std = [f for f in cflags if f.startswith("-std=")] or ["-std=c++17"]
+        std += [f for f in cflags if f.startswith("-D")]
+        inc = [f"-I{d}" for d in ext.include_dirs]
+        macros = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
+        cxx = os.environ.get("CXX", "c++")
+        caps = CPU_CAPABILITIES if IS_X86 else {"DEFAULT": []}
+        out_dir = os.path.join(self.build_temp, "multi_arch")
+        os.makedirs(out_dir, exist_ok=True)
+        deps = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)
+        jobs = []
+        for src in MULTI_ARCH_SOURCES:
+            for cap, mflags in caps.items():
+                obj = os.path.join(out_dir, f"{os.path.basename(src)}.{cap}.o")
+                newest = max(os.path.getmtime(p) for p in deps + [os.path.join(ROOT, src)])
+                cmd = [cxx, "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC", "-O3", *std,
+                       *inc, *macros, f"-DCPU_CAPABILITY={cap}",
+                       f"-DCPU_CAPABILITY_{cap}", *mflags]
+                stale = not os.path.exists(obj) or os.path.getmtime(obj) < newest
+                jobs.append((obj, cmd, stale))
+
+        def run(job):
+            obj, cmd, stale = job
+            if stale:
+                print(" ".join(cmd), flush=True)
+                subprocess.check_call(cmd)
+            return obj
+
+        workers = max(1, int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(run, jobs))
+
+
+def extension():
+    cpu_sources = rel(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
+    cpu_sources = [s for s in cpu_sources if s not in MULTI_ARCH_SOURCES
+                   and not s.endswith("_cuda.cpp")]
+    cuda_sources = rel(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
+    cuda_sources += rel(glob.glob(os.path.join(CSRC, "**", "*_cuda.cpp"), recursive=True))
+    debug = os.environ.get("ITNET_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-fvisibility-inlines-hidden"]
+    kwargs = dict(include_dirs=[CSRC])
+    if want_cuda():
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not _gpu_visible():
+            # torch's arch detection needs a GPU; default to Ampere + Hopper
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        kwargs["include_dirs"] += cuda_include_dirs()
+        return cpp_extension.CUDAExtension(
+            "itnet_ext._C", cpu_sources + cuda_sources,
+            define_macros=[("ITNET_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]
+                                if not debug else ["-O0", "-g", "-G"]},
+            **kwargs)
+    return cpp_extension.CppExtension(
+        "itnet_ext._C", cpu_sources, extra_compile_args={"cxx": cxx}, **kwargs)
+
+
+def _gpu_visible():
+    try:
+        return torch.cuda.is_available() and torch.cuda.device_count() > 0
+    except Exception:  # a CUDA build on a machine without a driver
+        return False
+
+
+setup(
+    name="itnet_ext",
+    version="0.1.0",
+    description="ITNet's learnable integral transform as a fused PyTorch operator",
+    packages=find_packages(include=["itnet_ext", "itnet_ext.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": Build.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+)
