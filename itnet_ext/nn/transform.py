@@ -1,0 +1,616 @@
+"""The general ITNet layer: :class:`IntegralTransform`.
+
+One layer computes, per query point ``i`` and head ``h``::
+
+    y_i^h = sum_{j in S(i)} a_h(i, j) v_j^h
+
+with the logit ``l_h(i, j)`` the sum of the enabled terms
+
+    content term   s * <q_i^h, k_j^h>
+    MLP term       sum_r W2[h, r] act(u_{i,r} + t_{j,r} + E[o(i, j), r]) + b2[h]
+
+``u_i = A [f_i; p_i] + b1`` and ``t_j = B [f_j; p_j]`` are the first layer of
+the pair MLP split by linearity (see ``shared/DESIGN.md`` section 1). The
+projections live here; the per-pair work is done by
+:func:`itnet_ext.functional.integral_transform` (looked up at call time, so the
+reference / fused backends are interchangeable).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as TF
+
+from .. import functional as _functional
+
+__all__ = ["IntegralTransform"]
+
+_ACTIVATIONS = ("relu", "gelu", "silu")
+_NORMALIZATIONS = ("softmax", "none")
+
+
+# --------------------------------------------------------------------------------------
+# helpers shared with convert.py
+# --------------------------------------------------------------------------------------
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _normalize_window(window, pos_dim: int) -> Optional[Tuple[Tuple[float, float], ...]]:
+    """Normalize ``window`` to a tuple of ``pos_dim`` pairs ``(lo, hi)``.
+
+    Accepted: ``None``; a number ``w`` (``(-w, w)`` in every dim); one pair
+    ``(lo, hi)`` (used for every dim); a sequence of ``pos_dim`` pairs.
+    Integer-valued float bounds are turned into ints.
+    """
+    if window is None:
+        return None
+    if _is_number(window):
+        if window < 0:
+            raise ValueError(f"window: a number w means (-w, w) and must be >= 0, got {window}")
+        pairs = [(-window, window)] * pos_dim
+    else:
+        try:
+            seq = list(window)
+        except TypeError:
+            raise ValueError(
+                f"window must be None, a number, a pair (lo, hi) or a sequence of pos_dim={pos_dim} "
+                f"pairs, got {window!r}"
+            ) from None
+        if len(seq) == 2 and all(_is_number(x) for x in seq):
+            pairs = [tuple(seq)] * pos_dim
+        else:
+            pairs = []
+            for p in seq:
+                try:
+                    p = tuple(p)
+                except TypeError:
+                    raise ValueError(
+                        f"window must be a pair (lo, hi) or a sequence of pos_dim={pos_dim} pairs, "
+                        f"got {window!r}"
+                    ) from None
+                if len(p) != 2 or not all(_is_number(x) for x in p):
+                    raise ValueError(f"window: every entry must be a pair of numbers (lo, hi), got {p!r}")
+                pairs.append(p)
+            if len(pairs) != pos_dim:
+                raise ValueError(
+                    f"window has {len(pairs)} (lo, hi) pairs but pos_dim is {pos_dim}"
+                )
+    out = []
+    for lo, hi in pairs:
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise ValueError(f"window: each pair needs lo <= hi, got ({lo}, {hi})")
+        lo = int(lo) if float(lo).is_integer() else float(lo)
+        hi = int(hi) if float(hi).is_integer() else float(hi)
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def _window_volume(window) -> int:
+    vol = 1
+    for lo, hi in window:
+        vol *= int(hi) - int(lo) + 1
+    return vol
+
+
+def _convert_masks(
+    key_padding_mask: Optional[Tensor],
+    attn_mask: Optional[Tensor],
+    *,
+    batch: int,
+    num_heads: int,
+    tgt_len: int,
+    src_len: int,
+    is_batched: bool,
+    dtype: torch.dtype,
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Turn nn.MultiheadAttention-convention masks into the functional's convention.
+
+    MHA: ``key_padding_mask`` (B, M) bool True = ignore, or float additive;
+    ``attn_mask`` (N, M) or (B*H, N, M), bool True = NOT allowed, or float additive.
+    Functional: ``key_padding_mask`` bool (B, M) True = ignore; ``attn_mask`` bool
+    True = takes part, or float additive, broadcastable to (B, H, N, M).
+    """
+    kpm_out = None
+    kpm_add = None  # float key padding mask, folded into the additive attn mask
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, Tensor):
+            raise ValueError("key_padding_mask must be a tensor")
+        want = (batch, src_len) if is_batched else (src_len,)
+        if tuple(key_padding_mask.shape) != want:
+            raise ValueError(
+                f"key_padding_mask must have shape {want} (batch, source length), "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
+        kpm = key_padding_mask.reshape(batch, src_len)
+        if kpm.dtype == torch.bool:
+            kpm_out = kpm
+        elif kpm.is_floating_point():
+            kpm_add = kpm.to(dtype).view(batch, 1, 1, src_len)
+        else:
+            raise ValueError(
+                f"key_padding_mask must be bool (True = ignore) or floating (additive), got {kpm.dtype}"
+            )
+
+    am_out = None
+    if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise ValueError("attn_mask must be a tensor")
+        if attn_mask.dim() == 2:
+            if tuple(attn_mask.shape) != (tgt_len, src_len):
+                raise ValueError(
+                    f"2-D attn_mask must have shape (target length, source length) = "
+                    f"{(tgt_len, src_len)}, got {tuple(attn_mask.shape)}"
+                )
+            am = attn_mask
+        elif attn_mask.dim() == 3:
+            want = (batch * num_heads, tgt_len, src_len)
+            if tuple(attn_mask.shape) != want:
+                raise ValueError(
+                    f"3-D attn_mask must have shape (batch * num_heads, target length, source length) = "
+                    f"{want}, got {tuple(attn_mask.shape)}"
+                )
+            am = attn_mask.reshape(batch, num_heads, tgt_len, src_len)
+        else:
+            raise ValueError(f"attn_mask must be 2-D or 3-D, got a {attn_mask.dim()}-D tensor")
+        if am.dtype == torch.bool:
+            if kpm_add is None:
+                am_out = ~am  # functional convention: True = takes part
+            else:
+                am_out = torch.zeros(am.shape, dtype=dtype, device=am.device).masked_fill_(am, float("-inf"))
+        elif am.is_floating_point():
+            am_out = am.to(dtype)
+        else:
+            raise ValueError(
+                f"attn_mask must be bool (True = not allowed) or floating (additive), got {am.dtype}"
+            )
+    if kpm_add is not None:
+        am_out = kpm_add if am_out is None else am_out + kpm_add
+    return kpm_out, am_out
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------
+# the layer
+# --------------------------------------------------------------------------------------
+class IntegralTransform(nn.Module):
+    r"""ITNet learnable integral transform, a drop-in generalization of ``nn.MultiheadAttention``.
+
+    Args:
+        embed_dim: total model dimension ``E`` (query features, output features).
+        num_heads: number of heads ``H``; must divide ``embed_dim``.
+        kernel_hidden: hidden width ``R`` of the pair MLP; ``0`` turns the MLP term off.
+        content: enable the content term ``<q_i, k_j> / sqrt(Dh)`` (q/k projections).
+        activation: pair-MLP activation, ``"relu"``, ``"gelu"`` (tanh form) or ``"silu"``.
+        normalize: ``"softmax"`` or ``"none"`` (a linear integral operator, ``a = l``).
+        causal: always drop pairs with ``j > i`` (index based, top-left aligned).
+        window: compact support over the positions: ``None``; a number ``w`` (offsets
+            ``p_j - p_i`` in ``[-w, w]`` per dim); a pair ``(lo, hi)`` for every dim; or
+            ``pos_dim`` pairs.
+        pos_dim: number of position dims ``D``.
+        offset_embedding: learned table ``E`` (window volume x R) indexed by the integer
+            offset ``p_j - p_i`` (needs an integer ``window`` and ``kernel_hidden > 0``).
+        relative_positions: tie position columns ``B_p = -A_p`` so the MLP sees ``p_i - p_j``.
+        bias: biases of the q/k/v and output projections (as in ``nn.MultiheadAttention``).
+        kdim, vdim: key / value feature sizes (default ``embed_dim``).
+        batch_first: ``(B, N, E)`` inputs/outputs instead of ``(N, B, E)``.
+
+    Parameters (names as in ``nn.MultiheadAttention`` so state dicts are exchangeable):
+    ``in_proj_weight`` / ``in_proj_bias`` (or ``q_proj_weight``, ``k_proj_weight``,
+    ``v_proj_weight`` when kdim/vdim differ from embed_dim), ``out_proj``. With
+    ``content=False`` only the value projection ``v_proj_weight`` / ``v_proj_bias``.
+    Pair MLP: ``kernel_A`` (R x (E + D)), ``kernel_b1`` (R), ``kernel_B`` (R x (kdim + D), or
+    R x kdim with ``relative_positions``), ``kernel_W2`` (H x R), ``kernel_b2`` (H),
+    ``offset_table`` (window volume x R).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        kernel_hidden: int = 0,
+        content: bool = True,
+        activation: str = "gelu",
+        normalize: str = "softmax",
+        causal: bool = False,
+        window=None,
+        pos_dim: int = 1,
+        offset_embedding: bool = False,
+        relative_positions: bool = False,
+        bias: bool = True,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+
+        def _pos_int(name, x, allow_zero=False):
+            if not isinstance(x, int) or isinstance(x, bool) or x < (0 if allow_zero else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {x!r}")
+
+        _pos_int("embed_dim", embed_dim)
+        _pos_int("num_heads", num_heads)
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        _pos_int("kernel_hidden", kernel_hidden, allow_zero=True)
+        _pos_int("pos_dim", pos_dim)
+        kdim = embed_dim if kdim is None else kdim
+        vdim = embed_dim if vdim is None else vdim
+        _pos_int("kdim", kdim)
+        _pos_int("vdim", vdim)
+        _check_choice("activation", activation, _ACTIVATIONS)
+        _check_choice("normalize", normalize, _NORMALIZATIONS)
+        if not content and kernel_hidden == 0:
+            raise ValueError(
+                "at least one logit term is needed: content=True and/or kernel_hidden > 0"
+            )
+        window = _normalize_window(window, pos_dim)
+        if offset_embedding:
+            if kernel_hidden == 0:
+                raise ValueError("offset_embedding=True needs the MLP term (kernel_hidden > 0)")
+            if window is None:
+                raise ValueError("offset_embedding=True requires a window (the table covers the window box)")
+            if not all(isinstance(lo, int) and isinstance(hi, int) for lo, hi in window):
+                raise ValueError(f"offset_embedding=True requires integer window bounds, got {window}")
+        if relative_positions and kernel_hidden == 0:
+            raise ValueError("relative_positions=True needs the MLP term (kernel_hidden > 0)")
+
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.kernel_hidden = kernel_hidden
+        self.content = bool(content)
+        self.activation = activation
+        self.normalize = normalize
+        self.causal = bool(causal)
+        self.window = window
+        self.pos_dim = pos_dim
+        self.offset_embedding = bool(offset_embedding)
+        self.relative_positions = bool(relative_positions)
+        self.kdim = kdim
+        self.vdim = vdim
+        self.batch_first = batch_first
+        self._qkv_same_embed_dim = kdim == embed_dim and vdim == embed_dim
+
+        E = embed_dim
+        # --- q/k/v projections (nn.MultiheadAttention layout) ---
+        if self.content:
+            if self._qkv_same_embed_dim:
+                self.in_proj_weight = nn.Parameter(torch.empty((3 * E, E), **factory_kwargs))
+                self.register_parameter("q_proj_weight", None)
+                self.register_parameter("k_proj_weight", None)
+                self.register_parameter("v_proj_weight", None)
+            else:
+                self.q_proj_weight = nn.Parameter(torch.empty((E, E), **factory_kwargs))
+                self.k_proj_weight = nn.Parameter(torch.empty((E, kdim), **factory_kwargs))
+                self.v_proj_weight = nn.Parameter(torch.empty((E, vdim), **factory_kwargs))
+                self.register_parameter("in_proj_weight", None)
+            if bias:
+                self.in_proj_bias = nn.Parameter(torch.empty(3 * E, **factory_kwargs))
+            else:
+                self.register_parameter("in_proj_bias", None)
+            self.register_parameter("v_proj_bias", None)
+        else:
+            self.register_parameter("in_proj_weight", None)
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("in_proj_bias", None)
+            self.v_proj_weight = nn.Parameter(torch.empty((E, vdim), **factory_kwargs))
+            if bias:
+                self.v_proj_bias = nn.Parameter(torch.empty(E, **factory_kwargs))
+            else:
+                self.register_parameter("v_proj_bias", None)
+        self.out_proj = nn.Linear(E, E, bias=bias, **factory_kwargs)
+
+        # --- pair MLP ---
+        R = kernel_hidden
+        D = pos_dim
+        if R > 0:
+            self.kernel_A = nn.Parameter(torch.empty((R, E + D), **factory_kwargs))
+            self.kernel_b1 = nn.Parameter(torch.empty(R, **factory_kwargs))
+            kb_cols = kdim if self.relative_positions else kdim + D
+            self.kernel_B = nn.Parameter(torch.empty((R, kb_cols), **factory_kwargs))
+            self.kernel_W2 = nn.Parameter(torch.empty((num_heads, R), **factory_kwargs))
+            self.kernel_b2 = nn.Parameter(torch.empty(num_heads, **factory_kwargs))
+        else:
+            for name in ("kernel_A", "kernel_b1", "kernel_B", "kernel_W2", "kernel_b2"):
+                self.register_parameter(name, None)
+        if self.offset_embedding:
+            self.offset_table = nn.Parameter(torch.empty((_window_volume(window), R), **factory_kwargs))
+        else:
+            self.register_parameter("offset_table", None)
+
+        self._reset_parameters()
+
+    # ----------------------------------------------------------------------------------
+    def _reset_parameters(self) -> None:
+        for w in (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+            if w is not None:
+                nn.init.xavier_uniform_(w)
+        for b in (self.in_proj_bias, self.v_proj_bias):
+            if b is not None:
+                nn.init.zeros_(b)
+        self.out_proj.reset_parameters()
+        if self.out_proj.bias is not None:
+            nn.init.zeros_(self.out_proj.bias)
+        if self.kernel_hidden > 0:
+            bound_a = 1.0 / math.sqrt(self.kernel_A.shape[1])
+            nn.init.uniform_(self.kernel_A, -bound_a, bound_a)
+            nn.init.uniform_(self.kernel_b1, -bound_a, bound_a)
+            bound_b = 1.0 / math.sqrt(self.kdim + self.pos_dim)
+            nn.init.uniform_(self.kernel_B, -bound_b, bound_b)
+            bound_w = 1.0 / math.sqrt(self.kernel_hidden)
+            nn.init.uniform_(self.kernel_W2, -bound_w, bound_w)
+            nn.init.zeros_(self.kernel_b2)
+        if self.offset_table is not None:
+            nn.init.normal_(self.offset_table, std=0.02)
+
+    reset_parameters = _reset_parameters
+
+    def extra_repr(self) -> str:
+        s = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+        if self.kernel_hidden:
+            s += f", kernel_hidden={self.kernel_hidden}, activation={self.activation!r}"
+        s += f", content={self.content}, normalize={self.normalize!r}"
+        if self.causal:
+            s += ", causal=True"
+        if self.window is not None:
+            s += f", window={self.window}"
+        if self.pos_dim != 1:
+            s += f", pos_dim={self.pos_dim}"
+        if self.offset_embedding:
+            s += ", offset_embedding=True"
+        if self.relative_positions:
+            s += ", relative_positions=True"
+        if not self._qkv_same_embed_dim:
+            s += f", kdim={self.kdim}, vdim={self.vdim}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s
+
+    # ----------------------------------------------------------------------------------
+    # converters (implemented in convert.py)
+    # ----------------------------------------------------------------------------------
+    @staticmethod
+    def from_multihead_attention(mha: nn.MultiheadAttention):
+        """An :class:`IntegralMultiheadAttention` reproducing ``mha`` exactly (same call convention)."""
+        from .convert import from_multihead_attention
+
+        return from_multihead_attention(mha)
+
+    @staticmethod
+    def from_conv1d(conv: nn.Conv1d):
+        """An :class:`IntegralConv1d` reproducing ``conv`` exactly (same call convention)."""
+        from .convert import from_conv1d
+
+        return from_conv1d(conv)
+
+    @staticmethod
+    def from_conv2d(conv: nn.Conv2d):
+        """An :class:`IntegralConv2d` reproducing ``conv`` exactly (same call convention)."""
+        from .convert import from_conv2d
+
+        return from_conv2d(conv)
+
+    # ----------------------------------------------------------------------------------
+    # building blocks
+    # ----------------------------------------------------------------------------------
+    def _to_batch_first(self, x: Tensor, name: str, feat: int, is_batched: bool) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a tensor")
+        if x.dim() != (3 if is_batched else 2):
+            raise ValueError(
+                f"{name} must be {'3-D' if is_batched else '2-D'} like query "
+                f"({'(B, L, C)' if self.batch_first else '(L, B, C)'} batched or (L, C) unbatched), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != feat:
+            raise ValueError(f"{name} must have {feat} features in the last dim, got shape {tuple(x.shape)}")
+        if not is_batched:
+            return x.unsqueeze(0)
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def _in_projection(self, query: Tensor, key: Tensor, value: Tensor):
+        """Project (B, L, C) inputs; returns q, k (or None), v as (B, H, L, Dh)."""
+        E = self.embed_dim
+        H, Dh = self.num_heads, self.head_dim
+        if self.content:
+            b = self.in_proj_bias
+            bq, bk, bv = (None, None, None) if b is None else b.chunk(3)
+            if self._qkv_same_embed_dim:
+                wq, wk, wv = self.in_proj_weight.chunk(3)
+            else:
+                wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+            q = TF.linear(query, wq, bq)
+            k = TF.linear(key, wk, bk)
+        else:
+            wv, bv = self.v_proj_weight, self.v_proj_bias
+            q = k = None
+        v = TF.linear(value, wv, bv)
+
+        def heads(x):
+            return x.view(x.shape[0], x.shape[1], H, Dh).transpose(1, 2)
+
+        return (None if q is None else heads(q)), (None if k is None else heads(k)), heads(v)
+
+    def _positions(self, pos: Optional[Tensor], name: str, batch: int, length: int, like: Tensor) -> Tensor:
+        D = self.pos_dim
+        if pos is None:
+            if D != 1:
+                raise ValueError(
+                    f"{name} is required when pos_dim={D} > 1 (the default is the integer index, 1-D only)"
+                )
+            return torch.arange(length, device=like.device, dtype=like.dtype).view(1, length, 1)
+        if not isinstance(pos, Tensor):
+            raise ValueError(f"{name} must be a tensor of shape (B or 1, {length}, {D})")
+        p = pos
+        if p.dim() == 1 and D == 1:
+            p = p.view(1, -1, 1)
+        elif p.dim() == 2:
+            p = p.unsqueeze(0)
+        if p.dim() != 3 or p.shape[1] != length or p.shape[2] != D or p.shape[0] not in (1, batch):
+            raise ValueError(
+                f"{name} must have shape (B or 1, {length}, {D}) = (batch or 1, length, pos_dim) "
+                f"(always batch-first), got {tuple(pos.shape)}"
+            )
+        if p.device != like.device:
+            raise ValueError(f"{name} is on {p.device} but the input is on {like.device}")
+        return p.to(like.dtype)
+
+    def _mlp_inputs(self, query: Tensor, key: Tensor, p_q: Tensor, p_k: Tensor):
+        """u (B, N, R) and t (B, M, R) of the pair MLP."""
+        E, D = self.embed_dim, self.pos_dim
+        A = self.kernel_A
+        A_f, A_p = A[:, :E], A[:, E:]
+        u = TF.linear(query, A_f, self.kernel_b1) + TF.linear(p_q, A_p)
+        if self.relative_positions:
+            B_f, B_p = self.kernel_B, -A_p
+        else:
+            B_f, B_p = self.kernel_B[:, : self.kdim], self.kernel_B[:, self.kdim :]
+        t = TF.linear(key, B_f) + TF.linear(p_k, B_p)
+        return u, t
+
+    def _transform(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        query_pos: Optional[Tensor],
+        key_pos: Optional[Tensor],
+        self_attention: bool,
+        key_padding_mask: Optional[Tensor],
+        attn_mask: Optional[Tensor],
+        causal: bool,
+        projected=None,
+    ) -> Tensor:
+        """Core on batch-first (B, L, C) tensors; masks already in the functional's convention.
+
+        Returns the head outputs (B, H, N, Dh).
+        """
+        B, N, _ = query.shape
+        M = key.shape[1]
+        q, k, v = self._in_projection(query, key, value) if projected is None else projected
+        need_pos = self.kernel_hidden > 0 or self.window is not None or self.offset_table is not None
+        p_q = p_k = None
+        if need_pos:
+            p_q = self._positions(query_pos, "query_pos", B, N, query)
+            if key_pos is None and self_attention and query_pos is not None:
+                p_k = p_q
+            else:
+                p_k = self._positions(key_pos, "key_pos", B, M, query)
+        u = t = None
+        if self.kernel_hidden > 0:
+            u, t = self._mlp_inputs(query, key, p_q, p_k)
+        use_pos = self.window is not None or self.offset_table is not None
+        return _functional.integral_transform(
+            q,
+            k,
+            v,
+            u=u,
+            t=t,
+            W2=self.kernel_W2,
+            b2=self.kernel_b2,
+            activation=self.activation,
+            offset_table=self.offset_table,
+            q_pos=p_q if use_pos else None,
+            k_pos=p_k if use_pos else None,
+            normalize=self.normalize,
+            causal=causal,
+            window=self.window,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+        )
+
+    def _out(self, heads: Tensor, is_batched: bool) -> Tensor:
+        B, H, N, Dh = heads.shape
+        y = self.out_proj(heads.transpose(1, 2).reshape(B, N, H * Dh))
+        if not is_batched:
+            return y.squeeze(0)
+        return y if self.batch_first else y.transpose(0, 1)
+
+    # ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor] = None,
+        value: Optional[Tensor] = None,
+        *,
+        query_pos: Optional[Tensor] = None,
+        key_pos: Optional[Tensor] = None,
+        key_padding_mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        r"""Apply the transform.
+
+        Args:
+            query: ``(N, B, E)`` (``(B, N, E)`` with ``batch_first``) or unbatched ``(N, E)``.
+            key: ``(M, B, kdim)``-like; defaults to ``query`` (self attention).
+            value: ``(M, B, vdim)``-like; defaults to ``key``.
+            query_pos / key_pos: positions ``(B or 1, N, pos_dim)`` (always batch-first; ``(N, pos_dim)``
+                also accepted). Default: the integer index (``pos_dim == 1`` only); in self attention
+                ``key_pos`` defaults to ``query_pos``.
+            key_padding_mask: ``(B, M)`` (``(M,)`` unbatched); bool True = ignore that key, or float additive.
+            attn_mask: ``(N, M)`` or ``(B * num_heads, N, M)``; bool True = pair NOT allowed, or float
+                additive (``nn.MultiheadAttention`` conventions).
+            is_causal: apply the causal mask (``j > i`` dropped) in this call, in addition to
+                ``attn_mask`` and to the constructor's ``causal``.
+
+        Returns:
+            the output, same layout as ``query``. A query with no admissible key outputs
+            ``out_proj.bias`` (its transform output is exactly 0).
+        """
+        self_attention = key is None or key is query
+        if key is None:
+            key = query
+        if value is None:
+            value = key
+        if not isinstance(query, Tensor):
+            raise ValueError("query must be a tensor")
+        if query.dim() not in (2, 3):
+            raise ValueError(f"query must be 3-D (batched) or 2-D (unbatched), got shape {tuple(query.shape)}")
+        is_batched = query.dim() == 3
+        q_in = self._to_batch_first(query, "query", self.embed_dim, is_batched)
+        k_in = self._to_batch_first(key, "key", self.kdim, is_batched)
+        v_in = self._to_batch_first(value, "value", self.vdim, is_batched)
+        B, N = q_in.shape[0], q_in.shape[1]
+        M = k_in.shape[1]
+        if k_in.shape[0] != B or v_in.shape[0] != B:
+            raise ValueError(
+                f"query, key and value must have the same batch size, got {B}, {k_in.shape[0]}, {v_in.shape[0]}"
+            )
+        if v_in.shape[1] != M:
+            raise ValueError(f"key and value must have the same length, got {M} and {v_in.shape[1]}")
+        kpm, am = _convert_masks(
+            key_padding_mask,
+            attn_mask,
+            batch=B,
+            num_heads=self.num_heads,
+            tgt_len=N,
+            src_len=M,
+            is_batched=is_batched,
+            dtype=q_in.dtype,
+        )
+        heads = self._transform(
+            q_in,
+            k_in,
+            v_in,
+            query_pos=query_pos,
+            key_pos=key_pos,
+            self_attention=self_attention,
+            key_padding_mask=kpm,
+            attn_mask=am,
+            causal=self.causal or bool(is_causal),
+        )
+        return self._out(heads, is_batched)
