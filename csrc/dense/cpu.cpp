@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor> dense_fwd_cpu(
     int64_t activation, bool softmax, bool causal) {
   Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
                         key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                        softmax, causal, /*transpose_for_cpu=*/true, /*backward=*/false);
+                        softmax, causal, /*key_tile=*/kCpuBlockK, /*backward=*/false);
   FwdParams& p = pr.params;
   at::Tensor out = at::empty({p.B, p.H, p.N, p.Dv}, v.options());
   at::Tensor lse = softmax ? at::empty({p.B, p.H, p.N}, v.options()) : at::empty({0}, v.options());
@@ -83,7 +83,7 @@ dense_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
               bool causal) {
   Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
                         key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                        softmax, causal, /*transpose_for_cpu=*/true, /*backward=*/true);
+                        softmax, causal, /*key_tile=*/kCpuBlockK, /*backward=*/true);
   const FwdParams& p = pr.params;
   check_grad_inputs(grad_out, out, lse, p, softmax);
   const auto opts = v.options();

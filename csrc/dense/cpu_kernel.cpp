@@ -103,6 +103,14 @@ inline ItemCoord decode_item(const FwdParams& p, int64_t item, int64_t ntiles) {
   return c;
 }
 
+// Start of key tile j0 / kBK of slab `outer` in a key-tile-transposed
+// tensor (outer, nt, C, kBK) (see params.h); rows have leading dim kBK.
+template <class T>
+inline const T* key_tile(const void* base, int64_t outer, int64_t C, int64_t M, int64_t j0) {
+  const int64_t nt = (M + kBK - 1) / kBK;
+  return static_cast<const T*>(base) + (outer * nt + j0 / kBK) * C * kBK;
+}
+
 inline const double* qpos_of(const FwdParams& p, int64_t b) {
   return p.qpos + b * p.qpos_bstride;
 }
@@ -209,7 +217,7 @@ inline void offset_rows(const FwdParams& p, const Block& blk, int64_t i, Scratch
   const double* pq = qpos_of(p, blk.b) + (blk.i0 + i) * D;
   const double* pk = kpos_of(p, blk.b) + blk.j0 * D;
   const T* E = static_cast<const T*>(p.E);
-  const T* tT = p.tT ? static_cast<const T*>(p.tT) + blk.b * p.R * p.M + blk.j0 : nullptr;
+  const T* tT = p.tT ? key_tile<T>(p.tT, blk.b, p.R, p.M, blk.j0) : nullptr;
   for (int64_t j = 0; j < blk.bk; ++j) {
     const double* pkj = pk + j * D;
     ws.erow[j] = window_allows(p.window, pq, pkj) ? offset_row(p.window, pq, pkj) : 0;
@@ -217,7 +225,7 @@ inline void offset_rows(const FwdParams& p, const Block& blk, int64_t i, Scratch
   for (int64_t r = 0; r < p.R; ++r) {
     T* dst = ws.te.data() + r * kBK;
     for (int64_t j = 0; j < blk.bk; ++j)
-      dst[j] = (tT ? tT[r * p.M + j] : T(0)) + E[ws.erow[j] * p.R + r];
+      dst[j] = (tT ? tT[r * kBK + j] : T(0)) + E[ws.erow[j] * p.R + r];
   }
 }
 
@@ -230,8 +238,8 @@ inline const T* key_preact(const FwdParams& p, const Block& blk, int64_t i, Scra
     ld = kBK;
     return ws.te.data();
   }
-  ld = p.M;
-  return p.tT ? static_cast<const T*>(p.tT) + blk.b * p.R * p.M + blk.j0 : nullptr;
+  ld = kBK;
+  return p.tT ? key_tile<T>(p.tT, blk.b, p.R, p.M, blk.j0) : nullptr;
 }
 
 template <class T, Activation A>
@@ -286,8 +294,8 @@ void tile_logits(const FwdParams& p, const Block& blk, Scratch<T>& ws) {
     const int64_t bh = blk.b * p.H + blk.h0 + hh;
     if (p.q) {
       const T* q = static_cast<const T*>(p.q) + (bh * p.N + blk.i0) * p.Dk;
-      const T* kT = static_cast<const T*>(p.kT) + bh * p.Dk * p.M + blk.j0;
-      gemm<T>(blk.bq, blk.bk, p.Dk, static_cast<T>(p.scale), q, p.Dk, 1, kT, p.M, false, Sh, kBK);
+      const T* kT = key_tile<T>(p.kT, bh, p.Dk, p.M, blk.j0);
+      gemm<T>(blk.bq, blk.bk, p.Dk, static_cast<T>(p.scale), q, p.Dk, 1, kT, kBK, false, Sh, kBK);
     } else {
       for (int64_t i = 0; i < blk.bq; ++i) std::fill_n(Sh + i * kBK, blk.bk, T(0));
     }
@@ -543,8 +551,8 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
       // dV += P^T dO ;  dP = dO V^T
       T* dv = static_cast<T*>(bp.dv) + (bh * p.M + j0) * Dv;
       gemm<T>(bk, Dv, bq, T(1), P, 1, kBK, dO, Dv, true, dv, Dv);
-      const T* vT = static_cast<const T*>(p.vT) + bh * Dv * p.M + j0;
-      gemm<T>(bq, bk, Dv, T(1), dO, Dv, 1, vT, p.M, false, dP, kBK);
+      const T* vT = key_tile<T>(p.vT, bh, Dv, p.M, j0);
+      gemm<T>(bq, bk, Dv, T(1), dO, Dv, 1, vT, kBK, false, dP, kBK);
       // dS (logit gradient), written over the logits; per-key weight gradient
       V kw_acc[kBK / V::size() + 1];
       const int64_t nkv = (bk + VS - 1) / VS;

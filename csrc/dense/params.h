@@ -18,14 +18,16 @@ struct FwdParams {
   // content term (q, k both present or both null)
   const void* q = nullptr;    // (B, H, N, Dk)
   const void* k = nullptr;    // (B, H, M, Dk)
-  const void* kT = nullptr;   // (B, H, Dk, M): k transposed (CPU kernels)
+  // CPU kernels read k, v (backward) and t per key tile, transposed:
+  // (B, H, nt, Dk, kCpuBlockK) etc., nt = ceil(M / kCpuBlockK), zero padded
+  const void* kT = nullptr;   // (B, H, nt, Dk, tile)
   const void* v = nullptr;    // (B, H, M, Dv)
-  const void* vT = nullptr;   // (B, H, Dv, M): v transposed (CPU backward)
+  const void* vT = nullptr;   // (B, H, nt, Dv, tile), backward only
   double scale = 1.0;
 
   // MLP term (enabled when W2 != null)
   const void* u = nullptr;     // (B, N, R) or null (= 0)
-  const void* tT = nullptr;    // (B, R, M): t transposed, or null (= 0)
+  const void* tT = nullptr;    // (B, nt, R, tile) on CPU, or null (= 0)
   const void* W2 = nullptr;    // (H, R)
   const void* b2 = nullptr;    // (H,) or null
   const void* E = nullptr;     // offset table (O, R) or null

@@ -47,6 +47,22 @@ at::Tensor prepare_positions(const c10::optional<at::Tensor>& pos, int64_t B, in
   return p;
 }
 
+// (..., M, C) -> (..., ceil(M / tile), C, tile): each key tile transposed and
+// stored contiguously (zero padded), so the kernels read rows of `tile` keys
+// with a small fixed leading dimension. With ld = M instead, power-of-two M
+// makes consecutive rows alias in the L1 cache.
+at::Tensor key_tiles_transposed(const at::Tensor& x, int64_t tile) {
+  const int64_t M = x.size(-2);
+  const int64_t nt = (M + tile - 1) / tile;
+  at::Tensor xp = x;
+  if (nt * tile != M) xp = at::constant_pad_nd(x, {0, 0, 0, nt * tile - M});
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
+  shape.push_back(nt);
+  shape.push_back(tile);
+  shape.push_back(x.size(-1));
+  return xp.reshape(shape).transpose(-1, -2).contiguous();
+}
+
 }  // namespace
 
 at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& like) {
@@ -66,7 +82,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& key_padding_mask,
                  const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool causal, bool transpose_for_cpu, bool backward) {
+                 bool causal, int64_t key_tile, bool backward) {
   Prepared pr;
   FwdParams& p = pr.params;
   auto keep = [&](at::Tensor x) {
@@ -83,7 +99,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   p.M = v.size(2);
   p.Dv = v.size(3);
   p.v = keep(v.contiguous());
-  if (backward && transpose_for_cpu) p.vT = keep(v.transpose(-1, -2).contiguous());
+  if (backward && key_tile > 0) p.vT = keep(key_tiles_transposed(v, key_tile));
 
   TORCH_CHECK(q.has_value() == k.has_value(), "q, k: give both (content term) or neither");
   p.N = -1;
@@ -100,7 +116,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     p.Dk = q->size(3);
     p.q = keep(q->contiguous());
     p.k = keep(k->contiguous());
-    if (transpose_for_cpu) p.kT = keep(k->transpose(-1, -2).contiguous());
+    if (key_tile > 0) p.kT = keep(key_tiles_transposed(*k, key_tile));
     p.scale = scale;
   }
 
@@ -130,8 +146,9 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
       check_same(*t, v, "t");
       TORCH_CHECK(t->dim() == 3 && t->size(1) == p.M && t->size(2) == p.R,
                   "t: expected shape (B or 1, ", p.M, ", ", p.R, "), got ", shape_str(*t));
-      // the kernels vectorize over keys: (B, R, M)
-      p.tT = keep(batch_expand(*t, p.B, "t").transpose(1, 2).contiguous());
+      // the kernels vectorize over keys
+      at::Tensor te = batch_expand(*t, p.B, "t");
+      p.tT = keep(key_tile > 0 ? key_tiles_transposed(te, key_tile) : te);
     }
   } else {
     TORCH_CHECK(!u.has_value() && !t.has_value() && !b2.has_value() && !offset_table.has_value(),

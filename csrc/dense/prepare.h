@@ -2,7 +2,8 @@
 // (the Python wrapper checks shapes first with friendlier messages; these
 // guard direct torch.ops calls), data checks (NaN or non-integer positions,
 // non-positive weights), and the layouts the kernels read. Shared by the CPU
-// and CUDA entry points.
+// and CUDA entry points. key_tile > 0 also builds the key-tile-transposed
+// copies kT, vT (backward) and tT of the CPU kernels (see params.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,7 +30,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& key_padding_mask,
                  const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool causal, bool transpose_for_cpu, bool backward);
+                 bool causal, int64_t key_tile, bool backward);
 
 void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
                        const FwdParams& p, bool softmax);
