@@ -29,7 +29,6 @@ namespace {
 
 constexpr int64_t kBQ = kCpuBlockQ;
 constexpr int64_t kBK = kCpuBlockK;  // also the leading dimension of logit tiles
-constexpr int kHeadChunk = 8;        // heads whose accumulators stay in registers
 
 template <class T>
 using Vec = Vectorized<T>;
@@ -156,7 +155,7 @@ inline T row_exp_sum(const T* src, T* dst, int64_t n, T shift) {
   V acc(T(0));
   int64_t j = 0;
   for (; j + VS <= n; j += VS) {
-    const V e = (V::loadu(src + j) - vs).exp();
+    const V e = Ops<V>::exp(V::loadu(src + j) - vs);
     e.store(dst + j);
     acc = acc + e;
   }
@@ -263,21 +262,14 @@ void mlp_logits(const FwdParams& p, const Block& blk, T* S, Scratch<T>& ws) {
         if (ts) pre = pre + load(ts + r * tld + jv, cnt);
         Act<A, V>::fwd(pre).store(hid + r * VS);
       }
-      // projection to the heads, kHeadChunk accumulators in registers
-      for (int64_t hc = blk.h0; hc < blk.h1; hc += kHeadChunk) {
-        const int nhc = static_cast<int>(std::min<int64_t>(kHeadChunk, blk.h1 - hc));
-        V acc[kHeadChunk];
-        for (int c = 0; c < kHeadChunk; ++c)
-          if (c < nhc) acc[c] = V(b2 ? b2[hc + c] : T(0));
-        for (int64_t r = 0; r < R; ++r) {
-          const V hv = V::loadu(hid + r * VS);
-          for (int c = 0; c < kHeadChunk; ++c)
-            if (c < nhc) acc[c] = at::vec::fmadd(V(W2[(hc + c) * R + r]), hv, acc[c]);
-        }
-        for (int c = 0; c < nhc; ++c) {
-          T* sp = S + ((hc + c - blk.h0) * blk.bq + i) * kBK + jv;
-          store(load(sp, cnt) + acc[c], sp, cnt);
-        }
+      // projection to the heads (W2 broadcast and hidden lanes both come
+      // from L1; the FMA port is the limit either way)
+      for (int64_t h = blk.h0; h < blk.h1; ++h) {
+        V acc(b2 ? b2[h] : T(0));
+        const T* w = W2 + h * R;
+        for (int64_t r = 0; r < R; ++r) acc = at::vec::fmadd(V(w[r]), V::loadu(hid + r * VS), acc);
+        T* sp = S + ((h - blk.h0) * blk.bq + i) * kBK + jv;
+        store(load(sp, cnt) + acc, sp, cnt);
       }
     }
   }
@@ -457,27 +449,17 @@ void mlp_backward(const BwdParams& bp, const Block& blk, Scratch<T>& ws, T* du_t
         d.store(dact + r * VS);
         V(T(0)).store(dhid + r * VS);
       }
-      for (int64_t hc = blk.h0; hc < blk.h1; hc += kHeadChunk) {
-        const int nhc = static_cast<int>(std::min<int64_t>(kHeadChunk, blk.h1 - hc));
-        V ds[kHeadChunk];
-        for (int c = 0; c < kHeadChunk; ++c) {
-          if (c >= nhc) break;
-          const int64_t hh = hc + c - blk.h0;
-          ds[c] = load(dS + (hh * blk.bq + i) * kBK + jv, cnt);  // masked lanes: 0
-          T* db = db2acc + hh * VS;
-          (V::loadu(db) + ds[c]).store(db);
-        }
+      // dhid_r = sum_h W2[h, r] dS_h ; dW2[h, r] += dS_h hid_r ; db2[h] += dS_h
+      for (int64_t h = blk.h0; h < blk.h1; ++h) {
+        const int64_t hh = h - blk.h0;
+        const V ds = load(dS + (hh * blk.bq + i) * kBK + jv, cnt);  // masked lanes: 0
+        T* db = db2acc + hh * VS;
+        (V::loadu(db) + ds).store(db);
+        const T* w = W2 + h * R;
+        T* dw = dW2acc + hh * R * VS;
         for (int64_t r = 0; r < R; ++r) {
-          const V hv = V::loadu(hid + r * VS);
-          V dh = V::loadu(dhid + r * VS);
-          for (int c = 0; c < kHeadChunk; ++c) {
-            if (c >= nhc) break;
-            const int64_t hh = hc + c - blk.h0;
-            dh = at::vec::fmadd(V(W2[(hc + c) * R + r]), ds[c], dh);
-            T* dw = dW2acc + (hh * R + r) * VS;
-            at::vec::fmadd(ds[c], hv, V::loadu(dw)).store(dw);
-          }
-          dh.store(dhid + r * VS);
+          at::vec::fmadd(V(w[r]), ds, V::loadu(dhid + r * VS)).store(dhid + r * VS);
+          at::vec::fmadd(ds, V::loadu(hid + r * VS), V::loadu(dw + r * VS)).store(dw + r * VS);
         }
       }
       for (int64_t r = 0; r < R; ++r) {

@@ -1,0 +1,161 @@
+// Device helpers of the CUDA dense kernels (cuda_fwd.cu, cuda_bwd.cu): warp
+// reductions, a portable atomic add, and the logit of one (query, key) pair
+// for one head, built from the shared math of csrc/common (activations,
+// support predicates, offset indexing). Every kernel works warp by warp: a
+// warp owns one row (a query in the forward and the query-side backward, a
+// key in the key-side backward) and its 32 lanes evaluate 32 pairs of that
+// row at a time, one pair per lane.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/math.h"
+#include "common/support.h"
+#include "dense/params.h"
+
+namespace itnet {
+namespace dense {
+namespace cuda {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T x) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+template <class T>
+__device__ __forceinline__ T warp_max(T x) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) {
+    const T y = __shfl_xor_sync(kFullMask, x, o);
+    x = y > x ? y : x;
+  }
+  return x;
+}
+
+__device__ __forceinline__ void atomic_add(float* addr, float x) { atomicAdd(addr, x); }
+
+__device__ __forceinline__ void atomic_add(double* addr, double x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 600
+  // no native double atomicAdd before sm_60
+  unsigned long long* a = reinterpret_cast<unsigned long long*>(addr);
+  unsigned long long old = *a, assumed;
+  do {
+    assumed = old;
+    old = atomicCAS(a, assumed, __double_as_longlong(x + __longlong_as_double(assumed)));
+  } while (assumed != old);
+#else
+  atomicAdd(addr, x);
+#endif
+}
+
+// Typed views of the raw pointers of FwdParams.
+template <class T>
+__device__ __forceinline__ const T* cptr(const void* p) {
+  return static_cast<const T*>(p);
+}
+
+// Pre-activation of hidden unit r of the pair MLP: u_i + (t_j + E[o(i, j)]),
+// the operand order of the CPU kernels. Null rows count as 0.
+template <class T>
+__device__ __forceinline__ T pair_preact(const T* ui, const T* tj, const T* er, int64_t r) {
+  const T te = (tj ? tj[r] : T(0)) + (er ? er[r] : T(0));
+  return (ui ? ui[r] : T(0)) + te;
+}
+
+// Rows of u, t and E that the pair (i, j) reads (null when absent).
+template <class T>
+struct MlpRows {
+  const T* u;
+  const T* t;
+  const T* e;
+};
+
+template <class T>
+__device__ __forceinline__ MlpRows<T> mlp_rows(const FwdParams& p, int64_t b, int64_t i,
+                                               int64_t j, int64_t erow) {
+  MlpRows<T> rows;
+  rows.u = p.u ? cptr<T>(p.u) + (b * p.N + i) * p.R : nullptr;
+  rows.t = p.tT ? cptr<T>(p.tT) + (b * p.M + j) * p.R : nullptr;  // (B, M, R) on CUDA
+  rows.e = p.E ? cptr<T>(p.E) + erow * p.R : nullptr;
+  return rows;
+}
+
+// Logit of the pair (i, j) for head h of batch b, or -inf when the pair is
+// off the support (causal, window, padded key, attn_mask -inf). erow receives
+// the offset-table row of the pair (0 without a table or off the support).
+// Sum order as on CPU: content + MLP (b2 + sum_r W2 act) + key bias + mask.
+template <class T, Activation A>
+__device__ T pair_logit(const FwdParams& p, int64_t b, int64_t h, int64_t i, int64_t j,
+                        int64_t& erow) {
+  const T ninf = neg_inf<T>();
+  erow = 0;
+  if (p.causal && !causal_allows(i, j)) return ninf;
+  if (p.window.dims > 0) {
+    const int D = p.window.dims;
+    const double* pq = p.qpos + b * p.qpos_bstride + i * D;
+    const double* pk = p.kpos + b * p.kpos_bstride + j * D;
+    if (!window_allows(p.window, pq, pk)) return ninf;
+    if (p.E) erow = offset_row(p.window, pq, pk);
+  }
+  T kb = T(0);
+  if (p.key_bias) {
+    kb = cptr<T>(p.key_bias)[b * p.M + j];
+    if (kb == ninf) return ninf;
+  }
+  T mk = T(0);
+  if (p.mask) {
+    const int64_t* st = p.mask_stride;
+    mk = cptr<T>(p.mask)[b * st[0] + h * st[1] + i * st[2] + j * st[3]];
+    if (mk == ninf) return ninf;
+  }
+  T s = T(0);
+  if (p.q) {
+    const int64_t bh = b * p.H + h;
+    const T* qi = cptr<T>(p.q) + (bh * p.N + i) * p.Dk;
+    const T* kj = cptr<T>(p.k) + (bh * p.M + j) * p.Dk;
+    T acc = T(0);
+    for (int64_t d = 0; d < p.Dk; ++d) acc += qi[d] * kj[d];
+    s = static_cast<T>(p.scale) * acc;
+  }
+  if (p.W2) {
+    const MlpRows<T> rows = mlp_rows<T>(p, b, i, j, erow);
+    const T* w2 = cptr<T>(p.W2) + h * p.R;
+    T acc = p.b2 ? cptr<T>(p.b2)[h] : T(0);
+    for (int64_t r = 0; r < p.R; ++r)
+      acc += w2[r] * Act<A, T>::fwd(pair_preact(rows.u, rows.t, rows.e, r));
+    s += acc;
+  }
+  if (p.key_bias) s += kb;
+  if (p.mask) s += mk;
+  return s;
+}
+
+// Per-warp shared-memory layout of the backward kernels: the 32 pair
+// offsets and two 32-vectors of the current chunk of pairs, then `nacc`
+// accumulators of length R owned lane by lane (entry r by lane r % 32).
+// Each warp's slice is padded to 16 bytes so that the next one is aligned.
+struct WarpSmem {
+  int64_t bytes_per_warp;
+  int64_t off_vec;  // byte offset of the two T[32] vectors
+  int64_t off_acc;  // byte offset of the accumulators
+
+  ITNET_HD static WarpSmem make(int64_t elem_size, int64_t R, int nacc) {
+    WarpSmem s;
+    s.off_vec = kWarp * static_cast<int64_t>(sizeof(int64_t));
+    s.off_acc = s.off_vec + 2 * kWarp * elem_size;
+    const int64_t end = s.off_acc + nacc * R * elem_size;
+    s.bytes_per_warp = (end + 15) / 16 * 16;
+    return s;
+  }
+};
+
+}  // namespace cuda
+}  // namespace dense
+}  // namespace itnet
