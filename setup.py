@@ -4,8 +4,8 @@ CUDA is built when torch is a CUDA build and nvcc is found; ITNET_FORCE_CUDA=1
 forces it (e.g. on a machine without a GPU, to check that the sources compile
 and link), ITNET_FORCE_CUDA=0 turns it off.
 
-The vectorized CPU kernel (csrc/dense/cpu_kernel.cpp) is compiled three
-times, for the DEFAULT, AVX2 and AVX512 capabilities, each with its own -m
+The vectorized CPU kernels (csrc/dense/cpu_fwd.cpp, cpu_bwd.cpp) are compiled
+three times, for the DEFAULT, AVX2 and AVX512 capabilities, each with its own -m
 flags; the library picks one at run time (see csrc/dense/cpu.cpp), so a
 wheel built here runs on any x86-64.
 """
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
 
 # Sources compiled once per CPU capability, with these defines / flags.
-MULTI_ARCH_SOURCES = ["csrc/dense/cpu_kernel.cpp"]
+MULTI_ARCH_SOURCES = ["csrc/dense/cpu_fwd.cpp", "csrc/dense/cpu_bwd.cpp"]
 CPU_CAPABILITIES = {
     "DEFAULT": [],
     "AVX2": ["-mavx2", "-mfma", "-mbmi2", "-mf16c"],

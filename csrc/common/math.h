@@ -88,9 +88,20 @@ struct Act<Activation::Silu, T> {
 // State (m, l): running max of the logits seen so far and the sum of
 // exp(logit - m). -inf / 0 is the state of a row that has seen no key of its
 // support yet; such rows must never produce NaN (exp(-inf - -inf)).
+// +inf / -inf. In device code std::numeric_limits is a host function (nvcc
+// refuses it without --expt-relaxed-constexpr); the builtin is the same value.
+template <class T>
+ITNET_HD T pos_inf() {
+#if defined(__CUDA_ARCH__)
+  return static_cast<T>(__builtin_huge_val());
+#else
+  return std::numeric_limits<T>::infinity();
+#endif
+}
+
 template <class T>
 ITNET_HD T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
+  return -pos_inf<T>();
 }
 
 // Factor that rescales the old accumulators when the running max moves from
@@ -123,7 +134,7 @@ ITNET_HD T softmax_inv_sum(T l) {
 // an empty row (lse = -inf) uses +inf so that exp(-inf - inf) = 0.
 template <class T>
 ITNET_HD T softmax_bwd_shift(T lse) {
-  return lse == neg_inf<T>() ? std::numeric_limits<T>::infinity() : lse;
+  return lse == neg_inf<T>() ? pos_inf<T>() : lse;
 }
 
 }  // namespace itnet

@@ -16,32 +16,34 @@
 
 namespace itnet {
 namespace dense {
-namespace {
 
 // The kernel table for this machine. ITNET_CPU_CAPABILITY (DEFAULT, AVX2,
 // AVX512) caps it, so the narrower code paths can be tested on a wide machine;
 // otherwise ATen's own detection (which honours ATEN_CPU_CAPABILITY) decides.
-const CpuKernelTable& cpu_kernels() {
+std::string cpu_capability_in_use() {
+#ifdef ITNET_CPU_X86
   std::string cap = at::get_cpu_capability();
+  if (cap != "AVX512" && cap != "AVX2") cap = "DEFAULT";
   if (const char* env = std::getenv("ITNET_CPU_CAPABILITY")) {
     const std::string want(env);
-    if (want == "DEFAULT" || (want == "AVX2" && cap != "DEFAULT")) cap = want;
+    if (want == "DEFAULT" || (want == "AVX2" && cap == "AVX512")) cap = want;
   }
-  if (cap == "AVX512") return AVX512::kernel_table();
-  if (cap == "AVX2") return AVX2::kernel_table();
-  return DEFAULT::kernel_table();
-}
-
-}  // namespace
-
-std::string cpu_capability_in_use() {
-  const CpuKernelTable* t = &cpu_kernels();
-  if (t == &AVX512::kernel_table()) return "AVX512";
-  if (t == &AVX2::kernel_table()) return "AVX2";
+  return cap;
+#else
   return "DEFAULT";
+#endif
 }
 
 namespace {
+
+CpuKernelTable cpu_kernels() {
+#ifdef ITNET_CPU_X86
+  const std::string cap = cpu_capability_in_use();
+  if (cap == "AVX512") return AVX512::kernel_table();
+  if (cap == "AVX2") return AVX2::kernel_table();
+#endif
+  return DEFAULT::kernel_table();
+}
 
 std::tuple<at::Tensor, at::Tensor> dense_fwd_cpu(
     const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k, const at::Tensor& v,

@@ -1,5 +1,6 @@
 // Interface between the ATen-level CPU entry points (cpu.cpp) and the
-// vectorized kernels (cpu_kernel.cpp, compiled once per CPU capability).
+// vectorized kernels (cpu_fwd.cpp / cpu_bwd.cpp, compiled once per CPU
+// capability).
 //
 // The work is split into items: (batch, head group, tile). A head group is a
 // single head when the op has no MLP term, and all heads when it has one (the
@@ -38,9 +39,22 @@ struct CpuKernelTable {
   BwdRangeFn bwd_f64;
 };
 
-namespace DEFAULT { const CpuKernelTable& kernel_table(); }
-namespace AVX2 { const CpuKernelTable& kernel_table(); }
-namespace AVX512 { const CpuKernelTable& kernel_table(); }
+// Defined in cpu_fwd.cpp / cpu_bwd.cpp, once per capability namespace.
+#define ITNET_DECLARE_CPU_KERNELS(CAP)                                            \
+  namespace CAP {                                                                 \
+  void fwd_f32(const FwdParams&, int64_t, int64_t);                               \
+  void fwd_f64(const FwdParams&, int64_t, int64_t);                               \
+  void bwd_f32(const BwdParams&, int64_t, int64_t, int64_t);                      \
+  void bwd_f64(const BwdParams&, int64_t, int64_t, int64_t);                      \
+  inline CpuKernelTable kernel_table() { return {&fwd_f32, &fwd_f64, &bwd_f32, &bwd_f64}; } \
+  }
+ITNET_DECLARE_CPU_KERNELS(DEFAULT)
+#if defined(__x86_64__) || defined(_M_X64)
+#define ITNET_CPU_X86 1
+ITNET_DECLARE_CPU_KERNELS(AVX2)
+ITNET_DECLARE_CPU_KERNELS(AVX512)
+#endif
+#undef ITNET_DECLARE_CPU_KERNELS
 
 }  // namespace dense
 }  // namespace itnet
