@@ -62,12 +62,14 @@ enum class TileWindow : int { Outside = 0, Inside = 1, Partial = 2 };
 
 ITNET_HD TileWindow classify_tile(const Window& w, const double* qlo, const double* qhi,
                                   const double* klo, const double* khi) {
+  // Written so that a NaN offset range (inf - inf for infinite positions)
+  // never claims Inside: it falls through to the per-pair test.
   bool inside = true;
   for (int d = 0; d < w.dims; ++d) {
     const double omin = klo[d] - qhi[d];
     const double omax = khi[d] - qlo[d];
     if (omax < w.lo[d] || omin > w.hi[d]) return TileWindow::Outside;
-    if (omin < w.lo[d] || omax > w.hi[d]) inside = false;
+    if (!(omin >= w.lo[d] && omax <= w.hi[d])) inside = false;
   }
   return inside ? TileWindow::Inside : TileWindow::Partial;
 }

@@ -98,7 +98,7 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
   T* db2_t = bp.db2 ? static_cast<T*>(bp.db2) + tid * p.H : nullptr;
   T* dE_t = bp.dE ? static_cast<T*>(bp.dE) + tid * p.O * R : nullptr;
   T* dkw_t = bp.need_dkw ? static_cast<T*>(bp.dkw) + (tid * p.B + c.b) * p.M + j0 : nullptr;
-  if (p.W2) {
+  if (p.mlp) {
     std::fill(ws.dW2acc.begin(), ws.dW2acc.end(), T(0));
     std::fill(ws.db2acc.begin(), ws.db2acc.end(), T(0));
     std::fill(ws.dtT.begin(), ws.dtT.end(), T(0));
@@ -169,7 +169,7 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
           store(load(dkw_t + x * VS, cnt) + kw_acc[x], dkw_t + x * VS, cnt);
         }
       // content term: dq += s dS K ;  dk += s dS^T Q
-      if (p.q) {
+      if (p.content) {
         const T sc = static_cast<T>(p.scale);
         const T* k = static_cast<const T*>(p.k) + (bh * p.M + j0) * Dk;
         const T* q = static_cast<const T*>(p.q) + (bh * p.N + i0) * Dk;
@@ -178,10 +178,10 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
         gemm<T>(bk, Dk, bq, sc, Sh, 1, kBK, q, Dk, true, dk, Dk);
       }
     }
-    if (p.W2) mlp_backward<T, A>(bp, blk, ws, du_t, dE_t);
+    if (p.mlp) mlp_backward<T, A>(bp, blk, ws, du_t, dE_t);
   }
 
-  if (p.W2) {
+  if (p.mlp) {
     for (int64_t hh = 0; hh < nh; ++hh) {
       const int64_t h = c.h0 + hh;
       if (db2_t) db2_t[h] += hsum(V::loadu(ws.db2acc.data() + hh * VS));
@@ -199,7 +199,7 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
 template <class T, Activation A>
 void bwd_range(const BwdParams& bp, int64_t begin, int64_t end, int64_t tid) {
   const int64_t ntiles = (bp.f.M + kBK - 1) / kBK;
-  const int64_t nh = bp.f.W2 ? bp.f.H : 1;
+  const int64_t nh = bp.f.mlp ? bp.f.H : 1;
   Scratch<T> ws(bp.f, nh, /*backward=*/true);
   for (int64_t it = begin; it < end; ++it)
     bwd_item<T, A>(bp, decode_item(bp.f, it, ntiles), ws, tid);

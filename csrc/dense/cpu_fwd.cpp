@@ -77,7 +77,7 @@ void fwd_item(const FwdParams& p, const ItemCoord& c, Scratch<T>& ws) {
 template <class T, Activation A>
 void fwd_range(const FwdParams& p, int64_t begin, int64_t end) {
   const int64_t ntiles = (p.N + kBQ - 1) / kBQ;
-  const int64_t nh = p.W2 ? p.H : 1;
+  const int64_t nh = p.mlp ? p.H : 1;
   Scratch<T> ws(p, nh, /*backward=*/false);
   for (int64_t it = begin; it < end; ++it) fwd_item<T, A>(p, decode_item(p, it, ntiles), ws);
 }

@@ -20,7 +20,7 @@ namespace dense {
 constexpr int64_t kCpuBlockQ = 64;
 constexpr int64_t kCpuBlockK = 64;
 
-inline int64_t cpu_head_groups(const FwdParams& p) { return p.W2 ? 1 : p.H; }
+inline int64_t cpu_head_groups(const FwdParams& p) { return p.mlp ? 1 : p.H; }
 inline int64_t cpu_fwd_items(const FwdParams& p) {
   return p.B * cpu_head_groups(p) * ((p.N + kCpuBlockQ - 1) / kCpuBlockQ);
 }

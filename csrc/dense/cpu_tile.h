@@ -54,7 +54,7 @@ struct Scratch {
     const int64_t VS = Vec<T>::size();
     S.resize(nh * kBQ * kBK);
     keep.resize(kBQ * kBK);
-    if (p.W2) {
+    if (p.mlp) {
       hid.resize(p.R * VS);
       if (p.E) {
         te.resize(p.R * kBK);
@@ -68,7 +68,7 @@ struct Scratch {
     } else {
       P.resize(kBQ * kBK);
       dP.resize(kBQ * kBK);
-      if (p.W2) {
+      if (p.mlp) {
         dact.resize(p.R * VS);
         dhid.resize(p.R * VS);
         duacc.resize(p.R * VS);
@@ -285,7 +285,7 @@ void tile_logits(const FwdParams& p, const Block& blk, Scratch<T>& ws) {
   for (int64_t hh = 0; hh < nh; ++hh) {
     T* Sh = S + hh * blk.bq * kBK;
     const int64_t bh = blk.b * p.H + blk.h0 + hh;
-    if (p.q) {
+    if (p.content) {
       const T* q = static_cast<const T*>(p.q) + (bh * p.N + blk.i0) * p.Dk;
       const T* kT = key_tile<T>(p.kT, bh, p.Dk, p.M, blk.j0);
       gemm<T>(blk.bq, blk.bk, p.Dk, static_cast<T>(p.scale), q, p.Dk, 1, kT, kBK, false, Sh, kBK);
@@ -294,7 +294,7 @@ void tile_logits(const FwdParams& p, const Block& blk, Scratch<T>& ws) {
     }
   }
   // MLP term
-  if (p.W2) mlp_logits<T, A>(p, blk, S, ws);
+  if (p.mlp) mlp_logits<T, A>(p, blk, S, ws);
   // per-key bias: log w_j (softmax mode) and -inf for padded keys
   if (p.key_bias) {
     const T* kb = static_cast<const T*>(p.key_bias) + blk.b * p.M + blk.j0;

@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
   T* du_acc = reinterpret_cast<T*>(base + layout.off_acc);  // R, when the MLP term is on
   T* dw_acc = du_acc + R;                                   // R
 
-  const bool mlp = p.W2 != nullptr;
+  const bool mlp = p.mlp;
   T* du = static_cast<T*>(bp.du);
   T* dE = static_cast<T*>(bp.dE);
   const T* W2 = mlp ? cptr<T>(p.W2) + h * R : nullptr;
@@ -212,8 +212,8 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
   T* dt_acc = reinterpret_cast<T*>(base + layout.off_acc);  // R, when dt is wanted
 
   T* dt = static_cast<T*>(bp.dt);
-  const bool want_dt = p.W2 != nullptr && dt != nullptr;
-  const T* W2 = p.W2 ? cptr<T>(p.W2) + h * R : nullptr;
+  const bool want_dt = p.mlp && dt != nullptr;
+  const T* W2 = p.mlp ? cptr<T>(p.W2) + h * R : nullptr;
   const T* dObh = cptr<T>(bp.dout) + bh * N * Dv;
   const T* qbh = p.q ? cptr<T>(p.q) + bh * N * Dk : nullptr;
   const T scale = static_cast<T>(p.scale);
@@ -318,14 +318,14 @@ void launch(const BwdParams& bp, cudaStream_t stream) {
   const FwdParams& p = bp.f;
   const int64_t es = static_cast<int64_t>(sizeof(T));
   {
-    const Launch L = plan(p, p.N, es, p.W2 ? 2 : 0, "query-side");
+    const Launch L = plan(p, p.N, es, p.mlp ? 2 : 0, "query-side");
     dense_bwd_q_kernel<T, A>
         <<<static_cast<unsigned>(L.blocks), L.warps * kWarp,
            static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream>>>(bp, L.smem, L.ntiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   {
-    const Launch L = plan(p, p.M, es, (p.W2 && bp.dt) ? 1 : 0, "key-side");
+    const Launch L = plan(p, p.M, es, (p.mlp && bp.dt) ? 1 : 0, "key-side");
     dense_bwd_k_kernel<T, A>
         <<<static_cast<unsigned>(L.blocks), L.warps * kWarp,
            static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream>>>(bp, L.smem, L.ntiles);
@@ -335,7 +335,7 @@ void launch(const BwdParams& bp, cudaStream_t stream) {
 
 template <class T>
 void launch_act(const BwdParams& bp, cudaStream_t stream) {
-  const Activation act = bp.f.W2 ? static_cast<Activation>(bp.f.activation) : Activation::Relu;
+  const Activation act = bp.f.mlp ? static_cast<Activation>(bp.f.activation) : Activation::Relu;
   switch (act) {
     case Activation::Relu: return launch<T, Activation::Relu>(bp, stream);
     case Activation::Gelu: return launch<T, Activation::Gelu>(bp, stream);
@@ -350,11 +350,13 @@ void launch_act(const BwdParams& bp, cudaStream_t stream) {
 void cuda_dense_bwd(const BwdParams& bp, bool is_double, cudaStream_t stream) {
   const FwdParams& p = bp.f;
   if (p.B * p.H * p.N * p.M == 0) return;
-  TORCH_CHECK(bp.dout != nullptr && bp.dv != nullptr, "dense_bwd (CUDA): dout / dv missing");
+  TORCH_CHECK(p.Dv == 0 || (bp.dout != nullptr && bp.dv != nullptr),
+              "dense_bwd (CUDA): dout / dv missing");
   TORCH_CHECK(!p.softmax || (bp.lse != nullptr && bp.delta != nullptr),
               "dense_bwd (CUDA): lse / delta missing in softmax mode");
   TORCH_CHECK(!p.q || (bp.dq != nullptr && bp.dk != nullptr), "dense_bwd (CUDA): dq / dk missing");
-  TORCH_CHECK(!p.W2 || bp.dW2 != nullptr, "dense_bwd (CUDA): dW2 missing");
+  TORCH_CHECK(!p.mlp || p.R == 0 || bp.dW2 != nullptr, "dense_bwd (CUDA): dW2 missing");
+  TORCH_CHECK(!p.mlp || p.b2 == nullptr || bp.db2 != nullptr, "dense_bwd (CUDA): db2 missing");
   TORCH_CHECK(!bp.need_dkw || bp.dkw != nullptr, "dense_bwd (CUDA): dkw missing");
   if (is_double) {
     cuda::launch_act<double>(bp, stream);

@@ -91,7 +91,7 @@ void launch(const FwdParams& p, int64_t blocks, cudaStream_t stream) {
 template <class T>
 void launch_act(const FwdParams& p, int64_t blocks, cudaStream_t stream) {
   // without the MLP term the activation is never evaluated
-  const Activation act = p.W2 ? static_cast<Activation>(p.activation) : Activation::Relu;
+  const Activation act = p.mlp ? static_cast<Activation>(p.activation) : Activation::Relu;
   switch (act) {
     case Activation::Relu: return launch<T, Activation::Relu>(p, blocks, stream);
     case Activation::Gelu: return launch<T, Activation::Gelu>(p, blocks, stream);
@@ -106,7 +106,7 @@ void launch_act(const FwdParams& p, int64_t blocks, cudaStream_t stream) {
 void cuda_dense_fwd(const FwdParams& p, bool is_double, cudaStream_t stream) {
   const int64_t rows = p.B * p.H * p.N;
   if (rows == 0) return;
-  TORCH_CHECK(p.out != nullptr && (!p.softmax || p.lse != nullptr),
+  TORCH_CHECK((p.Dv == 0 || p.out != nullptr) && (!p.softmax || p.lse != nullptr),
               "dense_fwd (CUDA): output buffers missing");
   const int64_t blocks = (rows + cuda::kFwdWarps - 1) / cuda::kFwdWarps;
   TORCH_CHECK(blocks <= INT_MAX, "dense_fwd (CUDA): B * H * N = ", rows,

@@ -116,7 +116,7 @@ __device__ T pair_logit(const FwdParams& p, int64_t b, int64_t h, int64_t i, int
     if (mk == ninf) return ninf;
   }
   T s = T(0);
-  if (p.q) {
+  if (p.content) {  // (Dk may be 0: q, k null, nothing read)
     const int64_t bh = b * p.H + h;
     const T* qi = cptr<T>(p.q) + (bh * p.N + i) * p.Dk;
     const T* kj = cptr<T>(p.k) + (bh * p.M + j) * p.Dk;
@@ -124,7 +124,7 @@ __device__ T pair_logit(const FwdParams& p, int64_t b, int64_t h, int64_t i, int
     for (int64_t d = 0; d < p.Dk; ++d) acc += qi[d] * kj[d];
     s = static_cast<T>(p.scale) * acc;
   }
-  if (p.W2) {
+  if (p.mlp) {  // (R may be 0: only b2)
     const MlpRows<T> rows = mlp_rows<T>(p, b, i, j, erow);
     const T* w2 = cptr<T>(p.W2) + h * p.R;
     T acc = p.b2 ? cptr<T>(p.b2)[h] : T(0);

@@ -15,7 +15,12 @@ namespace dense {
 struct FwdParams {
   int64_t B = 0, H = 0, N = 0, M = 0, Dk = 0, Dv = 0, R = 0;
 
-  // content term (q, k both present or both null)
+  // Which logit terms are on. Decided from the arguments, not from the
+  // pointers: a zero-size tensor has a null data pointer but is present.
+  bool content = false;  // q, k given
+  bool mlp = false;      // W2 given
+
+  // content term
   const void* q = nullptr;    // (B, H, N, Dk)
   const void* k = nullptr;    // (B, H, M, Dk)
   // CPU kernels read k, v (backward) and t per key tile, transposed:
@@ -25,7 +30,7 @@ struct FwdParams {
   const void* vT = nullptr;   // (B, H, nt, Dv, tile), backward only
   double scale = 1.0;
 
-  // MLP term (enabled when W2 != null)
+  // MLP term
   const void* u = nullptr;     // (B, N, R) or null (= 0)
   const void* tT = nullptr;    // (B, nt, R, tile) on CPU, or null (= 0)
   const void* W2 = nullptr;    // (H, R)

@@ -98,8 +98,29 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   p.H = v.size(1);
   p.M = v.size(2);
   p.Dv = v.size(3);
-  p.v = keep(v.contiguous());
-  if (backward && key_tile > 0) p.vT = keep(key_tiles_transposed(v, key_tile));
+  TORCH_CHECK(std::isfinite(scale), "scale: expected a finite number, got ", scale);
+
+  // Padded keys: their k / v / t rows are replaced by zeros, so that whatever
+  // they hold (NaN, inf) cannot reach the outputs or gradients through a
+  // 0 * NaN in the products; their logits are -inf through key_bias.
+  at::Tensor pad;  // (B, M) bool
+  if (key_padding_mask.has_value()) {
+    pad = *key_padding_mask;
+    TORCH_CHECK(pad.scalar_type() == at::kBool, "key_padding_mask: expected dtype bool, got ",
+                pad.scalar_type());
+    TORCH_CHECK(pad.dim() == 2 && pad.size(0) == p.B && pad.size(1) == p.M,
+                "key_padding_mask: expected shape (", p.B, ", ", p.M, "), got ", shape_str(pad));
+    TORCH_CHECK(pad.device() == v.device(), "key_padding_mask: expected a tensor on ", v.device());
+  }
+  auto drop_padded = [&](const at::Tensor& x) {  // x: (B, [H,] M, C)
+    if (!pad.defined()) return x;
+    at::Tensor m = x.dim() == 4 ? pad.view({p.B, 1, p.M, 1}) : pad.view({p.B, p.M, 1});
+    return x.masked_fill(m, 0);
+  };
+
+  at::Tensor vc = drop_padded(v).contiguous();
+  p.v = keep(vc);
+  if (backward && key_tile > 0) p.vT = keep(key_tiles_transposed(vc, key_tile));
 
   TORCH_CHECK(q.has_value() == k.has_value(), "q, k: give both (content term) or neither");
   p.N = -1;
@@ -112,11 +133,13 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                     k->size(3) == q->size(3),
                 "k: expected shape (", p.B, ", ", p.H, ", ", p.M, ", ", q->size(3), "), got ",
                 shape_str(*k));
+    p.content = true;
     p.N = q->size(2);
     p.Dk = q->size(3);
     p.q = keep(q->contiguous());
-    p.k = keep(k->contiguous());
-    if (key_tile > 0) p.kT = keep(key_tiles_transposed(*k, key_tile));
+    at::Tensor kc = drop_padded(*k).contiguous();
+    p.k = keep(kc);
+    if (key_tile > 0) p.kT = keep(key_tiles_transposed(kc, key_tile));
     p.scale = scale;
   }
 
@@ -124,6 +147,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     check_same(*W2, v, "W2");
     TORCH_CHECK(W2->dim() == 2 && W2->size(0) == p.H, "W2: expected shape (", p.H,
                 ", R), got ", shape_str(*W2));
+    p.mlp = true;
     p.R = W2->size(1);
     p.W2 = keep(W2->contiguous());
     TORCH_CHECK(activation >= 0 && activation <= 2,
@@ -147,7 +171,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
       TORCH_CHECK(t->dim() == 3 && t->size(1) == p.M && t->size(2) == p.R,
                   "t: expected shape (B or 1, ", p.M, ", ", p.R, "), got ", shape_str(*t));
       // the kernels vectorize over keys
-      at::Tensor te = batch_expand(*t, p.B, "t");
+      at::Tensor te = drop_padded(batch_expand(*t, p.B, "t"));
       p.tT = keep(key_tile > 0 ? key_tiles_transposed(te, key_tile) : te);
     }
   } else {
@@ -156,7 +180,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     TORCH_CHECK(q.has_value(), "q, k, W2: no logit term enabled (give q and k, or W2)");
   }
   if (p.N < 0) {
-    TORCH_CHECK(q_pos.has_value(), "q_pos: needed to know N when neither q nor u is given");
+    TORCH_CHECK(q_pos.has_value() && q_pos->dim() == 3,
+                "q_pos: a (B or 1, N, D) tensor is needed to know N when neither q nor u is given");
     p.N = q_pos->size(1);
   }
 
@@ -180,14 +205,20 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     p.qpos = static_cast<const double*>(keep(qp));
     p.kpos = static_cast<const double*>(keep(kp));
     if (offset_table.has_value()) {
-      int64_t volume = 1;
+      // row-major strides over the window box; the volume is bounded by the
+      // table's row count (checked below), so it cannot overflow
+      double volume = 1;
       for (int64_t d = D - 1; d >= 0; --d) {
-        TORCH_CHECK(window_lo[d] == std::floor(window_lo[d]) &&
+        TORCH_CHECK(std::isfinite(window_lo[d]) && std::isfinite(window_hi[d]) &&
+                        window_lo[d] == std::floor(window_lo[d]) &&
                         window_hi[d] == std::floor(window_hi[d]),
-                    "offset_table: needs a window with integer bounds, got (", window_lo[d], ", ",
-                    window_hi[d], ") in dim ", d);
-        p.window.stride[d] = volume;
-        volume *= static_cast<int64_t>(window_hi[d] - window_lo[d]) + 1;
+                    "offset_table: needs a window with finite integer bounds, got (",
+                    window_lo[d], ", ", window_hi[d], ") in dim ", d);
+        p.window.stride[d] = static_cast<int64_t>(volume);
+        volume *= window_hi[d] - window_lo[d] + 1;
+        TORCH_CHECK(volume <= static_cast<double>(offset_table->size(0)),
+                    "offset_table: expected at least ", volume,
+                    " rows (the window volume), got shape ", shape_str(*offset_table));
       }
       TORCH_CHECK((qp == qp.round()).all().item<bool>() && (kp == kp.round()).all().item<bool>(),
                   "q_pos, k_pos: offset_table needs integer-valued positions");
@@ -199,11 +230,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   if (offset_table.has_value()) {
     const at::Tensor& E = *offset_table;
     check_same(E, v, "offset_table");
-    int64_t volume = 1;
-    for (int64_t d = 0; d < D; ++d) volume *= static_cast<int64_t>(window_hi[d] - window_lo[d]) + 1;
-    TORCH_CHECK(E.dim() == 2 && E.size(1) == p.R && E.size(0) >= volume,
-                "offset_table: expected shape (O >= ", volume, " = window volume, ", p.R,
-                "), got ", shape_str(E));
+    TORCH_CHECK(E.dim() == 2 && E.size(1) == p.R,
+                "offset_table: expected shape (O >= window volume, ", p.R, "), got ", shape_str(E));
     p.O = E.size(0);
     p.E = keep(E.contiguous());
   }
@@ -216,7 +244,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     check_same(w, v, "key_weight");
     TORCH_CHECK(w.dim() == 2 && (w.size(0) == p.B || w.size(0) == 1) && w.size(1) == p.M,
                 "key_weight: expected shape (", p.B, " or 1, ", p.M, "), got ", shape_str(w));
-    TORCH_CHECK((w > 0).all().item<bool>(), "key_weight: expected positive weights");
+    TORCH_CHECK((w > 0).logical_and(w.isfinite()).all().item<bool>(),
+                "key_weight: expected finite positive weights");
     at::Tensor we = w.expand({p.B, p.M}).contiguous();
     if (softmax) {
       key_bias = we.log();
@@ -224,15 +253,9 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
       p.key_scale = keep(we);
     }
   }
-  if (key_padding_mask.has_value()) {
-    const at::Tensor& kpm = *key_padding_mask;
-    TORCH_CHECK(kpm.scalar_type() == at::kBool, "key_padding_mask: expected dtype bool, got ",
-                kpm.scalar_type());
-    TORCH_CHECK(kpm.dim() == 2 && kpm.size(0) == p.B && kpm.size(1) == p.M,
-                "key_padding_mask: expected shape (", p.B, ", ", p.M, "), got ", shape_str(kpm));
-    TORCH_CHECK(kpm.device() == v.device(), "key_padding_mask: expected a tensor on ", v.device());
-    at::Tensor pad = at::zeros({p.B, p.M}, opts).masked_fill(kpm, neg_inf<double>());
-    key_bias = key_bias.defined() ? key_bias + pad : pad;
+  if (pad.defined()) {
+    at::Tensor padbias = at::zeros({p.B, p.M}, opts).masked_fill(pad, neg_inf<double>());
+    key_bias = key_bias.defined() ? key_bias + padbias : padbias;
   }
   if (key_bias.defined()) p.key_bias = keep(key_bias.contiguous());
 
@@ -267,15 +290,20 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
 }
 
 void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
+                       const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
                        const FwdParams& p, bool softmax) {
-  const std::vector<int64_t> shape = {p.B, p.H, p.N, p.Dv};
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(shape), "grad_out: expected shape ",
-              at::IntArrayRef(shape), ", got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(shape), "out: expected shape ",
-              at::IntArrayRef(shape), ", got ", out.sizes());
+  const std::vector<int64_t> out_shape = {p.B, p.H, p.N, p.Dv};
+  const std::vector<int64_t> row_shape = {p.B, p.H, p.N};
+  auto check = [&](const at::Tensor& x, const char* name, const std::vector<int64_t>& shape) {
+    TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), name, ": expected shape ",
+                at::IntArrayRef(shape), ", got ", x.sizes());
+    check_same(x, v, name);
+  };
+  check(grad_out, "grad_out", out_shape);
+  check(out, "out", out_shape);
   if (softmax) {
-    TORCH_CHECK(lse.dim() == 3 && lse.size(0) == p.B && lse.size(1) == p.H && lse.size(2) == p.N,
-                "lse: expected shape (", p.B, ", ", p.H, ", ", p.N, "), got ", lse.sizes());
+    check(lse, "lse", row_shape);
+    if (grad_lse.has_value() && grad_lse->defined()) check(*grad_lse, "grad_lse", row_shape);
   }
 }
 

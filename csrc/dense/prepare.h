@@ -32,7 +32,9 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
                  bool causal, int64_t key_tile, bool backward);
 
+// Shapes, dtypes and devices of the extra inputs of the backward.
 void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
+                       const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
                        const FwdParams& p, bool softmax);
 
 // Sums a gradient computed at the full batch size over the dims where the

@@ -14,18 +14,40 @@ _NUM_ARGS = 19
 _GRAD_SLOTS = (0, 1, 2, 3, 4, 5, 6, 7, 10)  # q k v u t W2 b2 offset_table key_weight
 
 
+_STATIC = ("window_lo", "window_hi", "scale", "activation", "softmax", "causal")
+_SOFTMAX = _STATIC.index("softmax")
+
+
 def _num_queries(q, u, q_pos):
     if q is not None:
         return q.shape[2]
     if u is not None:
         return u.shape[1]
+    if q_pos is None or q_pos.dim() != 3:
+        raise RuntimeError("q_pos: a (B or 1, N, D) tensor is needed to know N when neither q "
+                           "nor u is given")
     return q_pos.shape[1]
+
+
+_TENSOR_ARGS = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "q_pos", "k_pos",
+                "key_weight", "key_padding_mask", "attn_mask")
+
+
+def _check_devices(v, named):
+    # The real kernels check this too; the fake kernel must not turn a
+    # device mix (e.g. one argument on 'meta') into a silent result.
+    for name, x in named:
+        if x is not None and x.device != v.device:
+            raise RuntimeError(f"{name}: expected a tensor on {v.device} (the device of v), "
+                               f"got {x.device}")
 
 
 @torch.library.register_fake("itnet::dense_fwd")
 def _dense_fwd_fake(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
                     key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
                     softmax, causal):
+    _check_devices(v, zip(_TENSOR_ARGS, (q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos,
+                                         key_weight, key_padding_mask, attn_mask)))
     B, H, _, Dv = v.shape
     N = _num_queries(q, u, q_pos)
     out = v.new_empty((B, H, N, Dv))
@@ -36,11 +58,11 @@ def _dense_fwd_fake(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weigh
 @torch.library.register_fake("itnet::dense_bwd")
 def _dense_bwd_fake(grad_out, out, lse, grad_lse, *args):
     v = args[2]
-    grads = []
-    for slot in _GRAD_SLOTS:
-        x = args[slot]
-        grads.append(torch.empty_like(x) if x is not None else v.new_empty((0,)))
-    return tuple(grads)
+    _check_devices(v, zip(("grad_out", "out", "lse", "grad_lse") + _TENSOR_ARGS,
+                          (grad_out, out, lse, grad_lse) + tuple(args[:13])))
+    # the kernels return contiguous gradients, whatever the inputs' strides
+    return tuple(args[slot].new_empty(args[slot].shape) if args[slot] is not None
+                 else v.new_empty((0,)) for slot in _GRAD_SLOTS)
 
 
 def _setup_context(ctx, inputs, output):
@@ -53,7 +75,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, grad_lse):
     saved = ctx.saved_tensors
     tensors, out, lse = saved[:13], saved[13], saved[14]
-    softmax = ctx.static_args[3]
+    softmax = ctx.static_args[_SOFTMAX]
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     if not softmax:
@@ -66,4 +88,10 @@ def _backward(ctx, grad_out, grad_lse):
     return tuple(result)
 
 
+def _double_backward(ctx, *grads):
+    raise RuntimeError("itnet::dense_bwd: double backward (gradients of gradients) of the fused "
+                       "integral transform is not supported; use itnet_ext.reference for it")
+
+
 torch.library.register_autograd("itnet::dense_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("itnet::dense_bwd", _double_backward)
