@@ -1,0 +1,351 @@
+"""CUDA dense op (itnet_ext.functional on CUDA tensors) against the float64 oracle on CPU.
+
+Outputs, lse and the gradients of every differentiable input (q, k, v, u, t, W2, b2,
+offset_table, key_weight) are compared over seeded random problems that draw every feature
+(content / MLP / both, softmax / none, activations, u / t / b2 present or not and batch-
+broadcast, offset tables on 1-D and 2-D integer grids, fractional windows on float
+positions, causal, key padding, bool / float attention masks of many broadcast shapes, key
+weights), sizes that are not multiples of any tile (N or M = 0 included), Dk != Dv, H > 8,
+R up to 130, Dv > 256; float32 (bound 1e-4 relative to the largest reference entry) and
+float64 (1e-10). Plus rows with an empty support (exact zeros, lse = -inf, zero and finite
+gradients) and the dtype check.
+
+Skipped without a GPU (or in a build without the CUDA kernels).
+"""
+import math
+import random
+
+import pytest
+import torch
+
+from itnet_ext import functional, reference
+
+F64 = torch.float64
+F32 = torch.float32
+DIFF_NAMES = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "key_weight")
+TOL = {F64: 1e-10, F32: 1e-4}
+
+
+def _cuda_ready():
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.ops.itnet.cuda_kernels_compiled())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _cuda_ready(),
+                                reason="needs a GPU and itnet_ext built with its CUDA kernels")
+
+
+# --------------------------------------------------------------------------------------------
+# problem generator (plain CPU float64 tensors; shared with offline harnesses)
+# --------------------------------------------------------------------------------------------
+MASK_SHAPES = ("NM", "B1NM", "1HNM", "BHNM", "111M", "B11M", "1H1M", "N1", "M")
+
+
+def make_problem(seed, **opt):
+    """A random valid argument set of integral_transform; ``opt`` pins any choice."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(name, choices):
+        return opt[name] if name in opt else rng.choice(choices)
+
+    def randn(*shape, s=1.0):
+        return torch.randn(*shape, generator=gen, dtype=F64) * s
+
+    mlp = pick("mlp", [True, True, False])
+    content = pick("content", [True, False] if mlp else [True])
+    B = pick("B", [1, 2, 3])
+    H = pick("H", [1, 2, 3, 9, 12])
+    N = pick("N", [0, 1, 5, 31, 33, 47, 70])
+    M = pick("M", [0, 1, 7, 32, 33, 65, 100])
+    Dk = pick("Dk", [1, 3, 16, 33, 40])
+    Dv = pick("Dv", [1, 5, 32, 37, 70])
+    R = pick("R", [1, 3, 17, 32, 64, 128, 130])
+    normalize = pick("normalize", ["softmax", "softmax", "none"])
+    support = pick("support", ["none", "window", "frac"] + (["offset", "offset"] if mlp else []))
+    D = pick("D", [1, 1, 2])
+    causal = pick("causal", [False, False, True])
+    kpm = pick("kpm", [False, True])
+    mask = pick("mask", [None, None, "bool", "float"])
+    mask_shape = pick("mask_shape", list(MASK_SHAPES))
+    key_weight = pick("key_weight", [None, None, "B", "1"])
+
+    kw = dict(v=randn(B, H, M, Dv), normalize=normalize, causal=causal)
+    if content:
+        kw["q"] = randn(B, H, N, Dk)
+        kw["k"] = randn(B, H, M, Dk)
+        if rng.random() < 0.3:
+            kw["scale"] = rng.choice([0.3, 1.3])
+    if mlp:
+        kw["W2"] = randn(H, R, s=1.5 / math.sqrt(max(R, 1)))
+        kw["activation"] = pick("activation", ["relu", "gelu", "silu"])
+        if pick("use_u", [True, True, False]) or not content:
+            kw["u"] = randn(pick("u_batch", [B, 1]), N, R)
+        if pick("use_t", [True, True, False]):
+            kw["t"] = randn(pick("t_batch", [B, 1]), M, R)
+        if pick("use_b2", [True, False]):
+            kw["b2"] = randn(H)
+
+    if support == "frac":  # float positions, fractional window bounds
+        side = max(N, M, 1) ** (1.0 / D)
+        Bp = rng.choice([B, 1])
+        kw["q_pos"] = torch.rand(Bp, N, D, generator=gen, dtype=F64) * side
+        kw["k_pos"] = torch.rand(rng.choice([Bp, 1]), M, D, generator=gen, dtype=F64) * side
+        kw["window"] = [(-rng.uniform(0.1, 0.6) * side, rng.uniform(0.1, 0.6) * side)
+                        for _ in range(D)]
+    elif support in ("window", "offset"):  # integer positions on a grid
+        if D == 1 and rng.random() < 0.5:
+            side = max(N, M, 1)  # default positions: the index
+        else:
+            side = max(2, int(math.ceil(max(N, M, 1) ** (1.0 / D))) + 1)
+            Bq = rng.choice([B, 1])
+            kw["q_pos"] = torch.randint(0, side, (Bq, N, D), generator=gen).to(F64)
+            kw["k_pos"] = torch.randint(0, side, (rng.choice([Bq, 1]), M, D), generator=gen).to(F64)
+        reach = max(1, side // 3)
+        kw["window"] = [(-rng.randint(0, reach), rng.randint(0, reach)) for _ in range(D)]
+        if support == "offset":
+            vol = 1
+            for lo, hi in kw["window"]:
+                vol *= hi - lo + 1
+            kw["offset_table"] = randn(vol + rng.choice([0, 2]), R, s=0.7)
+    if "window" in kw and D == 1 and rng.random() < 0.5:
+        kw["window"] = kw["window"][0]
+
+    if kpm:
+        kw["key_padding_mask"] = torch.rand(B, M, generator=gen) < 0.25
+    if mask is not None:
+        table = {"B": B, "H": H, "N": N, "M": M, "1": 1}
+        shape = tuple(table[c] for c in mask_shape)
+        if mask == "bool":
+            kw["attn_mask"] = torch.rand(shape, generator=gen) < 0.75
+        else:
+            am = randn(*shape)
+            am[torch.rand(shape, generator=gen) < 0.15] = -math.inf
+            kw["attn_mask"] = am
+    if key_weight is not None:
+        kw["key_weight"] = torch.rand(B if key_weight == "B" else 1, M, generator=gen,
+                                      dtype=F64) + 0.25
+    return kw
+
+
+def describe(kw):
+    return ", ".join(f"{k}={tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"{k}={v!r}"
+                     for k, v in kw.items())
+
+
+def rel_err(a, b):
+    """max |a - b| relative to max(1, max |b|) over the finite entries of b; the infinite
+    pattern must match exactly and ``a`` must have no NaN."""
+    a = a.detach().double().cpu()
+    b = b.detach().double().cpu()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert not torch.isnan(a).any(), "NaN in the result"
+    fin = torch.isfinite(b)
+    assert torch.equal(torch.isfinite(a), fin), "inf pattern differs"
+    assert torch.equal(a[~fin], b[~fin]), "inf values differ"
+    if not fin.any():
+        return 0.0
+    return (a[fin] - b[fin]).abs().max().item() / max(1.0, b[fin].abs().max().item())
+
+
+def to_dev(kw, dtype, device):
+    """Fresh leaves (requiring grad) of the differentiable inputs in dtype on device; the
+    other tensors moved too (float ones cast)."""
+    out = {}
+    for n, x in kw.items():
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to(device)
+            if x.is_floating_point():
+                x = x.to(dtype)
+            if n in DIFF_NAMES:
+                x = x.clone().requires_grad_()
+        out[n] = x
+    return out
+
+
+def run(fn, kw, seed):
+    """fn(**kw) with lse in softmax mode, backprop of fixed random cotangents (the lse
+    cotangent included); returns (results, {name: grad})."""
+    softmax = kw.get("normalize", "softmax") == "softmax"
+    res = fn(**kw, return_lse=True) if softmax else (fn(**kw),)
+    gen = torch.Generator().manual_seed(seed + 777)
+    cot = [torch.randn(r.shape, generator=gen, dtype=F64).to(r.device, r.dtype) for r in res]
+    names = [n for n in DIFF_NAMES if kw.get(n) is not None]
+    # (the reference's empty lse for N = 0 is a constant)
+    pairs = [(r, c) for r, c in zip(res, cot) if r.requires_grad]
+    grads = torch.autograd.grad([r for r, _ in pairs], [kw[n] for n in names],
+                                [c for _, c in pairs], allow_unused=True)
+    return res, dict(zip(names, grads))
+
+
+def check_vs_reference(kw, dtype, device="cuda", fused=functional.integral_transform, seed=0,
+                       tol=None):
+    """Fused op in dtype on device vs the float64 reference on CPU (same rounded inputs)."""
+    tol = TOL[dtype] if tol is None else tol
+    kwd = to_dev(kw, dtype, device)
+    kwr = to_dev({n: (x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+                  for n, x in kwd.items()}, F64, "cpu")
+    res_d, g_d = run(fused, kwd, seed)
+    res_r, g_r = run(reference.integral_transform, kwr, seed)
+    what = describe(kw)
+    for name, a, b in zip(("out", "lse"), res_d, res_r):
+        assert a.device.type == torch.device(device).type and a.dtype == dtype, (name, a.dtype)
+        err = rel_err(a, b)
+        assert err <= tol, f"{name}: rel err {err:.3g} > {tol}; {what}"
+    for n in g_r:
+        # an input that takes part in no pair (N or M = 0) may get no gradient at all
+        gd = torch.zeros_like(kwd[n]) if g_d[n] is None else g_d[n]
+        gr = torch.zeros_like(kwr[n]) if g_r[n] is None else g_r[n]
+        assert gd.shape == kwd[n].shape, (n, gd.shape)
+        err = rel_err(gd, gr)
+        assert err <= tol, f"grad {n}: rel err {err:.3g} > {tol}; {what}"
+    return res_d, g_d
+
+
+# --------------------------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("seed", range(24))
+def test_fuzz_vs_reference(seed, dtype):
+    check_vs_reference(make_problem(1000 + seed), dtype, seed=seed)
+
+
+FEATURES = [
+    dict(content=True, mlp=False, support="none", mask=None, kpm=False, key_weight=None),
+    dict(content=False, mlp=True, support="offset", D=1, causal=True),
+    dict(content=True, mlp=True, support="offset", D=2, kpm=True, key_weight="B"),
+    dict(content=True, mlp=True, support="frac", D=2, mask="float", mask_shape="BHNM"),
+    dict(content=True, mlp=False, support="window", D=1, mask="bool", mask_shape="B1NM",
+         causal=True),
+    dict(content=False, mlp=True, support="none", normalize="none", key_weight="1",
+         mask="float", mask_shape="1H1M"),
+    dict(content=True, mlp=True, support="frac", D=1, normalize="none", kpm=True,
+         mask="bool", mask_shape="N1"),
+]
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+@pytest.mark.parametrize("feat", range(len(FEATURES)))
+def test_features_vs_reference(feat, activation, dtype):
+    opts = dict(FEATURES[feat])
+    if opts.get("mlp"):
+        opts["activation"] = activation
+    opts.setdefault("N", 33)
+    opts.setdefault("M", 65)
+    check_vs_reference(make_problem(50 + feat, **opts), dtype, seed=feat)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+def test_large_dims(dtype):
+    """H > 8, R > 128, Dv > 256 (several column passes per lane), Dk != Dv, odd N, M."""
+    kw = make_problem(7, content=True, mlp=True, B=2, H=12, N=45, M=97, Dk=129, Dv=300, R=130,
+                      support="offset", D=1, normalize="softmax", kpm=True, key_weight="B",
+                      use_u=True, use_t=True, use_b2=True, activation="gelu")
+    check_vs_reference(kw, dtype)
+
+
+@pytest.mark.parametrize("NM", [(0, 5), (6, 0), (0, 0)])
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+def test_no_queries_or_no_keys(NM, normalize):
+    N, M = NM
+    kw = make_problem(3, content=True, mlp=True, N=N, M=M, normalize=normalize, support="none",
+                      mask=None, kpm=False, key_weight="B", use_u=True, use_t=True, use_b2=True)
+    res, grads = check_vs_reference(kw, F64)
+    assert (res[0] == 0).all()
+    if normalize == "softmax":
+        assert (res[1] == -math.inf).all()
+    for n, g in grads.items():
+        assert torch.isfinite(g).all(), n
+
+
+@pytest.mark.parametrize("sizes", [dict(R=0), dict(Dk=0), dict(Dv=0), dict(H=0), dict(B=0)],
+                         ids=["R0", "Dk0", "Dv0", "H0", "B0"])
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+def test_degenerate_sizes(sizes, normalize):
+    """Zero-size dims: R = 0 leaves b2 as the whole MLP term, Dk = 0 a zero content term."""
+    kw = make_problem(9, content=True, mlp=True, normalize=normalize, support="offset", D=1,
+                      kpm=True, key_weight="B", use_u=True, use_t=True, use_b2=True, N=9, M=12,
+                      **sizes)
+    check_vs_reference(kw, F64)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+def test_empty_support_rows(normalize, dtype):
+    """Rows whose support is empty (padding, causal + window, bool mask) give exactly 0,
+    lse = -inf, zero gradients, never NaN; the other rows match the reference."""
+    B, H, N, M, Dk, Dv, R = 2, 3, 40, 45, 8, 5, 16
+    kw = make_problem(11, content=True, mlp=True, B=B, H=H, N=N, M=M, Dk=Dk, Dv=Dv, R=R,
+                      normalize=normalize, support="none", mask=None, kpm=False,
+                      key_weight="B", use_u=True, use_t=True, use_b2=True, u_batch=B,
+                      t_batch=B, causal=True)
+    kpm = torch.zeros(B, M, dtype=torch.bool)
+    kpm[1] = True                       # batch 1: every key padded
+    am = torch.ones(N, M, dtype=torch.bool)
+    am[5] = False                       # row 5: masked out entirely
+    kw.update(key_padding_mask=kpm, attn_mask=am, window=(-2, -1))  # row 0: no j in [i-2, i-1]
+    res, grads = check_vs_reference(kw, dtype)
+    out = res[0]
+    empty = torch.zeros(B, N, dtype=torch.bool)
+    empty[1] = True
+    empty[:, 0] = True
+    empty[:, 5] = True
+    assert (out.cpu()[empty[:, None, :, None].expand_as(out)] == 0).all()
+    assert (out.cpu()[~empty[:, None, :, None].expand_as(out)] != 0).any()
+    if normalize == "softmax":
+        lse = res[1].cpu()
+        assert (lse[empty[:, None, :].expand_as(lse)] == -math.inf).all()
+        assert torch.isfinite(lse[~empty[:, None, :].expand_as(lse)]).all()
+    for n, g in grads.items():
+        assert torch.isfinite(g).all(), n
+    dq = grads["q"].cpu()
+    assert (dq[empty[:, None, :, None].expand_as(dq)] == 0).all()
+    du = grads["u"].cpu()
+    assert (du[empty[:, :, None].expand_as(du)] == 0).all()
+    for n in ("k", "v", "t", "key_weight"):
+        assert (grads[n].cpu()[1] == 0).all(), n  # batch 1: no pair at all
+
+
+def test_rejects_half_precision():
+    for dtype in (torch.float16, torch.bfloat16):
+        v = torch.randn(1, 2, 5, 4, device="cuda", dtype=dtype)
+        k = torch.randn(1, 2, 5, 4, device="cuda", dtype=dtype)
+        q = torch.randn(1, 2, 3, 4, device="cuda", dtype=dtype)
+        with pytest.raises(RuntimeError, match="v: .*(Half|BFloat16)"):
+            torch.ops.itnet.dense_fwd(q, k, v, None, None, None, None, None, None, None, None,
+                                      None, None, [], [], 0.5, 1, True, False)
+
+
+def test_matches_cpu_kernels_and_repeats():
+    """Same float64 problem on CUDA and with the CPU kernels: equal to 1e-12; repeated CUDA
+    calls give the same forward result (the forward has no atomics)."""
+    kw = make_problem(21, content=True, mlp=True, support="offset", D=2, N=47, M=65, H=3,
+                      normalize="softmax", kpm=True)
+    cuda_kw = to_dev(kw, F64, "cuda")
+    cpu_kw = to_dev(kw, F64, "cpu")
+    o1, l1 = functional.integral_transform(**cuda_kw, return_lse=True)
+    o2, l2 = functional.integral_transform(**cuda_kw, return_lse=True)
+    o3, l3 = functional.integral_transform(**cpu_kw, return_lse=True)
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    assert rel_err(o1, o3) <= 1e-12 and rel_err(l1, l3) <= 1e-12
+
+
+def test_other_device_index_and_stream():
+    """Runs on a non-default stream (and on the device of the inputs, not the current one)."""
+    kw = make_problem(5, content=True, mlp=True, support="window", D=1, N=20, M=30)
+    dev = torch.device("cuda", torch.cuda.device_count() - 1)
+    s = torch.cuda.Stream(device=dev)
+    with torch.cuda.stream(s):
+        kwd = to_dev(kw, F64, dev)
+        res, _ = run(functional.integral_transform, kwd, 0)
+    s.synchronize()
+    kwr = to_dev(kw, F64, "cpu")
+    res_r, _ = run(reference.integral_transform, kwr, 0)
+    assert res[0].device == dev
+    assert rel_err(res[0], res_r[0]) <= 1e-10
