@@ -33,6 +33,7 @@ CPU_CAPABILITIES = {
                "-mavx2", "-mfma", "-mbmi2", "-mf16c"],
 }
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+IS_MACOS = sys.platform == "darwin"
 
 
 def rel(paths):
@@ -126,8 +127,13 @@ def extension():
     cuda_sources += rel(glob.glob(os.path.join(CSRC, "**", "*_cuda.cpp"), recursive=True))
     debug = os.environ.get("ITNET_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-fvisibility-inlines-hidden"]
-    kwargs = dict(include_dirs=[CSRC])
+    # at::parallel_for is header code: with torch's OpenMP backend it is an
+    # `omp parallel` region that runs serially unless compiled with -fopenmp.
+    # The library then needs libgomp.so.1, which resolves to the copy torch
+    # has already loaded (same soname), so there is one OpenMP runtime.
+    omp = ["-fopenmp"] if torch.backends.openmp.is_available() and not IS_MACOS else []
+    cxx = opt + ["-fvisibility-inlines-hidden"] + omp
+    kwargs = dict(include_dirs=[CSRC], extra_link_args=omp)
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not _gpu_visible():
             # torch's arch detection needs a GPU; default to Ampere + Hopper
