@@ -242,6 +242,48 @@ inline const T* key_preact(const FwdParams& p, const Block& blk, int64_t i, Scra
   return p.tT ? key_tile<T>(p.tT, blk.b, p.R, p.M, blk.j0) : nullptr;
 }
 
+// Hidden layer of `cnt` pairs (i, jv..jv+cnt) and its projection onto the
+// NH (<= 8) heads starting at h, accumulated in registers (named variables:
+// see gemm_block). The first chunk of heads evaluates the activation and
+// leaves it in `hid` for the following chunks (only when H > 8).
+#define ITNET_MLP_INIT(c) \
+  if constexpr (NH > c) a##c = b2h ? V(b2h[c]) : V(T(0));
+#define ITNET_MLP_ACC(c) \
+  if constexpr (NH > c) a##c = at::vec::fmadd(V(wr[c * R]), hv, a##c);
+#define ITNET_MLP_PUT(c)                     \
+  if constexpr (NH > c) {                    \
+    T* sp = S + c * s_head;                  \
+    store(load(sp, cnt) + a##c, sp, cnt);    \
+  }
+template <int NH, Activation A, class T>
+inline void mlp_heads(int64_t R, const T* ui, const T* ts, int64_t tld, int64_t cnt, bool first,
+                      T* hid, const T* w, const T* b2h, T* S, int64_t s_head) {
+  using V = Vec<T>;
+  constexpr int64_t VS = V::size();
+  V a0, a1, a2, a3, a4, a5, a6, a7;
+  ITNET_MLP_INIT(0) ITNET_MLP_INIT(1) ITNET_MLP_INIT(2) ITNET_MLP_INIT(3)
+  ITNET_MLP_INIT(4) ITNET_MLP_INIT(5) ITNET_MLP_INIT(6) ITNET_MLP_INIT(7)
+  for (int64_t r = 0; r < R; ++r) {
+    V hv;
+    if (first) {
+      V pre = ui ? V(ui[r]) : V(T(0));
+      if (ts) pre = pre + load(ts + r * tld, cnt);
+      hv = Act<A, V>::fwd(pre);
+      hv.store(hid + r * VS);
+    } else {
+      hv = V::loadu(hid + r * VS);
+    }
+    const T* wr = w + r;
+    ITNET_MLP_ACC(0) ITNET_MLP_ACC(1) ITNET_MLP_ACC(2) ITNET_MLP_ACC(3)
+    ITNET_MLP_ACC(4) ITNET_MLP_ACC(5) ITNET_MLP_ACC(6) ITNET_MLP_ACC(7)
+  }
+  ITNET_MLP_PUT(0) ITNET_MLP_PUT(1) ITNET_MLP_PUT(2) ITNET_MLP_PUT(3)
+  ITNET_MLP_PUT(4) ITNET_MLP_PUT(5) ITNET_MLP_PUT(6) ITNET_MLP_PUT(7)
+}
+#undef ITNET_MLP_INIT
+#undef ITNET_MLP_ACC
+#undef ITNET_MLP_PUT
+
 template <class T, Activation A>
 void mlp_logits(const FwdParams& p, const Block& blk, T* S, Scratch<T>& ws) {
   using V = Vec<T>;
@@ -250,6 +292,7 @@ void mlp_logits(const FwdParams& p, const Block& blk, T* S, Scratch<T>& ws) {
   const T* W2 = static_cast<const T*>(p.W2);
   const T* b2 = static_cast<const T*>(p.b2);
   const T* u = p.u ? static_cast<const T*>(p.u) + (blk.b * p.N + blk.i0) * R : nullptr;
+  const int64_t s_head = blk.bq * kBK;
   T* hid = ws.hid.data();
   for (int64_t i = 0; i < blk.bq; ++i) {
     int64_t tld = 0;
@@ -257,20 +300,20 @@ void mlp_logits(const FwdParams& p, const Block& blk, T* S, Scratch<T>& ws) {
     const T* ui = u ? u + i * R : nullptr;
     for (int64_t jv = 0; jv < blk.bk; jv += VS) {
       const int64_t cnt = std::min(VS, blk.bk - jv);
-      // hidden layer of 'cnt' pairs (i, j), once for all heads
-      for (int64_t r = 0; r < R; ++r) {
-        V pre = ui ? V(ui[r]) : V(T(0));
-        if (ts) pre = pre + load(ts + r * tld + jv, cnt);
-        Act<A, V>::fwd(pre).store(hid + r * VS);
-      }
-      // projection to the heads (W2 broadcast and hidden lanes both come
-      // from L1; the FMA port is the limit either way)
-      for (int64_t h = blk.h0; h < blk.h1; ++h) {
-        V acc(b2 ? b2[h] : T(0));
+      const T* tj = ts ? ts + jv : nullptr;
+      for (int64_t h = blk.h0; h < blk.h1; h += 8) {
+        const bool first = h == blk.h0;
         const T* w = W2 + h * R;
-        for (int64_t r = 0; r < R; ++r) acc = at::vec::fmadd(V(w[r]), V::loadu(hid + r * VS), acc);
-        T* sp = S + ((h - blk.h0) * blk.bq + i) * kBK + jv;
-        store(load(sp, cnt) + acc, sp, cnt);
+        const T* b2h = b2 ? b2 + h : nullptr;
+        T* Sh = S + ((h - blk.h0) * blk.bq + i) * kBK + jv;
+        switch (std::min<int64_t>(8, blk.h1 - h)) {
+#define ITNET_MLP_CASE(n) \
+  case n: mlp_heads<n, A>(R, ui, tj, tld, cnt, first, hid, w, b2h, Sh, s_head); break;
+          ITNET_MLP_CASE(1) ITNET_MLP_CASE(2) ITNET_MLP_CASE(3) ITNET_MLP_CASE(4)
+          ITNET_MLP_CASE(5) ITNET_MLP_CASE(6) ITNET_MLP_CASE(7) ITNET_MLP_CASE(8)
+#undef ITNET_MLP_CASE
+          default: break;
+        }
       }
     }
   }

@@ -25,17 +25,6 @@ struct Ops<at::vec::Vectorized<T>> {
   // float: ATen's fast polynomial exp (max error ~20 ulp, exp(-inf) = 0, no
   // overflow to inf); double: the accurate Sleef exp (exp_u20 maps to it).
   static V exp(const V& x) { return x.exp_u20(); }
-  static V tanh(const V& x) {
-    if constexpr (std::is_same_v<T, float>) {
-      // 1 - 2 / (exp(2x) + 1): absolute error ~1e-7, which is what the
-      // activations need (they use 1 + tanh and 1 - tanh^2), at a fraction of
-      // the cost of Sleef's tanh. Saturates correctly for |x| large.
-      const V one(T(1));
-      return one - V(T(2)) / ((x + x).exp_u20() + one);
-    } else {
-      return x.tanh();
-    }
-  }
   static V relu(const V& x) { return at::vec::clamp_min(x, V(T(0))); }
   static V step(const V& x) { return V::blendv(V(T(0)), V(T(1)), x > V(T(0))); }
 };
