@@ -14,6 +14,42 @@ using namespace tile;
 // ---------------------------------------------------------------------------
 // Backward: one item = (batch, head group, key tile); loops over query tiles.
 
+// Head projection part of the MLP backward for NH (<= 8) heads starting at
+// h, the logit gradients of `cnt` pairs held in registers (named: see
+// gemm_block): dhid_r += sum_h W2[h, r] dS_h,  dW2[h, r] += dS_h hid_r,
+// db2[h] += dS_h (vector partial sums, reduced once per item).
+#define ITNET_BWD_LOAD(c)                           \
+  if constexpr (NH > c) {                           \
+    d##c = load(dS + c * s_head, cnt);              \
+    T* db = db2acc + c * VS;                        \
+    (V::loadu(db) + d##c).store(db);                \
+  }
+#define ITNET_BWD_ACC(c)                                             \
+  if constexpr (NH > c) {                                            \
+    dh = at::vec::fmadd(V(wr[c * R]), d##c, dh);                     \
+    T* dw = dW2acc + (c * R + r) * VS;                               \
+    at::vec::fmadd(d##c, hv, V::loadu(dw)).store(dw);                \
+  }
+template <int NH, class T>
+inline void mlp_heads_bwd(int64_t R, const T* hid, T* dhid, const T* w, const T* dS,
+                          int64_t s_head, int64_t cnt, T* dW2acc, T* db2acc) {
+  using V = Vec<T>;
+  constexpr int64_t VS = V::size();
+  V d0, d1, d2, d3, d4, d5, d6, d7;  // masked lanes load as 0
+  ITNET_BWD_LOAD(0) ITNET_BWD_LOAD(1) ITNET_BWD_LOAD(2) ITNET_BWD_LOAD(3)
+  ITNET_BWD_LOAD(4) ITNET_BWD_LOAD(5) ITNET_BWD_LOAD(6) ITNET_BWD_LOAD(7)
+  for (int64_t r = 0; r < R; ++r) {
+    const V hv = V::loadu(hid + r * VS);
+    V dh = V::loadu(dhid + r * VS);
+    const T* wr = w + r;
+    ITNET_BWD_ACC(0) ITNET_BWD_ACC(1) ITNET_BWD_ACC(2) ITNET_BWD_ACC(3)
+    ITNET_BWD_ACC(4) ITNET_BWD_ACC(5) ITNET_BWD_ACC(6) ITNET_BWD_ACC(7)
+    dh.store(dhid + r * VS);
+  }
+}
+#undef ITNET_BWD_LOAD
+#undef ITNET_BWD_ACC
+
 // Gradient of the MLP term of a block, given dS (the logit gradients of every
 // head of the group, in ws.S). Query-side and parameter gradients go to the
 // thread's buffers, key-side ones to ws.dtT (owned by the item).
@@ -50,16 +86,18 @@ void mlp_backward(const BwdParams& bp, const Block& blk, Scratch<T>& ws, T* du_t
         V(T(0)).store(dhid + r * VS);
       }
       // dhid_r = sum_h W2[h, r] dS_h ; dW2[h, r] += dS_h hid_r ; db2[h] += dS_h
-      for (int64_t h = blk.h0; h < blk.h1; ++h) {
+      for (int64_t h = blk.h0; h < blk.h1; h += 8) {
         const int64_t hh = h - blk.h0;
-        const V ds = load(dS + (hh * blk.bq + i) * kBK + jv, cnt);  // masked lanes: 0
-        T* db = db2acc + hh * VS;
-        (V::loadu(db) + ds).store(db);
-        const T* w = W2 + h * R;
+        const T* dSh = dS + (hh * blk.bq + i) * kBK + jv;
         T* dw = dW2acc + hh * R * VS;
-        for (int64_t r = 0; r < R; ++r) {
-          at::vec::fmadd(V(w[r]), ds, V::loadu(dhid + r * VS)).store(dhid + r * VS);
-          at::vec::fmadd(ds, V::loadu(hid + r * VS), V::loadu(dw + r * VS)).store(dw + r * VS);
+        T* db = db2acc + hh * VS;
+        switch (std::min<int64_t>(8, blk.h1 - h)) {
+#define ITNET_MLP_CASE(n)                                                                    \
+  case n: mlp_heads_bwd<n>(R, hid, dhid, W2 + h * R, dSh, blk.bq * kBK, cnt, dw, db); break;
+          ITNET_MLP_CASE(1) ITNET_MLP_CASE(2) ITNET_MLP_CASE(3) ITNET_MLP_CASE(4)
+          ITNET_MLP_CASE(5) ITNET_MLP_CASE(6) ITNET_MLP_CASE(7) ITNET_MLP_CASE(8)
+#undef ITNET_MLP_CASE
+          default: break;
         }
       }
       for (int64_t r = 0; r < R; ++r) {
