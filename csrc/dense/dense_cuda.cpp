@@ -53,9 +53,7 @@ std::tuple<at::Tensor, at::Tensor> dense_fwd_cuda(
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor>
-dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
+GradTuple dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
                const c10::optional<at::Tensor>& grad_lse,
                const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
                const at::Tensor& v, const c10::optional<at::Tensor>& u,
@@ -72,68 +70,12 @@ dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, const at::Tens
   Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
                         key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
                         softmax, causal, /*key_tile=*/0, /*backward=*/true);
-  const FwdParams& p = pr.params;
-  check_grad_inputs(grad_out, out, lse, grad_lse, v, p, softmax);  // shapes, dtypes, devices
-  const auto opts = v.options();
-  const auto dtype = v.scalar_type();
-
-  BwdParams bp;
-  bp.f = p;
-  at::Tensor dout = grad_out.contiguous();
-  at::Tensor lse_c, delta;
-  if (softmax) {
-    lse_c = lse.contiguous();
-    // FlashAttention's D = rowsum(dO * O); a gradient g on lse shifts it by -g
-    delta = (dout * out).sum(-1);
-    if (grad_lse.has_value() && grad_lse->defined()) delta = delta - *grad_lse;
-    delta = delta.contiguous();
-    bp.lse = lse_c.data_ptr();
-    bp.delta = delta.data_ptr();
-  }
-  bp.dout = dout.data_ptr();
-
-  // Which gradients exist follows the arguments, not the params' pointers:
-  // an input with no elements (N, M, Dk or R = 0) has a null data pointer but
-  // still gets a (zero) gradient of its shape.
-  auto none = [&]() { return at::empty({0}, opts); };
-  auto zeros_or_none = [&](bool given, at::IntArrayRef shape) {
-    return given ? at::zeros(shape, opts) : none();
-  };
-  const bool content = p.content;
-  const bool mlp = p.mlp;
-  at::Tensor dq = zeros_or_none(content, {p.B, p.H, p.N, p.Dk});
-  at::Tensor dk = zeros_or_none(content, {p.B, p.H, p.M, p.Dk});
-  at::Tensor dv = at::zeros({p.B, p.H, p.M, p.Dv}, opts);
-  at::Tensor du = zeros_or_none(mlp && u.has_value(), {p.B, p.N, p.R});
-  at::Tensor dt = zeros_or_none(mlp && t.has_value(), {p.B, p.M, p.R});
-  at::Tensor dW2 = zeros_or_none(mlp, {p.H, p.R});
-  at::Tensor db2 = zeros_or_none(mlp && b2.has_value(), {p.H});
-  at::Tensor dE = offset_table.has_value() ? at::zeros(offset_table->sizes(), opts) : none();
-  const bool need_dkw = key_weight.has_value();
-  at::Tensor dkw = zeros_or_none(need_dkw, {p.B, p.M});
-  // the kernels test these pointers only where the matching input pointer
-  // is non-null, i.e. where the input (and so the gradient) has elements
-  bp.dq = content ? dq.data_ptr() : nullptr;
-  bp.dk = content ? dk.data_ptr() : nullptr;
-  bp.dv = dv.data_ptr();
-  bp.du = du.numel() ? du.data_ptr() : nullptr;
-  bp.dt = dt.numel() ? dt.data_ptr() : nullptr;
-  bp.dW2 = dW2.numel() ? dW2.data_ptr() : nullptr;
-  bp.db2 = db2.numel() ? db2.data_ptr() : nullptr;
-  bp.dE = dE.numel() ? dE.data_ptr() : nullptr;
-  bp.dkw = dkw.numel() ? dkw.data_ptr() : nullptr;
-  bp.need_dkw = need_dkw && dkw.numel() > 0;
-
-  cuda_dense_bwd(bp, dtype == at::kDouble, at::cuda::getCurrentCUDAStream());
-
-  if (mlp && u.has_value()) du = reduce_to(du, *u);
-  if (mlp && t.has_value()) dt = reduce_to(dt, *t);
-  if (need_dkw) {
-    at::Tensor g = dkw;  // softmax: d/d(log w); none: d/dw
-    if (softmax) g = g / key_weight->to(dtype).expand({p.B, p.M});
-    dkw = reduce_to(g, *key_weight);
-  }
-  return {dq, dk, dv, du, dt, dW2, db2, dE, dkw};
+  // one gradient buffer each (copies = 1), accumulated with atomics where
+  // several warps contribute
+  const Backward bw = prepare_backward(pr, grad_out, out, lse, grad_lse, v, u, t, b2, offset_table,
+                                       key_weight, softmax, /*copies=*/1);
+  cuda_dense_bwd(bw.params, v.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream());
+  return bw.finish(u, t, key_weight);
 }
 
 }  // namespace

@@ -289,6 +289,9 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   return pr;
 }
 
+namespace {
+
+// Shapes, dtypes and devices of the extra inputs of the backward.
 void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
                        const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
                        const FwdParams& p, bool softmax) {
@@ -305,6 +308,81 @@ void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const 
     check(lse, "lse", row_shape);
     if (grad_lse.has_value() && grad_lse->defined()) check(*grad_lse, "grad_lse", row_shape);
   }
+}
+
+}  // namespace
+
+Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const at::Tensor& out,
+                          const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
+                          const at::Tensor& v, const c10::optional<at::Tensor>& u,
+                          const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& b2,
+                          const c10::optional<at::Tensor>& offset_table,
+                          const c10::optional<at::Tensor>& key_weight, bool softmax,
+                          int64_t copies) {
+  const FwdParams& p = fwd.params;
+  check_grad_inputs(grad_out, out, lse, grad_lse, v, p, softmax);
+  Backward bw;
+  BwdParams& bp = bw.params;
+  bp.f = p;
+  auto keep = [&](at::Tensor x) {
+    bw.keep_alive.push_back(x);
+    return x.data_ptr();
+  };
+  bp.dout = keep(grad_out.contiguous());
+  if (softmax) {
+    // FlashAttention's D = rowsum(dO * O). A gradient g on lse adds P * g to
+    // the logit gradient P * (dP - D), i.e. it shifts D by -g.
+    at::Tensor delta = (grad_out * out).sum(-1);
+    if (grad_lse.has_value() && grad_lse->defined()) delta = delta - *grad_lse;
+    bp.lse = keep(lse.contiguous());
+    bp.delta = keep(delta.contiguous());
+  }
+
+  const auto opts = v.options();
+  auto make = [&](bool given, std::vector<int64_t> shape, bool per_copy) {
+    if (!given) return at::empty({0}, opts);
+    if (per_copy) shape.insert(shape.begin(), copies);
+    return at::zeros(shape, opts);
+  };
+  const bool mlp = p.mlp;
+  bw.dk = make(p.content, {p.B, p.H, p.M, p.Dk}, false);
+  bw.dv = make(true, {p.B, p.H, p.M, p.Dv}, false);
+  bw.dt = make(mlp && t.has_value(), {p.B, p.M, p.R}, false);
+  bw.dq = make(p.content, {p.B, p.H, p.N, p.Dk}, true);
+  bw.du = make(mlp && u.has_value(), {p.B, p.N, p.R}, true);
+  bw.dW2 = make(mlp, {p.H, p.R}, true);
+  bw.db2 = make(mlp && b2.has_value(), {p.H}, true);
+  bw.dE = make(mlp && offset_table.has_value(), {p.O, p.R}, true);
+  bw.dkw = make(key_weight.has_value(), {p.B, p.M}, true);
+  // the kernels only touch a gradient buffer whose input has elements
+  auto ptr = [](const at::Tensor& x) { return x.numel() ? x.data_ptr() : nullptr; };
+  bp.dk = ptr(bw.dk);
+  bp.dv = ptr(bw.dv);
+  bp.dt = ptr(bw.dt);
+  bp.dq = ptr(bw.dq);
+  bp.du = ptr(bw.du);
+  bp.dW2 = ptr(bw.dW2);
+  bp.db2 = ptr(bw.db2);
+  bp.dE = ptr(bw.dE);
+  bp.dkw = ptr(bw.dkw);
+  bp.need_dkw = bp.dkw != nullptr;
+  return bw;
+}
+
+GradTuple Backward::finish(const c10::optional<at::Tensor>& u, const c10::optional<at::Tensor>& t,
+                           const c10::optional<at::Tensor>& key_weight) const {
+  const FwdParams& p = params.f;
+  auto total = [](const at::Tensor& x) { return x.dim() > 1 ? x.sum(0) : x; };
+  at::Tensor gdu = total(du), gdt = dt, gkw = total(dkw);
+  if (u.has_value() && du.dim() > 1) gdu = reduce_to(gdu, *u);
+  if (t.has_value() && dt.dim() > 1) gdt = reduce_to(gdt, *t);
+  if (key_weight.has_value() && dkw.dim() > 1) {
+    // the kernels accumulate d/d(log w) in softmax mode (w enters as a logit
+    // bias), d/dw in `none` mode
+    if (p.softmax) gkw = gkw / key_weight->to(dkw.scalar_type()).expand({p.B, p.M});
+    gkw = reduce_to(gkw, *key_weight);
+  }
+  return {total(dq), dk, dv, gdu, gdt, total(dW2), total(db2), total(dE), gkw};
 }
 
 }  // namespace dense

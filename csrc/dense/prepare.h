@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <tuple>
 #include <vector>
 
 #include "dense/params.h"
@@ -32,10 +33,33 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
                  bool causal, int64_t key_tile, bool backward);
 
-// Shapes, dtypes and devices of the extra inputs of the backward.
-void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
-                       const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
-                       const FwdParams& p, bool softmax);
+
+using GradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                             at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The backward's extra inputs (dout, lse, delta = rowsum(dO * O) - grad_lse)
+// and its gradient buffers, shared by the CPU and CUDA entry points. Key-side
+// gradients (dk, dv, dt) are single buffers; the others (dq, du, dW2, db2,
+// dE, dkw) get a leading dim of `copies` (CPU: one per thread, CUDA: 1, with
+// atomics) that finish() sums. Which gradients exist follows the arguments,
+// not the params' pointers (a zero-size input still gets a gradient).
+struct Backward {
+  BwdParams params;
+  std::vector<at::Tensor> keep_alive;
+  at::Tensor dq, dk, dv, du, dt, dW2, db2, dE, dkw;
+  // Gradients in dense_bwd's output order, summed over copies, reduced to
+  // the inputs' (possibly batch-broadcast) shapes; empty for absent inputs.
+  GradTuple finish(const c10::optional<at::Tensor>& u, const c10::optional<at::Tensor>& t,
+                   const c10::optional<at::Tensor>& key_weight) const;
+};
+
+Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const at::Tensor& out,
+                          const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
+                          const at::Tensor& v, const c10::optional<at::Tensor>& u,
+                          const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& b2,
+                          const c10::optional<at::Tensor>& offset_table,
+                          const c10::optional<at::Tensor>& key_weight, bool softmax,
+                          int64_t copies);
 
 // Sums a gradient computed at the full batch size over the dims where the
 // input was broadcast (size 1), giving the input's shape.
