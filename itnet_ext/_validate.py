@@ -76,23 +76,34 @@ def _is_number(x) -> bool:
     return isinstance(x, numbers.Real)
 
 
-def normalize_window(window, D: Optional[int] = None) -> Optional[Window]:
+def normalize_window(window, D: Optional[int] = None, *, scalar: bool = False,
+                     broadcast: bool = False,
+                     dim_label: str = "the position dimension D") -> Optional[Window]:
     """Parse ``window`` into a tuple of D ``(lo, hi)`` float pairs.
 
     Accepts None, a single pair ``(lo, hi)`` (D = 1), a sequence of pairs, or a
     tensor of shape (2,) / (D, 2).  When ``D`` is given the number of pairs must
-    match it.
+    match it (``dim_label`` names D in that error).
+
+    Two more forms, for the layers (``itnet_ext.nn``), are opt-in:
+    ``scalar=True``: a number ``w >= 0`` means ``(-w, w)`` in each of the D dims;
+    ``broadcast=True``: a single pair ``(lo, hi)`` is used for each of the D dims.
     """
     if window is None:
         return None
     if isinstance(window, torch.Tensor):
         window = window.tolist()
+    n_dims = 1 if D is None else D
+    if scalar and _is_number(window) and not isinstance(window, bool):
+        if window < 0:
+            raise ValueError(f"window: a number w means (-w, w) and must be >= 0, got {window}")
+        window = [(-window, window)] * n_dims
     if isinstance(window, (str, bytes)) or not isinstance(window, Sequence):
         raise ValueError(
-            f"window: expected a pair (lo, hi) or a sequence of D pairs ((lo_0, hi_0), ...), "
-            f"got {type(window).__name__}")
+            f"window: expected {'a number w, ' if scalar else ''}a pair (lo, hi) or a sequence "
+            f"of D pairs ((lo_0, hi_0), ...), got {type(window).__name__}")
     if len(window) == 2 and all(_is_number(w) for w in window):
-        pairs = [tuple(window)]
+        pairs = [tuple(window)] * (n_dims if broadcast else 1)
     else:
         pairs = []
         for d, p in enumerate(window):
@@ -116,7 +127,7 @@ def normalize_window(window, D: Optional[int] = None) -> Optional[Window]:
         out.append((lo, hi))
     if D is not None and len(out) != D:
         raise ValueError(
-            f"window: expected {D} (lo, hi) pair(s) to match the position dimension D = {D}, "
+            f"window: expected {D} (lo, hi) pair(s) to match {dim_label} = {D}, "
             f"got {len(out)}")
     return tuple(out)
 

@@ -29,25 +29,30 @@ def _mask_shape(code, B, H, N, M):
     return tuple(table[c] for c in code)
 
 
-def make_problem(seed, dtype=torch.float64, **opt):
+def make_problem(seed, dtype=torch.float64, *, choices=None, w2_gain=1.0, table_gain=1.0, **opt):
     """A random, valid argument set of ``integral_transform``.
 
     Every option not given in ``opt`` is drawn from ``random.Random(seed)``:
-    content / mlp (at least one), use_u / use_t / use_b2, activation, normalize,
-    causal, support ("none" | "window" | "frac" | "offset"), D (position dims),
-    pos ("default" | "batch" | "bcast"), kpm, mask (None | "bool" | "float"),
-    mask_shape (see MASK_SHAPES), key_weight (None | "B" | "1"), empty (force rows with an
-    empty support), sizes B, H, N, M, Dk, Dv, R.
+    content / mlp (at least one), use_u / use_t / use_b2, u_batch / t_batch (B or 1),
+    activation, normalize, causal, support ("none" | "window" | "frac" | "offset"),
+    D (position dims), pos ("default" | "batch" | "bcast"), kpm, mask (None | "bool" |
+    "float"), mask_shape (see MASK_SHAPES), key_weight (None | "B" | "1"), empty (force rows
+    with an empty support), sizes B, H, N, M, Dk, Dv, R (N or M may be 0).
+
+    ``choices`` (name -> list) replaces the default list an option is drawn from (another
+    distribution of problems, e.g. the CUDA tests' sizes); ``w2_gain`` and ``table_gain``
+    scale W2 (``randn / sqrt(R)`` by default) and offset_table (``randn``).
 
     Returns a dict of keyword arguments (tensors in ``dtype``; none requires grad).
     """
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
+    choices = choices or {}
 
-    def pick(name, choices):
+    def pick(name, default):
         if name in opt:
             return opt[name]
-        return rng.choice(choices)
+        return rng.choice(choices.get(name, default))
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
@@ -83,13 +88,13 @@ def make_problem(seed, dtype=torch.float64, **opt):
         if rng.random() < 0.2:
             kw["scale"] = rng.choice([0.3, 1.7])
     if mlp:
-        kw["W2"] = randn(H, R) / math.sqrt(R)
+        kw["W2"] = randn(H, R) * w2_gain / math.sqrt(max(R, 1))
         kw["activation"] = activation
         if pick("use_u", [True, True, False]) or not content:
             # without q, N comes from u or q_pos; keep u when there is no q
-            kw["u"] = randn(rng.choice([B, 1]), N, R)
+            kw["u"] = randn(pick("u_batch", [B, 1]), N, R)
         if pick("use_t", [True, True, False]):
-            kw["t"] = randn(rng.choice([B, 1]), M, R)
+            kw["t"] = randn(pick("t_batch", [B, 1]), M, R)
         if pick("use_b2", [True, False]):
             kw["b2"] = randn(H)
 
@@ -136,7 +141,7 @@ def make_problem(seed, dtype=torch.float64, **opt):
                 for lo, hi in win:
                     vol *= hi - lo + 1
                 extra = rng.choice([0, 0, 3])  # extra rows never indexed: zero gradient
-                kw["offset_table"] = randn(vol + extra, R)
+                kw["offset_table"] = randn(vol + extra, R) * table_gain
 
     # ---- masks and weights ----
     if kpm_on or empty:

@@ -12,8 +12,8 @@ gradients) and the dtype check.
 
 Skipped without a GPU (or in a build without the CUDA kernels).
 """
+import functools
 import math
-import random
 
 import pytest
 import torch
@@ -40,96 +40,32 @@ pytestmark = pytest.mark.skipif(not _cuda_ready(),
 
 
 # --------------------------------------------------------------------------------------------
-# problem generator (plain CPU float64 tensors; shared with offline harnesses)
+# problem generator: conftest's make_problem with this file's distribution of cases
 # --------------------------------------------------------------------------------------------
 MASK_SHAPES = ("NM", "B1NM", "1HNM", "BHNM", "111M", "B11M", "1H1M", "N1", "M")
 
+# Choice lists replacing conftest's defaults: N or M = 0, sizes that are not multiples of
+# any tile, Dk != Dv, H > 8, R up to 130; no forced empty rows (test_empty_support_rows).
+CUDA_CHOICES = dict(
+    mlp=[True, True, False],
+    H=[1, 2, 3, 9, 12],
+    N=[0, 1, 5, 31, 33, 47, 70],
+    M=[0, 1, 7, 32, 33, 65, 100],
+    Dk=[1, 3, 16, 33, 40],
+    Dv=[1, 5, 32, 37, 70],
+    R=[1, 3, 17, 32, 64, 128, 130],
+    normalize=["softmax", "softmax", "none"],
+    D=[1, 1, 2],
+    mask_shape=list(MASK_SHAPES),
+    empty=[False],
+)
 
-def make_problem(seed, **opt):
-    """A random valid argument set of integral_transform; ``opt`` pins any choice."""
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
 
-    def pick(name, choices):
-        return opt[name] if name in opt else rng.choice(choices)
-
-    def randn(*shape, s=1.0):
-        return torch.randn(*shape, generator=gen, dtype=F64) * s
-
-    mlp = pick("mlp", [True, True, False])
-    content = pick("content", [True, False] if mlp else [True])
-    B = pick("B", [1, 2, 3])
-    H = pick("H", [1, 2, 3, 9, 12])
-    N = pick("N", [0, 1, 5, 31, 33, 47, 70])
-    M = pick("M", [0, 1, 7, 32, 33, 65, 100])
-    Dk = pick("Dk", [1, 3, 16, 33, 40])
-    Dv = pick("Dv", [1, 5, 32, 37, 70])
-    R = pick("R", [1, 3, 17, 32, 64, 128, 130])
-    normalize = pick("normalize", ["softmax", "softmax", "none"])
-    support = pick("support", ["none", "window", "frac"] + (["offset", "offset"] if mlp else []))
-    D = pick("D", [1, 1, 2])
-    causal = pick("causal", [False, False, True])
-    kpm = pick("kpm", [False, True])
-    mask = pick("mask", [None, None, "bool", "float"])
-    mask_shape = pick("mask_shape", list(MASK_SHAPES))
-    key_weight = pick("key_weight", [None, None, "B", "1"])
-
-    kw = dict(v=randn(B, H, M, Dv), normalize=normalize, causal=causal)
-    if content:
-        kw["q"] = randn(B, H, N, Dk)
-        kw["k"] = randn(B, H, M, Dk)
-        if rng.random() < 0.3:
-            kw["scale"] = rng.choice([0.3, 1.3])
-    if mlp:
-        kw["W2"] = randn(H, R, s=1.5 / math.sqrt(max(R, 1)))
-        kw["activation"] = pick("activation", ["relu", "gelu", "silu"])
-        if pick("use_u", [True, True, False]) or not content:
-            kw["u"] = randn(pick("u_batch", [B, 1]), N, R)
-        if pick("use_t", [True, True, False]):
-            kw["t"] = randn(pick("t_batch", [B, 1]), M, R)
-        if pick("use_b2", [True, False]):
-            kw["b2"] = randn(H)
-
-    if support == "frac":  # float positions, fractional window bounds
-        side = max(N, M, 1) ** (1.0 / D)
-        Bp = rng.choice([B, 1])
-        kw["q_pos"] = torch.rand(Bp, N, D, generator=gen, dtype=F64) * side
-        kw["k_pos"] = torch.rand(rng.choice([Bp, 1]), M, D, generator=gen, dtype=F64) * side
-        kw["window"] = [(-rng.uniform(0.1, 0.6) * side, rng.uniform(0.1, 0.6) * side)
-                        for _ in range(D)]
-    elif support in ("window", "offset"):  # integer positions on a grid
-        if D == 1 and rng.random() < 0.5:
-            side = max(N, M, 1)  # default positions: the index
-        else:
-            side = max(2, int(math.ceil(max(N, M, 1) ** (1.0 / D))) + 1)
-            Bq = rng.choice([B, 1])
-            kw["q_pos"] = torch.randint(0, side, (Bq, N, D), generator=gen).to(F64)
-            kw["k_pos"] = torch.randint(0, side, (rng.choice([Bq, 1]), M, D), generator=gen).to(F64)
-        reach = max(1, side // 3)
-        kw["window"] = [(-rng.randint(0, reach), rng.randint(0, reach)) for _ in range(D)]
-        if support == "offset":
-            vol = 1
-            for lo, hi in kw["window"]:
-                vol *= hi - lo + 1
-            kw["offset_table"] = randn(vol + rng.choice([0, 2]), R, s=0.7)
-    if "window" in kw and D == 1 and rng.random() < 0.5:
-        kw["window"] = kw["window"][0]
-
-    if kpm:
-        kw["key_padding_mask"] = torch.rand(B, M, generator=gen) < 0.25
-    if mask is not None:
-        table = {"B": B, "H": H, "N": N, "M": M, "1": 1}
-        shape = tuple(table[c] for c in mask_shape)
-        if mask == "bool":
-            kw["attn_mask"] = torch.rand(shape, generator=gen) < 0.75
-        else:
-            am = randn(*shape)
-            am[torch.rand(shape, generator=gen) < 0.15] = -math.inf
-            kw["attn_mask"] = am
-    if key_weight is not None:
-        kw["key_weight"] = torch.rand(B if key_weight == "B" else 1, M, generator=gen,
-                                      dtype=F64) + 0.25
-    return kw
+@pytest.fixture
+def make_problem(dense):
+    """``make_problem(seed, **opt)``: a random valid argument set of integral_transform (plain
+    CPU float64 tensors); ``opt`` pins any choice."""
+    return functools.partial(dense.make_problem, choices=CUDA_CHOICES, w2_gain=1.5, table_gain=0.7)
 
 
 def describe(kw):
@@ -211,7 +147,7 @@ def check_vs_reference(kw, dtype, device="cuda", fused=functional.integral_trans
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("seed", range(24))
-def test_fuzz_vs_reference(seed, dtype):
+def test_fuzz_vs_reference(seed, dtype, make_problem):
     check_vs_reference(make_problem(1000 + seed), dtype, seed=seed)
 
 
@@ -232,7 +168,7 @@ FEATURES = [
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
 @pytest.mark.parametrize("feat", range(len(FEATURES)))
-def test_features_vs_reference(feat, activation, dtype):
+def test_features_vs_reference(feat, activation, dtype, make_problem):
     opts = dict(FEATURES[feat])
     if opts.get("mlp"):
         opts["activation"] = activation
@@ -242,7 +178,7 @@ def test_features_vs_reference(feat, activation, dtype):
 
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
-def test_large_dims(dtype):
+def test_large_dims(dtype, make_problem):
     """H > 8, R > 128, Dv > 256 (several column passes per lane), Dk != Dv, odd N, M."""
     kw = make_problem(7, content=True, mlp=True, B=2, H=12, N=45, M=97, Dk=129, Dv=300, R=130,
                       support="offset", D=1, normalize="softmax", kpm=True, key_weight="B",
@@ -252,7 +188,7 @@ def test_large_dims(dtype):
 
 @pytest.mark.parametrize("NM", [(0, 5), (6, 0), (0, 0)])
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
-def test_no_queries_or_no_keys(NM, normalize):
+def test_no_queries_or_no_keys(NM, normalize, make_problem):
     N, M = NM
     kw = make_problem(3, content=True, mlp=True, N=N, M=M, normalize=normalize, support="none",
                       mask=None, kpm=False, key_weight="B", use_u=True, use_t=True, use_b2=True)
@@ -267,7 +203,7 @@ def test_no_queries_or_no_keys(NM, normalize):
 @pytest.mark.parametrize("sizes", [dict(R=0), dict(Dk=0), dict(Dv=0), dict(H=0), dict(B=0)],
                          ids=["R0", "Dk0", "Dv0", "H0", "B0"])
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
-def test_degenerate_sizes(sizes, normalize):
+def test_degenerate_sizes(sizes, normalize, make_problem):
     """Zero-size dims: R = 0 leaves b2 as the whole MLP term, Dk = 0 a zero content term."""
     kw = make_problem(9, content=True, mlp=True, normalize=normalize, support="offset", D=1,
                       kpm=True, key_weight="B", use_u=True, use_t=True, use_b2=True, N=9, M=12,
@@ -277,7 +213,7 @@ def test_degenerate_sizes(sizes, normalize):
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
-def test_empty_support_rows(normalize, dtype):
+def test_empty_support_rows(normalize, dtype, make_problem):
     """Rows whose support is empty (padding, causal + window, bool mask) give exactly 0,
     lse = -inf, zero gradients, never NaN; the other rows match the reference."""
     B, H, N, M, Dk, Dv, R = 2, 3, 40, 45, 8, 5, 16
@@ -322,7 +258,7 @@ def test_rejects_half_precision():
                                       None, None, [], [], 0.5, 1, True, False)
 
 
-def test_matches_cpu_kernels_and_repeats():
+def test_matches_cpu_kernels_and_repeats(make_problem):
     """Same float64 problem on CUDA and with the CPU kernels: equal to 1e-12; repeated CUDA
     calls give the same forward result (the forward has no atomics)."""
     kw = make_problem(21, content=True, mlp=True, support="offset", D=2, N=47, M=65, H=3,
@@ -336,7 +272,7 @@ def test_matches_cpu_kernels_and_repeats():
     assert rel_err(o1, o3) <= 1e-12 and rel_err(l1, l3) <= 1e-12
 
 
-def test_other_device_index_and_stream():
+def test_other_device_index_and_stream(make_problem):
     """Runs on a non-default stream (and on the device of the inputs, not the current one)."""
     kw = make_problem(5, content=True, mlp=True, support="window", D=1, N=20, M=30)
     dev = torch.device("cuda", torch.cuda.device_count() - 1)

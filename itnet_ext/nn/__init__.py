@@ -1,20 +1,6 @@
 """Layers: the general :class:`IntegralTransform` and exact converters."""
+from . import convert
+from .convert import *  # noqa: F401,F403  (the converters, listed once in convert.__all__)
 from .transform import IntegralTransform
-from .convert import (
-    IntegralConv1d,
-    IntegralConv2d,
-    IntegralMultiheadAttention,
-    from_conv1d,
-    from_conv2d,
-    from_multihead_attention,
-)
 
-__all__ = [
-    "IntegralTransform",
-    "IntegralMultiheadAttention",
-    "IntegralConv1d",
-    "IntegralConv2d",
-    "from_multihead_attention",
-    "from_conv1d",
-    "from_conv2d",
-]
+__all__ = ["IntegralTransform", *convert.__all__]

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as _functional
-from .transform import IntegralTransform, _convert_masks
+from ._inputs import batch_first_inputs, convert_masks
+from .transform import IntegralTransform
 
 __all__ = [
     "IntegralMultiheadAttention",
@@ -112,20 +113,8 @@ class IntegralMultiheadAttention(IntegralTransform):
                 f"IntegralMultiheadAttention does not implement attention dropout (dropout={self.dropout}); "
                 "call .eval() or build it from a module with dropout=0"
             )
-        if not isinstance(query, Tensor) or query.dim() not in (2, 3):
-            raise ValueError("query must be a 3-D (batched) or 2-D (unbatched) tensor")
-        is_batched = query.dim() == 3
-        q_in = self._to_batch_first(query, "query", self.embed_dim, is_batched)
-        k_in = self._to_batch_first(key, "key", self.kdim, is_batched)
-        v_in = self._to_batch_first(value, "value", self.vdim, is_batched)
-        B, N = q_in.shape[0], q_in.shape[1]
-        M = k_in.shape[1]
-        if k_in.shape[0] != B or v_in.shape[0] != B:
-            raise ValueError(
-                f"query, key and value must have the same batch size, got {B}, {k_in.shape[0]}, {v_in.shape[0]}"
-            )
-        if v_in.shape[1] != M:
-            raise ValueError(f"key and value must have the same length, got {M} and {v_in.shape[1]}")
+        q_in, k_in, v_in, is_batched = batch_first_inputs(self, query, key, value)
+        B, M = q_in.shape[0], k_in.shape[1]
 
         # torch's is_causal semantics (F.multi_head_attention_forward, non-fast path):
         # it is a hint that requires attn_mask; the causal mask replaces attn_mask only
@@ -141,15 +130,8 @@ class IntegralMultiheadAttention(IntegralTransform):
             attn_mask = None
             causal = True
 
-        kpm, am = _convert_masks(
-            key_padding_mask,
-            attn_mask,
-            batch=B,
-            num_heads=self.num_heads,
-            tgt_len=N,
-            src_len=M,
-            is_batched=is_batched,
-            dtype=q_in.dtype,
+        kpm, am = convert_masks(
+            key_padding_mask, attn_mask, q_in, k_in, num_heads=self.num_heads, is_batched=is_batched
         )
         projected = self._in_projection(q_in, k_in, v_in)
         heads = self._transform(

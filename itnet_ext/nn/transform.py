@@ -18,158 +18,17 @@ reference / fused backends are interchangeable).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import functional as _functional
+from .._validate import ACTIVATIONS, NORMALIZATIONS, offset_layout
+from ._inputs import batch_first_inputs, convert_masks, layer_window
 
 __all__ = ["IntegralTransform"]
-
-_ACTIVATIONS = ("relu", "gelu", "silu")
-_NORMALIZATIONS = ("softmax", "none")
-
-
-# --------------------------------------------------------------------------------------
-# helpers shared with convert.py
-# --------------------------------------------------------------------------------------
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _normalize_window(window, pos_dim: int) -> Optional[Tuple[Tuple[float, float], ...]]:
-    """Normalize ``window`` to a tuple of ``pos_dim`` pairs ``(lo, hi)``.
-
-    Accepted: ``None``; a number ``w`` (``(-w, w)`` in every dim); one pair
-    ``(lo, hi)`` (used for every dim); a sequence of ``pos_dim`` pairs.
-    Integer-valued float bounds are turned into ints.
-    """
-    if window is None:
-        return None
-    if _is_number(window):
-        if window < 0:
-            raise ValueError(f"window: a number w means (-w, w) and must be >= 0, got {window}")
-        pairs = [(-window, window)] * pos_dim
-    else:
-        try:
-            seq = list(window)
-        except TypeError:
-            raise ValueError(
-                f"window must be None, a number, a pair (lo, hi) or a sequence of pos_dim={pos_dim} "
-                f"pairs, got {window!r}"
-            ) from None
-        if len(seq) == 2 and all(_is_number(x) for x in seq):
-            pairs = [tuple(seq)] * pos_dim
-        else:
-            pairs = []
-            for p in seq:
-                try:
-                    p = tuple(p)
-                except TypeError:
-                    raise ValueError(
-                        f"window must be a pair (lo, hi) or a sequence of pos_dim={pos_dim} pairs, "
-                        f"got {window!r}"
-                    ) from None
-                if len(p) != 2 or not all(_is_number(x) for x in p):
-                    raise ValueError(f"window: every entry must be a pair of numbers (lo, hi), got {p!r}")
-                pairs.append(p)
-            if len(pairs) != pos_dim:
-                raise ValueError(
-                    f"window has {len(pairs)} (lo, hi) pairs but pos_dim is {pos_dim}"
-                )
-    out = []
-    for lo, hi in pairs:
-        if math.isnan(lo) or math.isnan(hi) or lo > hi:
-            raise ValueError(f"window: each pair needs lo <= hi, got ({lo}, {hi})")
-        lo = int(lo) if float(lo).is_integer() else float(lo)
-        hi = int(hi) if float(hi).is_integer() else float(hi)
-        out.append((lo, hi))
-    return tuple(out)
-
-
-def _window_volume(window) -> int:
-    vol = 1
-    for lo, hi in window:
-        vol *= int(hi) - int(lo) + 1
-    return vol
-
-
-def _convert_masks(
-    key_padding_mask: Optional[Tensor],
-    attn_mask: Optional[Tensor],
-    *,
-    batch: int,
-    num_heads: int,
-    tgt_len: int,
-    src_len: int,
-    is_batched: bool,
-    dtype: torch.dtype,
-) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """Turn nn.MultiheadAttention-convention masks into the functional's convention.
-
-    MHA: ``key_padding_mask`` (B, M) bool True = ignore, or float additive;
-    ``attn_mask`` (N, M) or (B*H, N, M), bool True = NOT allowed, or float additive.
-    Functional: ``key_padding_mask`` bool (B, M) True = ignore; ``attn_mask`` bool
-    True = takes part, or float additive, broadcastable to (B, H, N, M).
-    """
-    kpm_out = None
-    kpm_add = None  # float key padding mask, folded into the additive attn mask
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, Tensor):
-            raise ValueError("key_padding_mask must be a tensor")
-        want = (batch, src_len) if is_batched else (src_len,)
-        if tuple(key_padding_mask.shape) != want:
-            raise ValueError(
-                f"key_padding_mask must have shape {want} (batch, source length), "
-                f"got {tuple(key_padding_mask.shape)}"
-            )
-        kpm = key_padding_mask.reshape(batch, src_len)
-        if kpm.dtype == torch.bool:
-            kpm_out = kpm
-        elif kpm.is_floating_point():
-            kpm_add = kpm.to(dtype).view(batch, 1, 1, src_len)
-        else:
-            raise ValueError(
-                f"key_padding_mask must be bool (True = ignore) or floating (additive), got {kpm.dtype}"
-            )
-
-    am_out = None
-    if attn_mask is not None:
-        if not isinstance(attn_mask, Tensor):
-            raise ValueError("attn_mask must be a tensor")
-        if attn_mask.dim() == 2:
-            if tuple(attn_mask.shape) != (tgt_len, src_len):
-                raise ValueError(
-                    f"2-D attn_mask must have shape (target length, source length) = "
-                    f"{(tgt_len, src_len)}, got {tuple(attn_mask.shape)}"
-                )
-            am = attn_mask
-        elif attn_mask.dim() == 3:
-            want = (batch * num_heads, tgt_len, src_len)
-            if tuple(attn_mask.shape) != want:
-                raise ValueError(
-                    f"3-D attn_mask must have shape (batch * num_heads, target length, source length) = "
-                    f"{want}, got {tuple(attn_mask.shape)}"
-                )
-            am = attn_mask.reshape(batch, num_heads, tgt_len, src_len)
-        else:
-            raise ValueError(f"attn_mask must be 2-D or 3-D, got a {attn_mask.dim()}-D tensor")
-        if am.dtype == torch.bool:
-            if kpm_add is None:
-                am_out = ~am  # functional convention: True = takes part
-            else:
-                am_out = torch.zeros(am.shape, dtype=dtype, device=am.device).masked_fill_(am, float("-inf"))
-        elif am.is_floating_point():
-            am_out = am.to(dtype)
-        else:
-            raise ValueError(
-                f"attn_mask must be bool (True = not allowed) or floating (additive), got {am.dtype}"
-            )
-    if kpm_add is not None:
-        am_out = kpm_add if am_out is None else am_out + kpm_add
-    return kpm_out, am_out
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -248,13 +107,13 @@ class IntegralTransform(nn.Module):
         vdim = embed_dim if vdim is None else vdim
         _pos_int("kdim", kdim)
         _pos_int("vdim", vdim)
-        _check_choice("activation", activation, _ACTIVATIONS)
-        _check_choice("normalize", normalize, _NORMALIZATIONS)
+        _check_choice("activation", activation, ACTIVATIONS)
+        _check_choice("normalize", normalize, NORMALIZATIONS)
         if not content and kernel_hidden == 0:
             raise ValueError(
                 "at least one logit term is needed: content=True and/or kernel_hidden > 0"
             )
-        window = _normalize_window(window, pos_dim)
+        window = layer_window(window, pos_dim)
         if offset_embedding:
             if kernel_hidden == 0:
                 raise ValueError("offset_embedding=True needs the MLP term (kernel_hidden > 0)")
@@ -326,7 +185,7 @@ class IntegralTransform(nn.Module):
             for name in ("kernel_A", "kernel_b1", "kernel_B", "kernel_W2", "kernel_b2"):
                 self.register_parameter(name, None)
         if self.offset_embedding:
-            self.offset_table = nn.Parameter(torch.empty((_window_volume(window), R), **factory_kwargs))
+            self.offset_table = nn.Parameter(torch.empty((offset_layout(window)[2], R), **factory_kwargs))
         else:
             self.register_parameter("offset_table", None)
 
@@ -405,21 +264,6 @@ class IntegralTransform(nn.Module):
     # ----------------------------------------------------------------------------------
     # building blocks
     # ----------------------------------------------------------------------------------
-    def _to_batch_first(self, x: Tensor, name: str, feat: int, is_batched: bool) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name} must be a tensor")
-        if x.dim() != (3 if is_batched else 2):
-            raise ValueError(
-                f"{name} must be {'3-D' if is_batched else '2-D'} like query "
-                f"({'(B, L, C)' if self.batch_first else '(L, B, C)'} batched or (L, C) unbatched), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.shape[-1] != feat:
-            raise ValueError(f"{name} must have {feat} features in the last dim, got shape {tuple(x.shape)}")
-        if not is_batched:
-            return x.unsqueeze(0)
-        return x if self.batch_first else x.transpose(0, 1)
-
     def _in_projection(self, query: Tensor, key: Tensor, value: Tensor):
         """Project (B, L, C) inputs; returns q, k (or None), v as (B, H, L, Dh)."""
         E = self.embed_dim
@@ -576,31 +420,9 @@ class IntegralTransform(nn.Module):
             key = query
         if value is None:
             value = key
-        if not isinstance(query, Tensor):
-            raise ValueError("query must be a tensor")
-        if query.dim() not in (2, 3):
-            raise ValueError(f"query must be 3-D (batched) or 2-D (unbatched), got shape {tuple(query.shape)}")
-        is_batched = query.dim() == 3
-        q_in = self._to_batch_first(query, "query", self.embed_dim, is_batched)
-        k_in = self._to_batch_first(key, "key", self.kdim, is_batched)
-        v_in = self._to_batch_first(value, "value", self.vdim, is_batched)
-        B, N = q_in.shape[0], q_in.shape[1]
-        M = k_in.shape[1]
-        if k_in.shape[0] != B or v_in.shape[0] != B:
-            raise ValueError(
-                f"query, key and value must have the same batch size, got {B}, {k_in.shape[0]}, {v_in.shape[0]}"
-            )
-        if v_in.shape[1] != M:
-            raise ValueError(f"key and value must have the same length, got {M} and {v_in.shape[1]}")
-        kpm, am = _convert_masks(
-            key_padding_mask,
-            attn_mask,
-            batch=B,
-            num_heads=self.num_heads,
-            tgt_len=N,
-            src_len=M,
-            is_batched=is_batched,
-            dtype=q_in.dtype,
+        q_in, k_in, v_in, is_batched = batch_first_inputs(self, query, key, value)
+        kpm, am = convert_masks(
+            key_padding_mask, attn_mask, q_in, k_in, num_heads=self.num_heads, is_batched=is_batched
         )
         heads = self._transform(
             q_in,

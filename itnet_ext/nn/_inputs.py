@@ -1,0 +1,153 @@
+"""Input handling shared by the layers (:class:`IntegralTransform` and the converters).
+
+- :func:`layer_window`: the ``window`` constructor argument (the forms of
+  :func:`itnet_ext._validate.normalize_window` plus a number ``w`` and a broadcast pair).
+- :func:`batch_first_inputs`: ``query`` / ``key`` / ``value`` in the module's layout
+  (``nn.MultiheadAttention`` conventions) checked and turned into batch-first ``(B, L, C)``.
+- :func:`convert_masks`: ``nn.MultiheadAttention``-convention masks in the functional's convention.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._validate import Window, normalize_window
+
+__all__ = ["layer_window", "batch_first_inputs", "convert_masks"]
+
+
+def layer_window(window, pos_dim: int) -> Optional[Window]:
+    """Normalize the layer's ``window`` to a tuple of ``pos_dim`` pairs ``(lo, hi)``.
+
+    Accepted: ``None``; a number ``w`` (``(-w, w)`` in every dim); one pair
+    ``(lo, hi)`` (used for every dim); a sequence of ``pos_dim`` pairs.
+    Integer-valued bounds are ints, the others floats.
+    """
+    win = normalize_window(window, pos_dim, scalar=True, broadcast=True, dim_label="pos_dim")
+    if win is None:
+        return None
+    return tuple(tuple(int(b) if b.is_integer() else b for b in pair) for pair in win)
+
+
+def _to_batch_first(x: Tensor, name: str, feat: int, is_batched: bool, batch_first: bool) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a tensor")
+    if x.dim() != (3 if is_batched else 2):
+        raise ValueError(
+            f"{name} must be {'3-D' if is_batched else '2-D'} like query "
+            f"({'(B, L, C)' if batch_first else '(L, B, C)'} batched or (L, C) unbatched), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[-1] != feat:
+        raise ValueError(f"{name} must have {feat} features in the last dim, got shape {tuple(x.shape)}")
+    if not is_batched:
+        return x.unsqueeze(0)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def batch_first_inputs(layer, query: Tensor, key: Tensor, value: Tensor):
+    """Check ``query``, ``key``, ``value`` against ``layer`` and return them batch-first.
+
+    ``layer`` gives ``embed_dim``, ``kdim``, ``vdim`` (feature sizes) and ``batch_first``
+    (the input layout). Inputs are ``(L, B, C)`` (``(B, L, C)`` with ``batch_first``) or
+    unbatched ``(L, C)``, all alike. Returns ``(q, k, v, is_batched)`` with ``(B, L, C)``
+    tensors; key and value must have the same length and all three the same batch size.
+    """
+    if not isinstance(query, Tensor):
+        raise ValueError("query must be a tensor")
+    if query.dim() not in (2, 3):
+        raise ValueError(f"query must be 3-D (batched) or 2-D (unbatched), got shape {tuple(query.shape)}")
+    is_batched = query.dim() == 3
+    bf = layer.batch_first
+    q_in = _to_batch_first(query, "query", layer.embed_dim, is_batched, bf)
+    k_in = _to_batch_first(key, "key", layer.kdim, is_batched, bf)
+    v_in = _to_batch_first(value, "value", layer.vdim, is_batched, bf)
+    B, M = q_in.shape[0], k_in.shape[1]
+    if k_in.shape[0] != B or v_in.shape[0] != B:
+        raise ValueError(
+            f"query, key and value must have the same batch size, got {B}, {k_in.shape[0]}, {v_in.shape[0]}"
+        )
+    if v_in.shape[1] != M:
+        raise ValueError(f"key and value must have the same length, got {M} and {v_in.shape[1]}")
+    return q_in, k_in, v_in, is_batched
+
+
+def convert_masks(
+    key_padding_mask: Optional[Tensor],
+    attn_mask: Optional[Tensor],
+    query: Tensor,
+    key: Tensor,
+    *,
+    num_heads: int,
+    is_batched: bool,
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Turn nn.MultiheadAttention-convention masks into the functional's convention.
+
+    ``query`` (B, N, E) and ``key`` (B, M, kdim) are the batch-first inputs (they give the
+    sizes and the dtype of additive masks).
+    MHA: ``key_padding_mask`` (B, M) bool True = ignore, or float additive;
+    ``attn_mask`` (N, M) or (B*H, N, M), bool True = NOT allowed, or float additive.
+    Functional: ``key_padding_mask`` bool (B, M) True = ignore; ``attn_mask`` bool
+    True = takes part, or float additive, broadcastable to (B, H, N, M).
+    """
+    batch, tgt_len = query.shape[0], query.shape[1]
+    src_len = key.shape[1]
+    dtype = query.dtype
+    kpm_out = None
+    kpm_add = None  # float key padding mask, folded into the additive attn mask
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, Tensor):
+            raise ValueError("key_padding_mask must be a tensor")
+        want = (batch, src_len) if is_batched else (src_len,)
+        if tuple(key_padding_mask.shape) != want:
+            raise ValueError(
+                f"key_padding_mask must have shape {want} (batch, source length), "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
+        kpm = key_padding_mask.reshape(batch, src_len)
+        if kpm.dtype == torch.bool:
+            kpm_out = kpm
+        elif kpm.is_floating_point():
+            kpm_add = kpm.to(dtype).view(batch, 1, 1, src_len)
+        else:
+            raise ValueError(
+                f"key_padding_mask must be bool (True = ignore) or floating (additive), got {kpm.dtype}"
+            )
+
+    am_out = None
+    if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise ValueError("attn_mask must be a tensor")
+        if attn_mask.dim() == 2:
+            if tuple(attn_mask.shape) != (tgt_len, src_len):
+                raise ValueError(
+                    f"2-D attn_mask must have shape (target length, source length) = "
+                    f"{(tgt_len, src_len)}, got {tuple(attn_mask.shape)}"
+                )
+            am = attn_mask
+        elif attn_mask.dim() == 3:
+            want = (batch * num_heads, tgt_len, src_len)
+            if tuple(attn_mask.shape) != want:
+                raise ValueError(
+                    f"3-D attn_mask must have shape (batch * num_heads, target length, source length) = "
+                    f"{want}, got {tuple(attn_mask.shape)}"
+                )
+            am = attn_mask.reshape(batch, num_heads, tgt_len, src_len)
+        else:
+            raise ValueError(f"attn_mask must be 2-D or 3-D, got a {attn_mask.dim()}-D tensor")
+        if am.dtype == torch.bool:
+            if kpm_add is None:
+                am_out = ~am  # functional convention: True = takes part
+            else:
+                am_out = torch.zeros(am.shape, dtype=dtype, device=am.device).masked_fill_(am, float("-inf"))
+        elif am.is_floating_point():
+            am_out = am.to(dtype)
+        else:
+            raise ValueError(
+                f"attn_mask must be bool (True = not allowed) or floating (additive), got {am.dtype}"
+            )
+    if kpm_add is not None:
+        am_out = kpm_add if am_out is None else am_out + kpm_add
+    return kpm_out, am_out
