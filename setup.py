@@ -18,8 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import find_packages, setup
 
-import torch
-from torch.utils import cpp_extension
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:
+    sys.exit("itnet_ext compiles against the torch you run it with: install torch first "
+             "(bash scripts/install_torch.sh cpu|cuda), then "
+             "pip install --no-build-isolation -e .")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
@@ -55,8 +60,14 @@ def want_cuda():
 
 
 def cuda_include_dirs():
-    # CUDA builds of torch from PyPI ship the CUDA headers torch's own headers
-    # include (cusparse.h, ...) inside the nvidia wheels, not with nvcc.
+    # The toolkit's own headers first: the nvidia wheels' cuda_runtime_api.h
+    # needs crt/ headers only the toolkit has. Then the headers torch's own
+    # headers include (cusparse.h, ...), which CUDA builds of torch from PyPI
+    # ship inside the nvidia wheels, not with nvcc.
+    toolkit = os.path.join(cpp_extension.CUDA_HOME, "include")
+    if not os.path.isfile(os.path.join(toolkit, "cuda_runtime_api.h")):
+        sys.exit(f"CUDA_HOME={cpp_extension.CUDA_HOME} has no include/cuda_runtime_api.h; "
+                 "set CUDA_HOME to the CUDA toolkit (e.g. /usr/local/cuda-13.0)")
     dirs = []
     for sp in sys.path:
         for sub in ("cu13", "cu12"):
@@ -64,7 +75,7 @@ def cuda_include_dirs():
             if os.path.isdir(d):
                 dirs.append(d)
         dirs += glob.glob(os.path.join(sp, "nvidia", "*", "include"))
-    return sorted(set(dirs))
+    return [toolkit] + sorted(set(dirs) - {toolkit})
 
 
 class Build(cpp_extension.BuildExtension):

@@ -1,6 +1,6 @@
 // Every schema of the itnet operator library, once. Backends register their
 // kernels with TORCH_LIBRARY_IMPL next to the kernels (dense/cpu.cpp,
-// dense/cuda.cpp); fake kernels and autograd live in Python (itnet_ext/ops/).
+// dense/dense_cuda.cpp); fake kernels and autograd live in Python (itnet_ext/ops/).
 #include <torch/library.h>
 
 #include "dense/info.h"
