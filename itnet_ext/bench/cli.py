@@ -1,0 +1,150 @@
+"""Command line and the run of ``python -m itnet_ext.bench``."""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .cases import B, CONV_CH, CONV_K, DH, H, R, _attn_inputs, _conv_fns, _forward_fns, _passes
+from .measure import _Runner
+from .report import _cpu_seconds, _default_out, _metadata, _rows, _targets, format_table, write_json
+
+
+# ======================================================================================
+# the run
+# ======================================================================================
+def _int_list(s):
+    s = s.strip()
+    return [int(x) for x in s.split(",") if x.strip()] if s else []
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m itnet_ext.bench",
+        description="Fused integral transform vs SDPA / reference / conv1d: time and peak memory.",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--sizes", default="1024,2048,4096", help="comma list of N for all comparisons")
+    p.add_argument("--big", default="8192", help="comma list of extra N for the fused op alone ('' = none)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warmup (median reported)")
+    p.add_argument("--budget-s", type=float, default=10.0,
+                   help="cap the timed repeats of one measurement to about this many seconds (at least 1 repeat)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    p.add_argument("--skip-reference-above", type=int, default=2048,
+                   help="run the (slow) reference only for N <= this (default 2048)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: --sizes 32,64 --big 128 --repeats 1, no inner loops")
+    p.add_argument("--out", default=None,
+                   help="JSON output path (default bench/results/<device>_<date>_<time>.json)")
+    p.add_argument("--no-print", action="store_true", help="do not print the table")
+    return p
+
+
+def run(args, log=None):
+    """Run the benchmark described by parsed ``args``; return the result dict (also written as JSON)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.quick:
+        args.sizes, args.big, args.repeats, args.budget_s = "32,64", "128", 1, min(args.budget_s, 1.0)
+    sizes, big = _int_list(args.sizes), _int_list(args.big)
+    big = [n for n in big if n not in sizes]
+    if not sizes and not big:
+        raise SystemExit("nothing to run: --sizes and --big are both empty")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+
+    runner = _Runner(device, args.repeats, args.budget_s, log, min_repeat_s=0.0 if args.quick else 0.02)
+    meta = _metadata(args, device, runner.meter)
+    # move the (many, long-lived) objects of the imports out of the collector's way,
+    # so that the gc.collect() before each measurement is cheap
+    gc.collect()
+    gc.freeze()
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
+    gen = torch.Generator().manual_seed(args.seed)
+
+    # one tiny call of every implementation first, so that one-time initialisation
+    # (thread pools, lazy dispatch tables) lands in no measurement
+    x = _attn_inputs(32, device, dtype, gen)
+    for fn, params in _forward_fns(x).values():
+        fn().backward(x["g"])
+    fns, g = _conv_fns(32, device, dtype, gen)
+    for fn, _ in fns.values():
+        fn().backward(g)
+    del x, fns, g
+
+    measurements = []
+
+    def record(impl, mode, N, pas, fn, reset):
+        try:
+            m = runner.measure(fn, reset)
+            m["error"] = None
+        except Exception as e:  # keep going: report the failure in the table / JSON
+            m = {"ms": None, "min_ms": None, "times_ms": [], "repeats": 0, "inner_loops": 0, "warmup_ms": None,
+                 "peak_extra_mb": None, "error": f"{type(e).__name__}: {e}"}
+        m = {"impl": impl, "mode": mode, "N": N, "pass": pas, **m}
+        measurements.append(m)
+        if m["error"]:
+            log(f"  {mode:8s} N={N:<6d} {pas:8s} {impl:14s} ERROR {m['error']}")
+        else:
+            mem = "n/a" if m["peak_extra_mb"] is None else f"{m['peak_extra_mb']:.1f} MiB"
+            log(f"  {mode:8s} N={N:<6d} {pas:8s} {impl:14s} {m['ms']:10.2f} ms  x{m['repeats']}"
+                f"{'' if m['inner_loops'] == 1 else '*' + str(m['inner_loops'])}  peak {mem}")
+
+    for N in sizes + big:
+        alone = N in big
+        log(f"N={N}{' (fused alone)' if alone else ''}")
+        x = _attn_inputs(N, device, dtype, gen)
+        fns = _forward_fns(x)
+        plan = [("attn", "fused_attn"), ("mlp-R32", "fused_mlp")]
+        if not alone:
+            plan = [("attn", "sdpa")] + plan
+            if N <= args.skip_reference_above:
+                plan.append(("mlp-R32", "reference_mlp"))
+        for mode, impl in plan:
+            fn, params = fns[impl]
+            passes, reset = _passes(fn, params, x["g"])
+            for pas, call in passes.items():
+                record(impl, mode, N, pas, call, reset)
+        del x, fns
+        if not alone:
+            cfns, g = _conv_fns(N, device, dtype, gen)
+            for impl in ("conv1d", "fused_conv"):
+                fn, params = cfns[impl]
+                passes, reset = _passes(fn, params, g)
+                for pas, call in passes.items():
+                    record(impl, "conv1d", N, pas, call, reset)
+            del cfns, g
+
+    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    meta["wall_s"] = time.perf_counter() - t_start
+    # process CPU time / (wall * threads): well below 1 means the run shared the cores
+    meta["cpu_utilization"] = (_cpu_seconds() - cpu_start) / (meta["wall_s"] * torch.get_num_threads())
+    config = {"B": B, "H": H, "Dh": DH, "R": R, "activation": "gelu", "conv": {
+        "in_channels": CONV_CH, "out_channels": CONV_CH, "kernel_size": CONV_K, "padding": "same"},
+        "sizes": sizes, "big": big, "repeats": args.repeats, "budget_s": args.budget_s,
+        "skip_reference_above": args.skip_reference_above, "seed": args.seed}
+    rows = _rows(measurements, sizes, big)
+    targets = _targets(measurements, rows)
+    result = {"meta": meta, "config": config, "rows": rows, "targets": targets, "measurements": measurements}
+    return result
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    out = Path(args.out) if args.out else _default_out(torch.device(args.device))
+    path = write_json(result, out)
+    if not args.no_print:
+        print(format_table(result))
+        print(f"\nwrote {path}")
+    return result
