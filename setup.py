@@ -107,9 +107,13 @@ class Build(cpp_extension.BuildExtension):
         out_dir = os.path.join(self.build_temp, "multi_arch")
         os.makedirs(out_dir, exist_ok=True)
         deps = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)
+        # All DEFAULT objects first: library-internal inline code (std::vector,
+        # std::fill, ...) is emitted in every variant under the same name, and
+        # the linker keeps the first copy, which must be the one that runs on
+        # any x86-64.
         jobs = []
-        for src in MULTI_ARCH_SOURCES:
-            for cap, mflags in caps.items():
+        for cap, mflags in caps.items():
+            for src in MULTI_ARCH_SOURCES:
                 obj = os.path.join(out_dir, f"{os.path.basename(src)}.{cap}.o")
                 newest = max(os.path.getmtime(p) for p in deps + [os.path.join(ROOT, src)])
                 cmd = [cxx, "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC", "-O3", *std,
