@@ -9,13 +9,14 @@ import torch
 
 from .. import _C  # noqa: F401  (registers the ops)
 
-_NUM_ARGS = 19
-# positions of the differentiable inputs, in dense_bwd's output order
-_GRAD_SLOTS = (0, 1, 2, 3, 4, 5, 6, 7, 10)  # q k v u t W2 b2 offset_table key_weight
-
-
+_TENSOR_ARGS = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "q_pos", "k_pos",
+                "key_weight", "key_padding_mask", "attn_mask")
 _STATIC = ("window_lo", "window_hi", "scale", "activation", "softmax", "causal")
+_NUM_ARGS = len(_TENSOR_ARGS) + len(_STATIC)
 _SOFTMAX = _STATIC.index("softmax")
+# positions of the differentiable inputs, in dense_bwd's output order
+_GRAD_SLOTS = tuple(_TENSOR_ARGS.index(n) for n in
+                    ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "key_weight"))
 
 
 def _num_queries(q, u, q_pos):
@@ -27,10 +28,6 @@ def _num_queries(q, u, q_pos):
         raise RuntimeError("q_pos: a (B or 1, N, D) tensor is needed to know N when neither q "
                            "nor u is given")
     return q_pos.shape[1]
-
-
-_TENSOR_ARGS = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "q_pos", "k_pos",
-                "key_weight", "key_padding_mask", "attn_mask")
 
 
 def _check_devices(v, named):
@@ -59,7 +56,7 @@ def _dense_fwd_fake(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weigh
 def _dense_bwd_fake(grad_out, out, lse, grad_lse, *args):
     v = args[2]
     _check_devices(v, zip(("grad_out", "out", "lse", "grad_lse") + _TENSOR_ARGS,
-                          (grad_out, out, lse, grad_lse) + tuple(args[:13])))
+                          (grad_out, out, lse, grad_lse) + tuple(args[:len(_TENSOR_ARGS)])))
     # the kernels return contiguous gradients, whatever the inputs' strides
     return tuple(args[slot].new_empty(args[slot].shape) if args[slot] is not None
                  else v.new_empty((0,)) for slot in _GRAD_SLOTS)
@@ -67,14 +64,15 @@ def _dense_bwd_fake(grad_out, out, lse, grad_lse, *args):
 
 def _setup_context(ctx, inputs, output):
     out, lse = output
-    tensors = inputs[:13]
-    ctx.save_for_backward(*tensors, out, lse)
-    ctx.static_args = inputs[13:]
+    n = len(_TENSOR_ARGS)
+    ctx.save_for_backward(*inputs[:n], out, lse)
+    ctx.static_args = inputs[n:]
 
 
 def _backward(ctx, grad_out, grad_lse):
     saved = ctx.saved_tensors
-    tensors, out, lse = saved[:13], saved[13], saved[14]
+    n = len(_TENSOR_ARGS)
+    tensors, out, lse = saved[:n], saved[n], saved[n + 1]
     softmax = ctx.static_args[_SOFTMAX]
     if grad_out is None:
         grad_out = torch.zeros_like(out)
