@@ -1,0 +1,40 @@
+"""Helpers shared by the CUDA test files (tests/test_dense_cuda*.py)."""
+import pytest
+import torch
+
+DIFF_NAMES = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "key_weight")
+
+
+def cuda_ready():
+    """A GPU is visible and itnet_ext was built with its CUDA kernels."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import itnet_ext  # noqa: F401  (registers torch.ops.itnet)
+        return bool(torch.ops.itnet.cuda_kernels_compiled())
+    except (AttributeError, RuntimeError, ImportError):
+        return False
+
+
+requires_cuda = pytest.mark.skipif(
+    not cuda_ready(), reason="needs a GPU and itnet_ext built with its CUDA kernels")
+
+
+def describe(kw):
+    return ", ".join(f"{k}={tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"{k}={v!r}"
+                     for k, v in kw.items())
+
+
+def to_dev(kw, dtype, device):
+    """Fresh leaves (requiring grad) of the differentiable inputs in dtype on device; the
+    other tensors moved too (float ones cast)."""
+    out = {}
+    for n, x in kw.items():
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to(device)
+            if x.is_floating_point():
+                x = x.to(dtype)
+            if n in DIFF_NAMES:
+                x = x.clone().requires_grad_()
+        out[n] = x
+    return out
