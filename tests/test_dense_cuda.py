@@ -8,7 +8,7 @@ positions, causal, key padding, bool / float attention masks of many broadcast s
 weights), sizes that are not multiples of any tile (N or M = 0 included), Dk != Dv, H > 8,
 R up to 130, Dv > 256; float32 (bound 1e-4 relative to the largest reference entry) and
 float64 (1e-10). Plus rows with an empty support (exact zeros, lse = -inf, zero and finite
-gradients) and the dtype check.
+gradients). float16 / bfloat16: tests/test_dense_cuda_half.py.
 
 Skipped without a GPU (or in a build without the CUDA kernels).
 """
@@ -20,24 +20,13 @@ import torch
 
 from itnet_ext import functional, reference
 from conftest import rel_err as _rel_err
+from cuda_helpers import DIFF_NAMES, describe, requires_cuda, to_dev
 
 F64 = torch.float64
 F32 = torch.float32
-DIFF_NAMES = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "key_weight")
 TOL = {F64: 1e-10, F32: 1e-4}
 
-
-def _cuda_ready():
-    if not torch.cuda.is_available():
-        return False
-    try:
-        return bool(torch.ops.itnet.cuda_kernels_compiled())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _cuda_ready(),
-                                reason="needs a GPU and itnet_ext built with its CUDA kernels")
+pytestmark = requires_cuda
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,29 +58,9 @@ def make_problem(dense):
     return functools.partial(dense.make_problem, choices=CUDA_CHOICES, w2_gain=1.5, table_gain=0.7)
 
 
-def describe(kw):
-    return ", ".join(f"{k}={tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"{k}={v!r}"
-                     for k, v in kw.items())
-
-
 def rel_err(a, b):
     """conftest.rel_err with errors relative to max(1, max |b|), no absolute cut-off."""
     return _rel_err(a, b, atol=0.0, floor=1.0)
-
-
-def to_dev(kw, dtype, device):
-    """Fresh leaves (requiring grad) of the differentiable inputs in dtype on device; the
-    other tensors moved too (float ones cast)."""
-    out = {}
-    for n, x in kw.items():
-        if isinstance(x, torch.Tensor):
-            x = x.detach().to(device)
-            if x.is_floating_point():
-                x = x.to(dtype)
-            if n in DIFF_NAMES:
-                x = x.clone().requires_grad_()
-        out[n] = x
-    return out
 
 
 def run(fn, kw, seed):
@@ -237,16 +206,6 @@ def test_empty_support_rows(normalize, dtype, make_problem):
     assert (du[empty[:, :, None].expand_as(du)] == 0).all()
     for n in ("k", "v", "t", "key_weight"):
         assert (grads[n].cpu()[1] == 0).all(), n  # batch 1: no pair at all
-
-
-def test_rejects_half_precision():
-    for dtype in (torch.float16, torch.bfloat16):
-        v = torch.randn(1, 2, 5, 4, device="cuda", dtype=dtype)
-        k = torch.randn(1, 2, 5, 4, device="cuda", dtype=dtype)
-        q = torch.randn(1, 2, 3, 4, device="cuda", dtype=dtype)
-        with pytest.raises(RuntimeError, match="v: .*(Half|BFloat16)"):
-            torch.ops.itnet.dense_fwd(q, k, v, None, None, None, None, None, None, None, None,
-                                      None, None, [], [], 0.5, 1, True, False)
 
 
 def test_matches_cpu_kernels_and_repeats(make_problem):
