@@ -17,6 +17,10 @@ high-water mark of the process RSS (``VmHWM`` after resetting it through
 
 Prints a table and a summary of the project's targets, writes JSON (default
 ``bench/results/<device>_<date>_<time>.json``).
+
+``--cuda`` runs the CUDA section instead (``itnet_ext/bench/cuda.py``): float16 /
+bfloat16 tensor-core kernels vs the SDPA flash backend and MLP mode vs attention-only
+mode, B=4, H=16, in TFLOP/s; JSON ``bench/results/cuda_<card>_<date>_<time>.json``.
 """
 from __future__ import annotations
 

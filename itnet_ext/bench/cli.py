@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from .cuda import cuda_config, run_cuda
+from .cuda import default_out as cuda_default_out
+from .cuda import format_table as format_cuda_table
 from .cases import B, CONV_CH, CONV_K, DH, H, R, _attn_inputs, _conv_fns, _forward_fns, _passes
 from .measure import _Runner
 from .report import _cpu_seconds, _default_out, _metadata, _rows, _targets, format_table, write_json
@@ -29,7 +32,9 @@ def build_parser():
         description="Fused integral transform vs SDPA / reference / conv1d: time and peak memory.",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    p.add_argument("--sizes", default="1024,2048,4096", help="comma list of N for all comparisons")
+    p.add_argument("--sizes", default=None,
+                   help="comma list of N for all comparisons (default 1024,2048,4096; "
+                        "with --cuda 1024,4096,16384)")
     p.add_argument("--big", default="8192", help="comma list of extra N for the fused op alone ('' = none)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warmup (median reported)")
     p.add_argument("--budget-s", type=float, default=10.0,
@@ -44,6 +49,16 @@ def build_parser():
     p.add_argument("--out", default=None,
                    help="JSON output path (default bench/results/<device>_<date>_<time>.json)")
     p.add_argument("--no-print", action="store_true", help="do not print the table")
+    g = p.add_argument_group("CUDA section (--cuda; see itnet_ext/bench/cuda.py)")
+    g.add_argument("--cuda", action="store_true",
+                   help="run the CUDA section instead: fp16/bf16 tensor-core kernels vs the SDPA "
+                        "flash backend, MLP mode vs attention-only (B=4, H=16)")
+    g.add_argument("--dtypes", default=None, help="comma list of float16,bfloat16 (default both)")
+    g.add_argument("--dh", default=None, help="comma list of head dims (default 64,128)")
+    g.add_argument("--target-s", type=float, default=0.2,
+                   help="timed seconds per measurement (3 to 50 repeats; default 0.2)")
+    g.add_argument("--time-budget-s", type=float, default=75.0,
+                   help="skip the measurements predicted to overrun this many seconds (default 75)")
     return p
 
 
@@ -52,7 +67,8 @@ def run(args, log=None):
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.quick:
         args.sizes, args.big, args.repeats, args.budget_s = "32,64", "128", 1, min(args.budget_s, 1.0)
-    sizes, big = _int_list(args.sizes), _int_list(args.big)
+    sizes = _int_list(args.sizes if args.sizes is not None else "1024,2048,4096")
+    big = _int_list(args.big)
     big = [n for n in big if n not in sizes]
     if not sizes and not big:
         raise SystemExit("nothing to run: --sizes and --big are both empty")
@@ -139,8 +155,29 @@ def run(args, log=None):
     return result
 
 
+def main_cuda(args, parser):
+    """``--cuda``: the CUDA section (a clear message and exit status 0 where it cannot run)."""
+    try:
+        cuda_config(args)
+    except ValueError as e:
+        parser.error(str(e))
+    result = run_cuda(args)
+    if result.get("skipped"):
+        print(format_cuda_table(result), flush=True)
+        return result
+    out = Path(args.out) if args.out else cuda_default_out(result["meta"]["gpu_name"])
+    path = write_json(result, out)
+    if not args.no_print:
+        print(format_cuda_table(result))
+        print(f"\nwrote {path}")
+    return result
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cuda:
+        return main_cuda(args, parser)
     result = run(args)
     out = Path(args.out) if args.out else _default_out(torch.device(args.device))
     path = write_json(result, out)
