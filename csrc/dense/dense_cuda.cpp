@@ -1,30 +1,120 @@
-// CUDA entry points of the dense integral transform: the same checks and
-// layouts as the CPU entry points (prepare() with key_tile = 0: no
-// transposed key tiles), the same output conventions (empty tensors for
-// gradients of absent inputs, batch-broadcast inputs reduced with reduce_to,
-// the key-weight gradient converted from d/d(log w) in softmax mode), and the
-// kernels of cuda_fwd.cu / cuda_bwd.cu launched on the current stream of v's
-// device. Compiled only in CUDA builds (setup.py: *_cuda.cpp).
+// CUDA entry points of the dense integral transform, and the choice of
+// kernels for a call:
+//  - float16 / bfloat16: the flash (tensor-core) kernels of flash/ when they
+//    take the call (flash_*_supported: sm_80+, head dims, R, shared memory),
+//    else the exact kernels on float32 copies, results cast back (lse stays
+//    float32, as the flash kernels return it);
+//  - float32 / float64: the exact kernels (cuda_fwd.cu / cuda_bwd.cu), with
+//    the same checks, layouts and output conventions as the CPU entry points
+//    (prepare() with key_tile = 0).
+// Everything runs on the current stream of v's device, without host
+// synchronisation beyond prepare()'s data checks.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "dense/cuda_entry.h"
 #include "dense/cuda_kernel.h"
-#include "dense/prepare.h"
 
 namespace itnet {
 namespace dense {
 namespace {
 
-// The CUDA kernels of this build run in float32 and float64; half precision
-// comes with the tensor-core kernels.
+bool is_half(at::ScalarType s) { return s == at::kHalf || s == at::kBFloat16; }
+
 void check_cuda_value(const at::Tensor& v) {
   TORCH_CHECK(v.is_cuda(), "v: expected a CUDA tensor (other inputs are on CUDA), got a tensor on ",
               v.device());
-  TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
-              "v: expected dtype float32 or float64 on CUDA (the dense CUDA kernels do not "
-              "support ", v.scalar_type(), " yet), got ", v.scalar_type());
+  const at::ScalarType s = v.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || is_half(s),
+              "v: expected dtype float16, bfloat16, float32 or float64 on CUDA, got ", s);
+}
+
+// float32 copy of the floating-point inputs of a 16-bit call (masks stay bool)
+c10::optional<at::Tensor> up(const c10::optional<at::Tensor>& x) {
+  if (!x.has_value() || !is_half(x->scalar_type())) return x;
+  return x->to(at::kFloat);
+}
+
+DenseArgs upcast(const DenseArgs& a) {
+  DenseArgs f = a;
+  f.q = up(a.q);
+  f.k = up(a.k);
+  f.v = a.v.to(at::kFloat);
+  f.u = up(a.u);
+  f.t = up(a.t);
+  f.W2 = up(a.W2);
+  f.b2 = up(a.b2);
+  f.offset_table = up(a.offset_table);
+  f.key_weight = up(a.key_weight);
+  f.attn_mask = up(a.attn_mask);
+  return f;
+}
+
+std::tuple<at::Tensor, at::Tensor> exact_fwd(const DenseArgs& a) {
+  Prepared pr = a.prepare(/*backward=*/false);
+  FwdParams& p = pr.params;
+  // the kernel accumulates the output rows in place
+  at::Tensor out = at::zeros({p.B, p.H, p.N, p.Dv}, a.v.options());
+  at::Tensor lse =
+      a.softmax ? at::empty({p.B, p.H, p.N}, a.v.options()) : at::empty({0}, a.v.options());
+  p.out = out.data_ptr();
+  p.lse = a.softmax ? lse.data_ptr() : nullptr;
+  cuda_dense_fwd(p, a.v.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream());
+  // pr.keep_alive is released here; the caching allocator keeps the memory
+  // for the kernel, which runs on the same stream
+  return {out, lse};
+}
+
+GradTuple exact_bwd(const GradArgs& g, const DenseArgs& a) {
+  // gradients accumulated by several warps use float atomics
+  at::globalContext().alertNotDeterministic(
+      "itnet::dense_bwd (CUDA exact kernels: float32 / float64, or float16 / bfloat16 beyond "
+      "the tensor-core kernels' limits)");
+  Prepared pr = a.prepare(/*backward=*/true);
+  // one gradient buffer each (copies = 1), accumulated with atomics where
+  // several warps contribute
+  const Backward bw = prepare_backward(pr, g.grad_out, g.out, g.lse, g.grad_lse, a.v, a.u, a.t,
+                                       a.b2, a.offset_table, a.key_weight, a.softmax,
+                                       /*copies=*/1);
+  cuda_dense_bwd(bw.params, a.v.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream());
+  return bw.finish(a.u, a.t, a.key_weight);
+}
+
+DenseArgs bundle(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
+                 const at::Tensor& v, const c10::optional<at::Tensor>& u,
+                 const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
+                 const c10::optional<at::Tensor>& b2,
+                 const c10::optional<at::Tensor>& offset_table,
+                 const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
+                 const c10::optional<at::Tensor>& key_weight,
+                 const c10::optional<at::Tensor>& key_padding_mask,
+                 const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
+                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
+                 bool causal) {
+  DenseArgs a;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.u = u;
+  a.t = t;
+  a.W2 = W2;
+  a.b2 = b2;
+  a.offset_table = offset_table;
+  a.q_pos = q_pos;
+  a.k_pos = k_pos;
+  a.key_weight = key_weight;
+  a.key_padding_mask = key_padding_mask;
+  a.attn_mask = attn_mask;
+  a.window_lo = window_lo.vec();
+  a.window_hi = window_hi.vec();
+  a.scale = scale;
+  a.activation = activation;
+  a.softmax = softmax;
+  a.causal = causal;
+  return a;
 }
 
 std::tuple<at::Tensor, at::Tensor> dense_fwd_cuda(
@@ -38,19 +128,13 @@ std::tuple<at::Tensor, at::Tensor> dense_fwd_cuda(
     int64_t activation, bool softmax, bool causal) {
   check_cuda_value(v);
   const c10::cuda::CUDAGuard guard(v.device());
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
-                        key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                        softmax, causal, /*key_tile=*/0, /*backward=*/false);
-  FwdParams& p = pr.params;
-  // the kernel accumulates the output rows in place
-  at::Tensor out = at::zeros({p.B, p.H, p.N, p.Dv}, v.options());
-  at::Tensor lse = softmax ? at::empty({p.B, p.H, p.N}, v.options()) : at::empty({0}, v.options());
-  p.out = out.data_ptr();
-  p.lse = softmax ? lse.data_ptr() : nullptr;
-  cuda_dense_fwd(p, v.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream());
-  // pr.keep_alive is released here; the caching allocator keeps the memory
-  // for the kernel, which runs on the same stream
-  return {out, lse};
+  const DenseArgs a = bundle(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
+                             key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
+                             softmax, causal);
+  if (!is_half(v.scalar_type())) return exact_fwd(a);
+  if (flash_fwd_supported(a)) return flash_dense_fwd(a);
+  auto res = exact_fwd(upcast(a));
+  return {std::get<0>(res).to(v.scalar_type()), std::get<1>(res)};
 }
 
 GradTuple dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
@@ -67,15 +151,19 @@ GradTuple dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, cons
                bool causal) {
   check_cuda_value(v);
   const c10::cuda::CUDAGuard guard(v.device());
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
-                        key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                        softmax, causal, /*key_tile=*/0, /*backward=*/true);
-  // one gradient buffer each (copies = 1), accumulated with atomics where
-  // several warps contribute
-  const Backward bw = prepare_backward(pr, grad_out, out, lse, grad_lse, v, u, t, b2, offset_table,
-                                       key_weight, softmax, /*copies=*/1);
-  cuda_dense_bwd(bw.params, v.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream());
-  return bw.finish(u, t, key_weight);
+  const DenseArgs a = bundle(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
+                             key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
+                             softmax, causal);
+  GradArgs g{grad_out, out, lse, grad_lse};
+  if (!is_half(v.scalar_type())) return exact_bwd(g, a);
+  if (flash_bwd_supported(a)) return flash_dense_bwd(g, a);
+  // exact kernels on float32 copies; lse is float32 already
+  GradArgs gf{grad_out.to(at::kFloat), out.to(at::kFloat), lse, up(grad_lse)};
+  GradTuple r = exact_bwd(gf, upcast(a));
+  const at::ScalarType s = v.scalar_type();
+  return {std::get<0>(r).to(s), std::get<1>(r).to(s), std::get<2>(r).to(s),
+          std::get<3>(r).to(s), std::get<4>(r).to(s), std::get<5>(r).to(s),
+          std::get<6>(r).to(s), std::get<7>(r).to(s), std::get<8>(r).to(s)};
 }
 
 }  // namespace

@@ -82,13 +82,17 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& key_padding_mask,
                  const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool causal, int64_t key_tile, bool backward) {
+                 bool causal, int64_t key_tile, bool backward,
+                 c10::optional<at::ScalarType> aux) {
   Prepared pr;
   FwdParams& p = pr.params;
   auto keep = [&](at::Tensor x) {
     pr.keep_alive.push_back(x);
     return x.data_ptr();
   };
+  // the small per-point / per-key / per-pair operands, in the aux dtype
+  const at::ScalarType aux_type = aux.has_value() ? *aux : v.scalar_type();
+  auto keep_aux = [&](const at::Tensor& x) { return keep(x.to(aux_type).contiguous()); };
 
   TORCH_CHECK(v.dim() == 4, "v: expected a 4-D tensor (B, H, M, Dv), got shape ", shape_str(v));
   TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble ||
@@ -149,7 +153,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                 ", R), got ", shape_str(*W2));
     p.mlp = true;
     p.R = W2->size(1);
-    p.W2 = keep(W2->contiguous());
+    p.W2 = keep_aux(*W2);
     TORCH_CHECK(activation >= 0 && activation <= 2,
                 "activation: expected 0 (relu), 1 (gelu) or 2 (silu), got ", activation);
     p.activation = static_cast<int>(activation);
@@ -157,14 +161,14 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
       check_same(*b2, v, "b2");
       TORCH_CHECK(b2->dim() == 1 && b2->size(0) == p.H, "b2: expected shape (", p.H,
                   "), got ", shape_str(*b2));
-      p.b2 = keep(b2->contiguous());
+      p.b2 = keep_aux(*b2);
     }
     if (u.has_value()) {
       check_same(*u, v, "u");
       TORCH_CHECK(u->dim() == 3 && u->size(2) == p.R && (p.N < 0 || u->size(1) == p.N),
                   "u: expected shape (B or 1, N, ", p.R, "), got ", shape_str(*u));
       if (p.N < 0) p.N = u->size(1);
-      p.u = keep(batch_expand(*u, p.B, "u"));
+      p.u = keep_aux(batch_expand(*u, p.B, "u"));
     }
     if (t.has_value()) {
       check_same(*t, v, "t");
@@ -172,7 +176,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                   "t: expected shape (B or 1, ", p.M, ", ", p.R, "), got ", shape_str(*t));
       // the kernels vectorize over keys
       at::Tensor te = drop_padded(batch_expand(*t, p.B, "t"));
-      p.tT = keep(key_tile > 0 ? key_tiles_transposed(te, key_tile) : te);
+      p.tT = keep_aux(key_tile > 0 ? key_tiles_transposed(te, key_tile) : te);
     }
   } else {
     TORCH_CHECK(!u.has_value() && !t.has_value() && !b2.has_value() && !offset_table.has_value(),
@@ -233,11 +237,11 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     TORCH_CHECK(E.dim() == 2 && E.size(1) == p.R,
                 "offset_table: expected shape (O >= window volume, ", p.R, "), got ", shape_str(E));
     p.O = E.size(0);
-    p.E = keep(E.contiguous());
+    p.E = keep_aux(E);
   }
 
   // per-key bias (padding, log weights) and scale (`none` mode weights)
-  const auto opts = v.options();
+  const auto opts = v.options().dtype(aux_type);
   at::Tensor key_bias;
   if (key_weight.has_value()) {
     const at::Tensor& w = *key_weight;
@@ -246,7 +250,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                 "key_weight: expected shape (", p.B, " or 1, ", p.M, "), got ", shape_str(w));
     TORCH_CHECK((w > 0).logical_and(w.isfinite()).all().item<bool>(),
                 "key_weight: expected finite positive weights");
-    at::Tensor we = w.expand({p.B, p.M}).contiguous();
+    at::Tensor we = w.to(aux_type).expand({p.B, p.M}).contiguous();
     if (softmax) {
       key_bias = we.log();
     } else {

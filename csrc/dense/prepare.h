@@ -3,7 +3,10 @@
 // guard direct torch.ops calls), data checks (NaN or non-integer positions,
 // non-positive weights), and the layouts the kernels read. Shared by the CPU
 // and CUDA entry points. key_tile > 0 also builds the key-tile-transposed
-// copies kT, vT (backward) and tT of the CPU kernels (see params.h).
+// copies kT, vT (backward) and tT of the CPU kernels (see params.h). `aux`
+// (default: v's dtype) is the dtype of u, t, W2, b2, the offset table, the
+// key bias / scale and the attention mask: float32 for the 16-bit flash
+// kernels, which accumulate in float32.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -31,7 +34,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& key_padding_mask,
                  const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool causal, int64_t key_tile, bool backward);
+                 bool causal, int64_t key_tile, bool backward,
+                 c10::optional<at::ScalarType> aux = c10::nullopt);
 
 
 using GradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

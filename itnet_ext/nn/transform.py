@@ -294,7 +294,7 @@ class IntegralTransform(nn.Module):
                 raise ValueError(
                     f"{name} is required when pos_dim={D} > 1 (the default is the integer index, 1-D only)"
                 )
-            return torch.arange(length, device=like.device, dtype=like.dtype).view(1, length, 1)
+            return torch.arange(length, device=like.device, dtype=self._pos_dtype(like)).view(1, length, 1)
         if not isinstance(pos, Tensor):
             raise ValueError(f"{name} must be a tensor of shape (B or 1, {length}, {D})")
         p = pos
@@ -309,19 +309,25 @@ class IntegralTransform(nn.Module):
             )
         if p.device != like.device:
             raise ValueError(f"{name} is on {p.device} but the input is on {like.device}")
-        return p.to(like.dtype)
+        return p.to(self._pos_dtype(like))
+
+    @staticmethod
+    def _pos_dtype(like: Tensor) -> torch.dtype:
+        # at least float32: float16 / bfloat16 cannot hold integer positions past 2048 / 256,
+        # and windows / offset tables compare them exactly
+        return torch.promote_types(like.dtype, torch.float32)
 
     def _mlp_inputs(self, query: Tensor, key: Tensor, p_q: Tensor, p_k: Tensor):
         """u (B, N, R) and t (B, M, R) of the pair MLP."""
         E, D = self.embed_dim, self.pos_dim
         A = self.kernel_A
         A_f, A_p = A[:, :E], A[:, E:]
-        u = TF.linear(query, A_f, self.kernel_b1) + TF.linear(p_q, A_p)
+        u = TF.linear(query, A_f, self.kernel_b1) + TF.linear(p_q.to(query.dtype), A_p)
         if self.relative_positions:
             B_f, B_p = self.kernel_B, -A_p
         else:
             B_f, B_p = self.kernel_B[:, : self.kdim], self.kernel_B[:, self.kdim :]
-        t = TF.linear(key, B_f) + TF.linear(p_k, B_p)
+        t = TF.linear(key, B_f) + TF.linear(p_k.to(key.dtype), B_p)
         return u, t
 
     def _transform(

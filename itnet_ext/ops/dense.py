@@ -48,7 +48,9 @@ def _dense_fwd_fake(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weigh
     B, H, _, Dv = v.shape
     N = _num_queries(q, u, q_pos)
     out = v.new_empty((B, H, N, Dv))
-    lse = v.new_empty((B, H, N)) if softmax else v.new_empty((0,))
+    # float16 / bfloat16 calls return a float32 log-sum-exp (the kernels' statistics)
+    lse_dtype = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+    lse = v.new_empty((B, H, N) if softmax else (0,), dtype=lse_dtype)
     return out, lse
 
 

@@ -1,0 +1,572 @@
+// Backward flash kernels of the dense op (fp16 / bf16 in, fp32 accumulation),
+// FlashAttention style: logits recomputed tile by tile from the saved
+// log-sum-exp, delta = rowsum(dO O) - grad_lse precomputed (by the entry
+// point), dS = P (dP - delta) in softmax mode, dS = w dP in `none` mode.
+//
+// Two passes, neither with floating-point atomics (deterministic; only the
+// offset-table gradient uses atomics):
+//  - key pass, block = (64 keys, h, b), 4 warps of 16 keys, looping over query
+//    tiles: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q in
+//    registers; the key-side MLP gradient dt (rows of the warp, shared-memory
+//    accumulators), dW2 / db2 per block, the key-weight gradient per key.
+//  - query pass, block = (64 queries, h, b), looping over key tiles: S, dP,
+//    dQ += dS K and the query-side MLP gradient du.
+// Per-head and per-block partial sums (FlashGrads) are reduced by the caller.
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+
+#include "dense/flash/config.h"
+#include "dense/flash/logits.cuh"
+
+namespace itnet {
+namespace dense {
+namespace flash {
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// MLP part of the backward for the elements of one fragment with logit
+// gradient ds: per hidden unit r, a = act(pre), a' = act'(pre),
+// dpre = ds W2[h, r] a'. Adds sum over the fragment's columns of dpre to
+// the rows' accumulators row_acc (dt in the key pass, du in the query pass;
+// rows owned by the warp: plain adds by one lane per row), and, when given,
+// sum ds a to the warp's dW2 row dw_acc and dpre to the offset table's
+// gradient de_acc (shared-memory atomics).
+template <Activation A, int kNT, bool kKeyRows>
+__device__ __forceinline__ void mlp_bwd(const float (&ds)[kNT][4], const int (&code)[kNT][4],
+                                        const FragPos& f, const float* u_s, const float* t_s,
+                                        const float* e_s, const float* w2_s, int ld, int R4,
+                                        int lane, float* row_acc, float* dw_acc, float* de_acc) {
+  const float* row_s = kKeyRows ? t_s : u_s;
+  const float* col_s = kKeyRows ? u_s : t_s;
+  const int rl0 = f.row0 + (lane >> 2);
+  for (int rc = 0; rc < R4; rc += 4) {
+    const float4 w = *reinterpret_cast<const float4*>(w2_s + rc);
+    const float wv[4] = {w.x, w.y, w.z, w.w};
+    const float4 ra = *reinterpret_cast<const float4*>(row_s + rl0 * ld + rc);
+    const float4 rb = *reinterpret_cast<const float4*>(row_s + (rl0 + 8) * ld + rc);
+    float racc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    float wacc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int cl = nt * 8 + acc_col(lane, c);
+        const float4 cv = *reinterpret_cast<const float4*>(col_s + cl * ld + rc);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int e = c + 2 * half;
+          const float g = ds[nt][e];
+          if (code[nt][e] < 0 || g == 0.f) continue;
+          const float4 rv = half ? rb : ra;
+          const float4 uu = kKeyRows ? cv : rv;
+          float4 tt = kKeyRows ? rv : cv;
+          if (e_s != nullptr) {
+            const float4 ev = *reinterpret_cast<const float4*>(e_s + code[nt][e] * ld + rc);
+            tt.x += ev.x; tt.y += ev.y; tt.z += ev.z; tt.w += ev.w;
+          }
+          const float pre[4] = {uu.x + tt.x, uu.y + tt.y, uu.z + tt.z, uu.w + tt.w};
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            float da;
+            const float a = Act<A, float>::fwd_grad(pre[x], da);
+            wacc[x] += g * a;
+            const float dpre = g * wv[x] * da;
+            racc[half][x] += dpre;
+            if (de_acc != nullptr) atomicAdd(de_acc + code[nt][e] * ld + rc + x, dpre);
+          }
+        }
+      }
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float r = quad_sum(racc[half][x]);
+        if ((lane & 3) == 0) row_acc[(rl0 + 8 * half) * ld + rc + x] += r;
+      }
+    if (dw_acc != nullptr) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float r = warp_sum(wacc[x]);
+        if (lane == 0) dw_acc[rc + x] += r;
+      }
+    }
+  }
+}
+
+// Stores a warp's 16 x kD fp32 accumulator rows (times `mul`) as 16-bit rows
+// row0 + 0..15 of a (rows, D) tensor, rows < nrows and columns < D only.
+template <class T, int kDT>
+__device__ __forceinline__ void store_rows(T* g, const float (&c)[kDT][4], float mul, int64_t row0,
+                                           int64_t nrows, int D, int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = row0 + (lane >> 2) + 8 * half;
+    if (r >= nrows) continue;
+#pragma unroll
+    for (int d = 0; d < kDT; ++d) {
+      const int col = d * 8 + 2 * (lane & 3);
+      if (col < D)
+        *reinterpret_cast<uint32_t*>(g + r * D + col) =
+            Elem<T>::pack(c[d][2 * half] * mul, c[d][2 * half + 1] * mul);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Key pass.
+template <class T, int kD, bool kMlp, Activation A>
+__global__ void __launch_bounds__(128)
+    bwd_kv_kernel(const BwdParams bp, const FlashGrads G, const BwdSmem L) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Cfg = BwdTiles<kD>;
+  constexpr int kBk = Cfg::kBk, kBq = Cfg::kBq, kLd = Cfg::kLd;
+  constexpr int kNQ = kBq / 8;  // n-tiles of S^T (queries)
+  constexpr int kDT = kD / 8;
+  const FwdParams& p = bp.f;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* k_s = reinterpret_cast<T*>(smem);
+  T* v_s = k_s + kBk * kLd;
+  T* q_s = v_s + kBk * kLd;
+  T* do_s = q_s + kBq * kLd;
+  float* lse_s = reinterpret_cast<float*>(do_s + kBq * kLd);
+  float* delta_s = lse_s + kBq;
+  const int ld = L.base.ld, R4 = L.base.R4;
+  float* u_s = reinterpret_cast<float*>(smem + L.base.off_u);
+  float* t_s = reinterpret_cast<float*>(smem + L.base.off_t);
+  float* w2_s = reinterpret_cast<float*>(smem + L.base.off_w);
+  float* e_s = p.E != nullptr ? reinterpret_cast<float*>(smem + L.base.off_e) : nullptr;
+  float* dt_s = reinterpret_cast<float*>(smem + L.off_rows);
+  float* dw_s = reinterpret_cast<float*>(smem + L.off_dw);
+  float* de_s = (kMlp && G.dE != nullptr) ? reinterpret_cast<float*>(smem + L.off_de) : nullptr;
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / kWarp, lane = tid % kWarp;
+  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t kt = blockIdx.x;
+  const int64_t j0 = kt * kBk;
+  const int64_t bh = b * p.H + h;
+  const int Dk = static_cast<int>(p.Dk), Dv = static_cast<int>(p.Dv);
+  const int R = static_cast<int>(p.R);
+  const T* q = p.content ? static_cast<const T*>(p.q) + bh * p.N * Dk : nullptr;
+  const T* k = p.content ? static_cast<const T*>(p.k) + (bh * p.M + j0) * Dk : nullptr;
+  const T* v = static_cast<const T*>(p.v) + (bh * p.M + j0) * Dv;
+  const T* dout = static_cast<const T*>(bp.dout) + bh * p.N * Dv;
+  const float* lse = p.softmax ? static_cast<const float*>(bp.lse) + bh * p.N : nullptr;
+  const float* delta = p.softmax ? static_cast<const float*>(bp.delta) + bh * p.N : nullptr;
+  const float* kscale = p.key_scale ? static_cast<const float*>(p.key_scale) + b * p.M : nullptr;
+
+  if (p.content) load_rows_async<T, kBk, kD, kLd, Cfg::kThreads>(k_s, k, Dk, p.M - j0, Dk, tid);
+  load_rows_async<T, kBk, kD, kLd, Cfg::kThreads>(v_s, v, Dv, p.M - j0, Dv, tid);
+  cp_async_commit();
+  if (kMlp) {
+    const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
+    load_rows_f32(t_s, t, kBk, p.M - j0, R, ld, tid, Cfg::kThreads);
+    const float* w2 = static_cast<const float*>(p.W2) + h * R;
+    for (int c = tid; c < R4; c += Cfg::kThreads) w2_s[c] = c < R ? w2[c] : 0.f;
+    if (e_s != nullptr)
+      load_rows_f32(e_s, static_cast<const float*>(p.E), static_cast<int>(p.O), p.O, R, ld, tid,
+                    Cfg::kThreads);
+    for (int c = tid; c < kBk * ld; c += Cfg::kThreads) dt_s[c] = 0.f;
+    for (int c = tid; c < 4 * ld; c += Cfg::kThreads) dw_s[c] = 0.f;
+    if (de_s != nullptr)
+      for (int64_t c = tid; c < p.O * ld; c += Cfg::kThreads) de_s[c] = 0.f;
+  }
+
+  float dk[kDT][4], dv[kDT][4];
+  zero_acc(dk);
+  zero_acc(dv);
+  float kw[2] = {0.f, 0.f};  // key-weight gradient of the warp's two rows (this lane's share)
+  float db2 = 0.f;
+  const float scale = static_cast<float>(p.scale);
+  FragPos f{b, h, 0, j0, warp * 16};
+
+  // causal: queries before the tile's first key see none of its keys
+  const int64_t it0 = p.causal ? j0 / kBq : 0;
+  const int64_t nqt = (p.N + kBq - 1) / kBq;
+  for (int64_t it = it0; it < nqt; ++it) {
+    const int64_t i0 = it * kBq;
+    f.i0 = i0;
+    if (p.content)
+      load_rows_async<T, kBq, kD, kLd, Cfg::kThreads>(q_s, q + i0 * Dk, Dk, p.N - i0, Dk, tid);
+    load_rows_async<T, kBq, kD, kLd, Cfg::kThreads>(do_s, dout + i0 * Dv, Dv, p.N - i0, Dv, tid);
+    cp_async_commit();
+    for (int c = tid; c < kBq; c += Cfg::kThreads) {
+      const bool ok = p.softmax && i0 + c < p.N;
+      lse_s[c] = ok ? lse[i0 + c] : 0.f;
+      delta_s[c] = ok ? delta[i0 + c] : 0.f;
+    }
+    if (kMlp) {
+      const float* u = p.u ? static_cast<const float*>(p.u) + (b * p.N + i0) * R : nullptr;
+      load_rows_f32(u_s, u, kBq, p.N - i0, R, ld, tid, Cfg::kThreads);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+
+    float s[kNQ][4], dp[kNQ][4];
+    zero_acc(s);
+    zero_acc(dp);
+    if (p.content) {
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        if (kk * 16 >= Dk) break;
+        uint32_t a[4];
+        frag_a(a, k_s, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+        for (int np = 0; np < kNQ / 2; ++np) {
+          uint32_t bb[4];
+          frag_b_nk(bb, q_s, kLd, np * 16, kk * 16, lane);
+          mma_16816<T>(s[2 * np], a, bb[0], bb[1]);
+          mma_16816<T>(s[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNQ; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= scale;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      if (kk * 16 >= Dv) break;
+      uint32_t a[4];
+      frag_a(a, v_s, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+      for (int np = 0; np < kNQ / 2; ++np) {
+        uint32_t bb[4];
+        frag_b_nk(bb, do_s, kLd, np * 16, kk * 16, lane);
+        mma_16816<T>(dp[2 * np], a, bb[0], bb[1]);
+        mma_16816<T>(dp[2 * np + 1], a, bb[2], bb[3]);
+      }
+    }
+
+    int code[kNQ][4];
+    window_codes<kNQ, true>(p, f, lane, code);
+    if (kMlp) add_mlp<A, kNQ, true>(s, code, p, f, u_s, t_s, e_s, w2_s, ld, R4, lane);
+    if (tile_needs_finish(p, i0, kBq, j0, kBk)) finish_logits<kNQ, true>(s, code, p, f, lane);
+
+    // s -> the weight of the pair (P, or l w), dp -> the logit gradient dS
+#pragma unroll
+    for (int nt = 0; nt < kNQ; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ql = nt * 8 + acc_col(lane, e);
+        const float x = s[nt][e];
+        float wgt = 0.f, g = 0.f;
+        if (x != neg_inf<float>()) {
+          if (p.softmax) {
+            wgt = __expf(x - softmax_bwd_shift(lse_s[ql]));
+            g = wgt * (dp[nt][e] - delta_s[ql]);
+            kw[e >> 1] += g;  // d / d log w_j
+          } else {
+            const int64_t j = j0 + f.row0 + acc_row(lane, e);
+            const float w = kscale != nullptr ? kscale[j] : 1.f;
+            wgt = x * w;
+            g = dp[nt][e] * w;
+            kw[e >> 1] += dp[nt][e] * x;  // d / d w_j
+          }
+        }
+        s[nt][e] = wgt;
+        dp[nt][e] = g;
+        db2 += g;
+      }
+
+    // (before the MMAs: code[][] dies here, not next to the dK / dV accumulators)
+    if (kMlp)
+      mlp_bwd<A, kNQ, true>(dp, code, f, u_s, t_s, e_s, w2_s, ld, R4, lane, dt_s,
+                            dw_s + warp * ld, de_s);
+    // dV += P^T dO, dK += dS^T Q (k = queries)
+#pragma unroll
+    for (int kk = 0; kk < kBq / 16; ++kk) {
+      uint32_t a[4];
+      frag_a_from_acc<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < kD / 16; ++np) {
+        if (np * 16 >= Dv) break;
+        uint32_t bb[4];
+        frag_b_kn(bb, do_s, kLd, kk * 16, np * 16, lane);
+        mma_16816<T>(dv[2 * np], a, bb[0], bb[1]);
+        mma_16816<T>(dv[2 * np + 1], a, bb[2], bb[3]);
+      }
+      if (p.content) {
+        frag_a_from_acc<T>(a, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+        for (int np = 0; np < kD / 16; ++np) {
+          if (np * 16 >= Dk) break;
+          uint32_t bb[4];
+          frag_b_kn(bb, q_s, kLd, kk * 16, np * 16, lane);
+          mma_16816<T>(dk[2 * np], a, bb[0], bb[1]);
+          mma_16816<T>(dk[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with Q, dO, u of this tile
+  }
+  cp_async_wait_all();  // (no query tile: K, V copies still in flight)
+
+  // key rows of the warp: dk, dv (16-bit), key-weight gradient (per head)
+  const int64_t jw = j0 + warp * 16;
+  if (p.content) store_rows<T>(static_cast<T*>(G.dk) + bh * p.M * Dk, dk, scale, jw, p.M, Dk, lane);
+  store_rows<T>(static_cast<T*>(G.dv) + bh * p.M * Dv, dv, 1.f, jw, p.M, Dv, lane);
+  if (G.dkw != nullptr) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float r = quad_sum(kw[half]);
+      const int64_t j = jw + (lane >> 2) + 8 * half;
+      if ((lane & 3) == 0 && j < p.M) G.dkw[(h * p.B + b) * p.M + j] = r;
+    }
+  }
+  if (kMlp) {
+    const int64_t nkt = gridDim.x;
+    const float tot = warp_sum(db2);
+    __shared__ float db2_s[4];
+    if (lane == 0) db2_s[warp] = tot;
+    __syncthreads();  // dt_s, dw_s, de_s, db2_s complete
+    if (G.dt != nullptr) {
+      for (int c = tid; c < kBk * R; c += Cfg::kThreads) {
+        const int r = c % R, jl = c / R;
+        if (j0 + jl < p.M) G.dt[((h * p.B + b) * p.M + j0 + jl) * R + r] = dt_s[jl * ld + r];
+      }
+    }
+    float* dW2 = G.dW2 + (bh * nkt + kt) * R;
+    for (int r = tid; r < R; r += Cfg::kThreads)
+      dW2[r] = ((dw_s[r] + dw_s[ld + r]) + dw_s[2 * ld + r]) + dw_s[3 * ld + r];
+    if (G.db2 != nullptr && tid == 0)
+      G.db2[bh * nkt + kt] = ((db2_s[0] + db2_s[1]) + db2_s[2]) + db2_s[3];
+    if (de_s != nullptr)
+      for (int64_t c = tid; c < p.O * R; c += Cfg::kThreads) {
+        const float x = de_s[(c / R) * ld + c % R];
+        if (x != 0.f) atomicAdd(G.dE + c, x);
+      }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// Query pass.
+template <class T, int kD, bool kMlp, Activation A>
+__global__ void __launch_bounds__(128)
+    bwd_q_kernel(const BwdParams bp, const FlashGrads G, const BwdSmem L) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Cfg = BwdTiles<kD>;
+  constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kLd = Cfg::kLd;
+  constexpr int kNT = kBc / 8;
+  constexpr int kDT = kD / 8;
+  const FwdParams& p = bp.f;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* q_s = reinterpret_cast<T*>(smem);
+  T* do_s = q_s + kBr * kLd;
+  T* k_s = do_s + kBr * kLd;
+  T* v_s = k_s + kBc * kLd;
+  const int ld = L.base.ld, R4 = L.base.R4;
+  float* u_s = reinterpret_cast<float*>(smem + L.base.off_u);
+  float* t_s = reinterpret_cast<float*>(smem + L.base.off_t);
+  float* w2_s = reinterpret_cast<float*>(smem + L.base.off_w);
+  float* e_s = p.E != nullptr ? reinterpret_cast<float*>(smem + L.base.off_e) : nullptr;
+  float* du_s = reinterpret_cast<float*>(smem + L.off_rows);
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / kWarp, lane = tid % kWarp;
+  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBr;
+  const int64_t bh = b * p.H + h;
+  const int Dk = static_cast<int>(p.Dk), Dv = static_cast<int>(p.Dv);
+  const int R = static_cast<int>(p.R);
+  const bool want_dq = p.content && G.dq != nullptr;
+  const bool want_du = kMlp && G.du != nullptr;
+  const T* q = p.content ? static_cast<const T*>(p.q) + (bh * p.N + i0) * Dk : nullptr;
+  const T* k = p.content ? static_cast<const T*>(p.k) + bh * p.M * Dk : nullptr;
+  const T* v = static_cast<const T*>(p.v) + bh * p.M * Dv;
+  const T* dout = static_cast<const T*>(bp.dout) + (bh * p.N + i0) * Dv;
+  const float* kscale = p.key_scale ? static_cast<const float*>(p.key_scale) + b * p.M : nullptr;
+
+  if (p.content) load_rows_async<T, kBr, kD, kLd, Cfg::kThreads>(q_s, q, Dk, p.N - i0, Dk, tid);
+  load_rows_async<T, kBr, kD, kLd, Cfg::kThreads>(do_s, dout, Dv, p.N - i0, Dv, tid);
+  cp_async_commit();
+  if (kMlp) {
+    const float* u = p.u ? static_cast<const float*>(p.u) + (b * p.N + i0) * R : nullptr;
+    load_rows_f32(u_s, u, kBr, p.N - i0, R, ld, tid, Cfg::kThreads);
+    const float* w2 = static_cast<const float*>(p.W2) + h * R;
+    for (int c = tid; c < R4; c += Cfg::kThreads) w2_s[c] = c < R ? w2[c] : 0.f;
+    if (e_s != nullptr)
+      load_rows_f32(e_s, static_cast<const float*>(p.E), static_cast<int>(p.O), p.O, R, ld, tid,
+                    Cfg::kThreads);
+    for (int c = tid; c < kBr * ld; c += Cfg::kThreads) du_s[c] = 0.f;
+  }
+
+  // lse and delta of the lane's two rows
+  float row_shift[2] = {0.f, 0.f}, row_delta[2] = {0.f, 0.f};
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t i = i0 + warp * 16 + (lane >> 2) + 8 * half;
+    if (p.softmax && i < p.N) {
+      row_shift[half] = softmax_bwd_shift(static_cast<const float*>(bp.lse)[bh * p.N + i]);
+      row_delta[half] = static_cast<const float*>(bp.delta)[bh * p.N + i];
+    }
+  }
+
+  float dq[kDT][4];
+  zero_acc(dq);
+  const float scale = static_cast<float>(p.scale);
+  FragPos f{b, h, i0, 0, warp * 16};
+  int64_t kend = p.M;
+  if (p.causal) {
+    const int64_t last = (i0 + kBr < p.N ? i0 + kBr : p.N);
+    kend = kend < last ? kend : last;
+  }
+  const int64_t nkt = (kend + kBc - 1) / kBc;
+  for (int64_t kt = 0; kt < nkt; ++kt) {
+    const int64_t j0 = kt * kBc;
+    f.j0 = j0;
+    if (p.content)
+      load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_s, k + j0 * Dk, Dk, p.M - j0, Dk, tid);
+    load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(v_s, v + j0 * Dv, Dv, p.M - j0, Dv, tid);
+    cp_async_commit();
+    if (kMlp) {
+      const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
+      load_rows_f32(t_s, t, kBc, p.M - j0, R, ld, tid, Cfg::kThreads);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+
+    float s[kNT][4], dp[kNT][4];
+    zero_acc(s);
+    zero_acc(dp);
+    if (p.content) {
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        if (kk * 16 >= Dk) break;
+        uint32_t a[4];
+        frag_a(a, q_s, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t bb[4];
+          frag_b_nk(bb, k_s, kLd, np * 16, kk * 16, lane);
+          mma_16816<T>(s[2 * np], a, bb[0], bb[1]);
+          mma_16816<T>(s[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= scale;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      if (kk * 16 >= Dv) break;
+      uint32_t a[4];
+      frag_a(a, do_s, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t bb[4];
+        frag_b_nk(bb, v_s, kLd, np * 16, kk * 16, lane);
+        mma_16816<T>(dp[2 * np], a, bb[0], bb[1]);
+        mma_16816<T>(dp[2 * np + 1], a, bb[2], bb[3]);
+      }
+    }
+
+    int code[kNT][4];
+    window_codes<kNT, false>(p, f, lane, code);
+    if (kMlp) add_mlp<A, kNT, false>(s, code, p, f, u_s, t_s, e_s, w2_s, ld, R4, lane);
+    if (tile_needs_finish(p, i0, kBr, j0, kBc)) finish_logits<kNT, false>(s, code, p, f, lane);
+
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float x = s[nt][e];
+        float g = 0.f;
+        if (x != neg_inf<float>()) {
+          if (p.softmax) {
+            g = __expf(x - row_shift[e >> 1]) * (dp[nt][e] - row_delta[e >> 1]);
+          } else {
+            const int64_t j = j0 + nt * 8 + acc_col(lane, e);
+            g = dp[nt][e] * (kscale != nullptr ? kscale[j] : 1.f);
+          }
+        }
+        dp[nt][e] = g;
+      }
+
+    if (want_du)
+      mlp_bwd<A, kNT, false>(dp, code, f, u_s, t_s, e_s, w2_s, ld, R4, lane, du_s, nullptr,
+                             nullptr);
+    if (want_dq) {
+#pragma unroll
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        uint32_t a[4];
+        frag_a_from_acc<T>(a, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+        for (int np = 0; np < kD / 16; ++np) {
+          if (np * 16 >= Dk) break;
+          uint32_t bb[4];
+          frag_b_kn(bb, k_s, kLd, kk * 16, np * 16, lane);
+          mma_16816<T>(dq[2 * np], a, bb[0], bb[1]);
+          mma_16816<T>(dq[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with K, V, t of this tile
+  }
+  cp_async_wait_all();  // (no key tile: Q, dO copies still in flight)
+
+  if (want_dq)
+    store_rows<T>(static_cast<T*>(G.dq) + bh * p.N * Dk, dq, scale, i0 + warp * 16, p.N, Dk, lane);
+  if (want_du) {
+    __syncthreads();
+    for (int c = tid; c < kBr * R; c += Cfg::kThreads) {
+      const int r = c % R, il = c / R;
+      if (i0 + il < p.N) G.du[((h * p.B + b) * p.N + i0 + il) * R + r] = du_s[il * ld + r];
+    }
+  }
+#endif
+}
+
+template <class T, int kD, bool kMlp, Activation A>
+void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t stream) {
+  using Cfg = BwdTiles<kD>;
+  const FwdParams& p = bp.f;
+  const BwdSmem Lkv = make_bwd_smem(Cfg::kKvBytes, Cfg::kBq, Cfg::kBk, Cfg::kBk, true, p,
+                                    G.dE != nullptr);
+  auto kv = &bwd_kv_kernel<T, kD, kMlp, A>;
+  if (p.M > 0) {  // (no key tiles: no key-side gradient has elements)
+    if (Lkv.bytes > 48 * 1024)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kv, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(Lkv.bytes)));
+    const dim3 gkv(static_cast<unsigned>((p.M + Cfg::kBk - 1) / Cfg::kBk),
+                   static_cast<unsigned>(p.H), static_cast<unsigned>(p.B));
+    kv<<<gkv, Cfg::kThreads, Lkv.bytes, stream>>>(bp, G, Lkv);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // with M = 0 the query pass still runs: it writes dq = 0 and du = 0
+  const bool want_q = (p.content && G.dq != nullptr) || (kMlp && G.du != nullptr);
+  if (!want_q || p.N == 0) return;
+  const BwdSmem Lq = make_bwd_smem(Cfg::kQBytes, Cfg::kBr, Cfg::kBc, Cfg::kBr, false, p, false);
+  auto qk = &bwd_q_kernel<T, kD, kMlp, A>;
+  if (Lq.bytes > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(qk, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(Lq.bytes)));
+  const dim3 gq(static_cast<unsigned>((p.N + Cfg::kBr - 1) / Cfg::kBr),
+                static_cast<unsigned>(p.H), static_cast<unsigned>(p.B));
+  qk<<<gq, Cfg::kThreads, Lq.bytes, stream>>>(bp, G, Lq);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <class T, int kD>
+void launch_bwd(const BwdParams& bp, const FlashGrads& G, cudaStream_t stream) {
+  const FwdParams& p = bp.f;
+  if (!p.mlp) return launch_bwd_kernels<T, kD, false, Activation::Relu>(bp, G, stream);
+  switch (static_cast<Activation>(p.activation)) {
+    case Activation::Relu: return launch_bwd_kernels<T, kD, true, Activation::Relu>(bp, G, stream);
+    case Activation::Gelu: return launch_bwd_kernels<T, kD, true, Activation::Gelu>(bp, G, stream);
+    case Activation::Silu: return launch_bwd_kernels<T, kD, true, Activation::Silu>(bp, G, stream);
+  }
+  TORCH_CHECK(false, "activation: unknown value ", p.activation);
+}
+
+}  // namespace flash
+}  // namespace dense
+}  // namespace itnet

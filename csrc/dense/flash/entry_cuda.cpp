@@ -1,0 +1,205 @@
+// ATen-level entry of the flash kernels (float16 / bfloat16 on sm_80+):
+// which calls they take, the layouts they need (head dims padded to a
+// multiple of 8, 16-byte aligned rows, float32 side operands through
+// prepare()'s aux dtype), and the reduction of the backward's partial sums
+// (FlashGrads) in a fixed order.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "dense/cuda_entry.h"
+#include "dense/flash/flash.h"
+
+namespace itnet {
+namespace dense {
+namespace {
+
+int64_t pad8(int64_t d) { return (d + 7) / 8 * 8; }
+
+// Zero columns up to a multiple of 8 (they add nothing to q.k and give zero
+// output columns), contiguous, 16-byte aligned: what cp.async reads.
+at::Tensor for_tiles(const at::Tensor& x) {
+  at::Tensor y = x;
+  const int64_t d = x.size(-1);
+  if (pad8(d) != d) y = at::constant_pad_nd(x, {0, pad8(d) - d});
+  y = y.contiguous();
+  if (reinterpret_cast<std::uintptr_t>(y.data_ptr()) % 16 != 0) y = y.clone();
+  return y;
+}
+
+c10::optional<at::Tensor> for_tiles(const c10::optional<at::Tensor>& x) {
+  if (!x.has_value()) return x;
+  return for_tiles(*x);
+}
+
+// Only what the shared-memory size depends on.
+FwdParams size_params(const DenseArgs& a) {
+  FwdParams p;
+  p.content = a.q.has_value();
+  p.Dk = a.q.has_value() ? pad8(a.q->size(-1)) : 0;
+  p.Dv = pad8(a.v.size(-1));
+  p.mlp = a.W2.has_value();
+  p.R = a.W2.has_value() ? a.W2->size(-1) : 0;
+  static const char kTable = 0;
+  p.E = a.offset_table.has_value() ? &kTable : nullptr;
+  p.O = a.offset_table.has_value() ? a.offset_table->size(0) : 0;
+  return p;
+}
+
+bool supported(const DenseArgs& a, bool backward) {
+  const at::Tensor& v = a.v;
+  if (v.scalar_type() != at::kHalf && v.scalar_type() != at::kBFloat16) return false;
+  if (!v.is_cuda() || v.dim() != 4) return false;  // the exact path reports bad shapes
+  if (a.q.has_value() && (a.q->dim() != 4 || !a.k.has_value() || a.k->dim() != 4)) return false;
+  if (a.W2.has_value() && a.W2->dim() != 2) return false;
+  if (a.offset_table.has_value() && a.offset_table->dim() != 2) return false;
+  // ITNET_CUDA_FLASH=0: every call on the exact kernels (debugging, A/B checks)
+  const char* env = std::getenv("ITNET_CUDA_FLASH");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(v.device().index());
+  if (prop->major < 8) return false;
+  const FwdParams p = size_params(a);
+  const int64_t dmax = backward ? flash::kMaxHeadDimBwd : flash::kMaxHeadDimFwd;
+  if (p.Dk > dmax || p.Dv > dmax || p.R > flash::kMaxR || p.O * p.R > flash::kMaxTable)
+    return false;
+  if (v.size(0) > 65535 || v.size(1) > 65535) return false;  // grid y, z
+  const int64_t smem = backward ? flash::bwd_smem_bytes(p, a.offset_table.has_value())
+                                : flash::fwd_smem_bytes(p);
+  // (+16: the key pass's static db2 partials)
+  return smem + 16 <= static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+}
+
+flash::Dtype flash_dtype(const at::Tensor& v) {
+  return v.scalar_type() == at::kHalf ? flash::Dtype::Half : flash::Dtype::BFloat16;
+}
+
+DenseArgs tiled(const DenseArgs& a) {
+  DenseArgs t = a;
+  t.q = for_tiles(a.q);
+  t.k = for_tiles(a.k);
+  t.v = for_tiles(a.v);
+  return t;
+}
+
+at::Tensor unpad(const at::Tensor& x, int64_t d) {
+  return x.size(-1) == d ? x : x.narrow(-1, 0, d).contiguous();
+}
+
+void check_grad_args(const GradArgs& g, const FwdParams& p, const DenseArgs& a) {
+  const std::vector<int64_t> out_shape = {p.B, p.H, p.N, a.v.size(-1)};
+  const std::vector<int64_t> row_shape = {p.B, p.H, p.N};
+  auto check = [&](const at::Tensor& x, const char* name, const std::vector<int64_t>& shape,
+                   at::ScalarType dt) {
+    TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), name, ": expected shape ",
+                at::IntArrayRef(shape), ", got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == dt, name, ": expected dtype ", dt, ", got ", x.scalar_type());
+    TORCH_CHECK(x.device() == a.v.device(), name, ": expected a tensor on ", a.v.device(),
+                ", got ", x.device());
+  };
+  check(g.grad_out, "grad_out", out_shape, a.v.scalar_type());
+  check(g.out, "out", out_shape, a.v.scalar_type());
+  if (a.softmax) {
+    check(g.lse, "lse", row_shape, at::kFloat);
+    if (g.grad_lse.has_value() && g.grad_lse->defined())
+      check(*g.grad_lse, "grad_lse", row_shape, at::kFloat);
+  }
+}
+
+}  // namespace
+
+bool flash_fwd_supported(const DenseArgs& a) { return supported(a, false); }
+bool flash_bwd_supported(const DenseArgs& a) { return supported(a, true); }
+
+std::tuple<at::Tensor, at::Tensor> flash_dense_fwd(const DenseArgs& a) {
+  const DenseArgs at_ = tiled(a);
+  Prepared pr = at_.prepare(/*backward=*/false, at::kFloat);
+  FwdParams& p = pr.params;
+  const auto f32 = a.v.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({p.B, p.H, p.N, p.Dv}, a.v.options());
+  at::Tensor lse = a.softmax ? at::empty({p.B, p.H, p.N}, f32) : at::empty({0}, f32);
+  p.out = out.data_ptr();
+  p.lse = a.softmax ? lse.data_ptr() : nullptr;
+  flash::fwd(p, flash_dtype(a.v), at::cuda::getCurrentCUDAStream());
+  return {unpad(out, a.v.size(-1)), lse};
+}
+
+GradTuple flash_dense_bwd(const GradArgs& g, const DenseArgs& a) {
+  const DenseArgs at_ = tiled(a);
+  Prepared pr = at_.prepare(/*backward=*/true, at::kFloat);
+  const FwdParams& p = pr.params;
+  check_grad_args(g, p, a);
+  const bool mlp = p.mlp;
+  const bool want_dE = mlp && a.offset_table.has_value();
+  if (want_dE) {
+    at::globalContext().alertNotDeterministic(
+        "itnet::dense_bwd (CUDA, float16/bfloat16) gradient of offset_table");
+  }
+  BwdParams bp;
+  bp.f = p;
+  const at::Tensor dout = for_tiles(g.grad_out);
+  bp.dout = dout.data_ptr();
+  at::Tensor lse, delta;
+  if (a.softmax) {
+    // FlashAttention's D = rowsum(dO * O), in float32; a gradient on lse shifts it
+    delta = (g.grad_out.to(at::kFloat) * g.out.to(at::kFloat)).sum(-1);
+    if (g.grad_lse.has_value() && g.grad_lse->defined()) delta = delta - *g.grad_lse;
+    delta = delta.contiguous();
+    lse = g.lse.contiguous();
+    bp.lse = lse.data_ptr();
+    bp.delta = delta.data_ptr();
+  }
+
+  const auto opts = a.v.options();
+  const auto f32 = opts.dtype(at::kFloat);
+  const int64_t nkt = flash::bwd_key_tiles(p);
+  auto buf = [&](bool given, std::vector<int64_t> shape, const at::TensorOptions& o) {
+    return given ? at::empty(shape, o) : at::Tensor();
+  };
+  at::Tensor dq = buf(p.content, {p.B, p.H, p.N, p.Dk}, opts);
+  at::Tensor dk = buf(p.content, {p.B, p.H, p.M, p.Dk}, opts);
+  at::Tensor dv = buf(true, {p.B, p.H, p.M, p.Dv}, opts);
+  at::Tensor du = buf(mlp && a.u.has_value(), {p.H, p.B, p.N, p.R}, f32);
+  at::Tensor dt = buf(mlp && a.t.has_value(), {p.H, p.B, p.M, p.R}, f32);
+  at::Tensor dW2 = buf(mlp, {p.B, p.H, nkt, p.R}, f32);
+  at::Tensor db2 = buf(mlp && a.b2.has_value(), {p.B, p.H, nkt}, f32);
+  at::Tensor dkw = buf(a.key_weight.has_value(), {p.H, p.B, p.M}, f32);
+  at::Tensor dE = want_dE ? at::zeros({p.O, p.R}, f32) : at::Tensor();
+  auto ptr = [](const at::Tensor& x) { return x.defined() && x.numel() ? x.data_ptr() : nullptr; };
+  flash::FlashGrads G;
+  G.dq = ptr(dq);
+  G.dk = ptr(dk);
+  G.dv = ptr(dv);
+  G.du = static_cast<float*>(ptr(du));
+  G.dt = static_cast<float*>(ptr(dt));
+  G.dW2 = static_cast<float*>(ptr(dW2));
+  G.db2 = static_cast<float*>(ptr(db2));
+  G.dkw = static_cast<float*>(ptr(dkw));
+  G.dE = static_cast<float*>(ptr(dE));
+  flash::bwd(bp, G, flash_dtype(a.v), at::cuda::getCurrentCUDAStream());
+
+  // fixed-order reductions of the partial sums (deterministic)
+  const at::ScalarType dtype = a.v.scalar_type();
+  const at::Tensor none = at::empty({0}, opts);
+  auto out = [&](const at::Tensor& x) { return x.defined() ? x.to(dtype) : none; };
+  at::Tensor gq = p.content ? unpad(dq, a.q->size(-1)) : none;
+  at::Tensor gk = p.content ? unpad(dk, a.k->size(-1)) : none;
+  at::Tensor gv = unpad(dv, a.v.size(-1));
+  at::Tensor gu = du.defined() ? reduce_to(du.sum(0), *a.u) : du;
+  at::Tensor gt = dt.defined() ? reduce_to(dt.sum(0), *a.t) : dt;
+  at::Tensor gW2 = dW2.defined() ? dW2.sum(at::IntArrayRef{0, 2}) : dW2;
+  at::Tensor gb2 = db2.defined() ? db2.sum(at::IntArrayRef{0, 2}) : db2;
+  at::Tensor gkw;
+  if (dkw.defined()) {
+    gkw = dkw.sum(0);  // (B, M); d / d log w in softmax mode
+    if (a.softmax) gkw = gkw / a.key_weight->to(at::kFloat).expand({p.B, p.M});
+    gkw = reduce_to(gkw, *a.key_weight);
+  }
+  return {gq, gk, gv, out(gu), out(gt), out(gW2), out(gb2), out(dE), out(gkw)};
+}
+
+}  // namespace dense
+}  // namespace itnet

@@ -1,0 +1,4 @@
+// Forward flash kernels, float16, head dims <= 256.
+#include "dense/flash/fwd.cuh"
+
+ITNET_FLASH_INSTANCE(launch_fwd, __half, 256)
