@@ -1,0 +1,194 @@
+"""Every CUDA kernel path of the dense op once, on tiny inputs, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python3 scripts/sanitize_cases.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/sanitize_cases.py --set race
+
+(scripts/gpu_check.sh runs both, with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor
+is its own allocation and an out-of-bounds access cannot land silently in a neighbour.)
+
+Sets:
+  all    generic exact kernels (float32, float64): content, MLP + offset table + window,
+         causal, bool / float masks, key padding, key weights, `none` mode, MLP only;
+         flash kernels (float16, bfloat16) at Dk = Dv = 40, 128, 200 (the 64 / 128 / 256
+         head-dim buckets), MLP on / off, masks, `none` mode, inference-only forward,
+         deterministic mode; the float32 fallback of half inputs (Dk = 300, R = 80).
+  flash  only the flash cases of `all`.
+  race   a small subset of the flash cases (racecheck is slow).
+Each case runs forward and backward; the script checks that nothing is NaN, prints one line
+per case and exits with status 1 if any case raised.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from itnet_ext import functional  # noqa: E402
+
+DIFF = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "key_weight")
+
+
+def problem(dtype, *, B=1, H=2, N=70, M=90, Dk=16, Dv=16, R=16, content=True, mlp=False,
+            causal=False, table=False, window=None, kpm=False, mask=None, key_weight=False,
+            normalize="softmax", seed=0):
+    """Keyword arguments of integral_transform on CUDA (differentiable inputs require grad)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(dtype)
+
+    kw = dict(v=rnd(B, H, M, Dv), normalize=normalize, causal=causal)
+    if content:
+        kw.update(q=rnd(B, H, N, Dk), k=rnd(B, H, M, Dk))
+    if mlp:
+        kw.update(W2=rnd(H, R, scale=R ** -0.5), b2=rnd(H), u=rnd(B, N, R), t=rnd(B, M, R),
+                  activation="gelu")
+    if table:
+        window = window or (-20, 15)
+        kw["offset_table"] = rnd(window[1] - window[0] + 1, R, scale=0.5)
+    if window is not None:
+        kw["window"] = window
+    if kpm:
+        pad = torch.zeros(B, M, dtype=torch.bool, device="cuda")
+        pad[:, -7:] = True
+        kw["key_padding_mask"] = pad
+    if mask == "bool":
+        kw["attn_mask"] = torch.rand(N, M, generator=g, device="cuda") < 0.8
+    elif mask == "float":
+        am = rnd(1, H, N, M)
+        am[:, :, ::5, ::3] = -math.inf
+        kw["attn_mask"] = am
+    if key_weight:
+        kw["key_weight"] = (torch.rand(B, M, generator=g, device="cuda") + 0.5).to(dtype)
+    for n in DIFF:
+        if kw.get(n) is not None:
+            kw[n].requires_grad_()
+    return kw
+
+
+def run_case(kw, *, backward=True, deterministic=False):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        softmax = kw["normalize"] == "softmax"
+        if not backward:
+            with torch.no_grad():
+                out = functional.integral_transform(**kw)
+            torch.cuda.synchronize()
+            assert not torch.isnan(out).any(), "NaN in out"
+            return
+        res = functional.integral_transform(**kw, return_lse=softmax)
+        res = res if isinstance(res, tuple) else (res,)
+        leaves = [kw[n] for n in DIFF if kw.get(n) is not None and kw[n].requires_grad]
+        cot = [torch.randn_like(r) for r in res]
+        grads = torch.autograd.grad(res, leaves, cot, allow_unused=True)
+        torch.cuda.synchronize()
+        assert not torch.isnan(res[0]).any(), "NaN in out"
+        assert all(gr is None or not torch.isnan(gr).any() for gr in grads), "NaN in a gradient"
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def cases(which):
+    """(name, problem kwargs, run kwargs)."""
+    out = []
+    if which == "all":
+        for dt in (torch.float32, torch.float64):
+            n = str(dt)[6:]
+            out += [
+                (f"generic {n} content", dict(dtype=dt), {}),
+                (f"generic {n} mlp+table+window+kpm", dict(dtype=dt, mlp=True, table=True,
+                                                           kpm=True), {}),
+                (f"generic {n} causal+bool mask", dict(dtype=dt, causal=True, mask="bool"), {}),
+                (f"generic {n} float mask+key weight", dict(dtype=dt, mlp=True, mask="float",
+                                                            key_weight=True), {}),
+                (f"generic {n} none mode", dict(dtype=dt, mlp=True, normalize="none",
+                                                key_weight=True, window=(-30.5, 10.25)), {}),
+                (f"generic {n} mlp only", dict(dtype=dt, content=False, mlp=True, R=33), {}),
+            ]
+    if which in ("all", "flash"):
+        for dt in (torch.float16, torch.bfloat16):
+            n = str(dt)[6:]
+            for d in (40, 128, 200):
+                out += [
+                    (f"flash {n} D={d} attn causal", dict(dtype=dt, Dk=d, Dv=d, causal=True), {}),
+                    (f"flash {n} D={d} mlp+table+kpm+float mask+key weight",
+                     dict(dtype=dt, Dk=d, Dv=d, mlp=True, table=True, kpm=True, mask="float",
+                          key_weight=True), {}),
+                ]
+            out += [
+                (f"flash {n} D=128 none+bool mask", dict(dtype=dt, Dk=128, Dv=72, mlp=True,
+                                                         normalize="none", mask="bool"), {}),
+                (f"flash {n} D=64 mlp only R=64", dict(dtype=dt, Dk=64, Dv=64, content=False,
+                                                       mlp=True, R=64), {}),
+                (f"flash {n} D=128 forward only", dict(dtype=dt, Dk=128, Dv=128, mlp=True),
+                 dict(backward=False)),
+                (f"flash {n} D=64 deterministic attn", dict(dtype=dt, Dk=64, Dv=64),
+                 dict(deterministic=True)),
+                (f"flash {n} D=128 deterministic mlp+window+kpm", dict(
+                    dtype=dt, Dk=128, Dv=128, mlp=True, window=(-25.5, 12.0), kpm=True,
+                    key_weight=True), dict(deterministic=True)),
+            ]
+    if which == "all":
+        out += [
+            ("fallback float16 Dk=300", dict(dtype=torch.float16, Dk=300, Dv=40, mlp=True), {}),
+            ("fallback bfloat16 R=80", dict(dtype=torch.bfloat16, Dk=64, Dv=64, mlp=True, R=80),
+             {}),
+        ]
+    if which == "race":
+        small = dict(N=65, M=70)
+        out += [
+            ("race float16 D=40 attn causal", dict(dtype=torch.float16, Dk=40, Dv=40,
+                                                   causal=True, **small), {}),
+            ("race float16 D=128 mlp+table+mask", dict(dtype=torch.float16, Dk=128, Dv=128,
+                                                       mlp=True, table=True, mask="float",
+                                                       key_weight=True, **small), {}),
+            ("race bfloat16 D=200 mlp", dict(dtype=torch.bfloat16, Dk=200, Dv=200, mlp=True,
+                                             **small), {}),
+            ("race bfloat16 D=64 none", dict(dtype=torch.bfloat16, Dk=64, Dv=64, mlp=True,
+                                             normalize="none", **small), {}),
+            ("race float16 D=128 deterministic mlp", dict(dtype=torch.float16, Dk=128, Dv=128,
+                                                          mlp=True, **small),
+             dict(deterministic=True)),
+        ]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=("all", "flash", "race"), default="all")
+    ap.add_argument("--list", action="store_true", help="print the case names and exit")
+    args = ap.parse_args()
+    todo = cases(args.set)
+    if args.list:
+        print("\n".join(name for name, _, _ in todo))
+        return 0
+    if not torch.cuda.is_available():
+        print("sanitize_cases: no CUDA device is available; nothing run")
+        return 2
+    if not torch.ops.itnet.cuda_kernels_compiled():
+        print("sanitize_cases: itnet_ext was built without its CUDA kernels; nothing run")
+        return 2
+    failed = 0
+    t_all = time.perf_counter()
+    for name, pkw, rkw in todo:
+        t0 = time.perf_counter()
+        try:
+            run_case(problem(**pkw), **rkw)
+            print(f"ok    {name} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        except Exception as e:  # report and go on: the sanitizer output says more
+            failed += 1
+            print(f"FAIL  {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  flush=True)
+            traceback.print_exc(limit=3)
+    print(f"sanitize_cases: {len(todo) - failed}/{len(todo)} cases ok in "
+          f"{time.perf_counter() - t_all:.1f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
