@@ -25,7 +25,8 @@ fallback (Dk = 300, Dv = 300, R = 80, O * R > 8192), two larger problems (N = M 
 Dh = 128), rows with an empty support, N or M = 0, the dtype contract (out in v's dtype,
 lse float32, gradients in the inputs' dtypes, positions of any float dtype) and the
 deterministic mode (20 bitwise-equal backward runs; the float32 backward and an
-offset-table gradient raise under it, warn with ``warn_only=True``).
+offset-table gradient raise under it, warn with ``warn_only=True``; a frozen offset table
+does not).
 
 Skipped without a GPU (or in a build without the CUDA kernels).
 """
@@ -379,14 +380,20 @@ def test_deterministic_mode_float32_backward_raises(make_problem, deterministic)
 
 
 def test_deterministic_mode_offset_table_gradient_raises(make_problem, deterministic):
-    """float16: the offset-table gradient is accumulated with atomics, so it raises under the
-    deterministic mode; with the table not requiring grad the backward is deterministic."""
-    kw = _small_problem(make_problem, support="offset", D=1)
+    """float16: the offset-table gradient is accumulated with atomics, so a backward that
+    needs it raises under the deterministic mode."""
+    kwd = to_dev(_small_problem(make_problem, support="offset", D=1), F16, "cuda")
     torch.use_deterministic_algorithms(True)
-    kwd = to_dev(kw, F16, "cuda")
     out = functional.integral_transform(**kwd)
     with pytest.raises(RuntimeError, match="deterministic"):
         out.backward(torch.ones_like(out))
+
+
+def test_deterministic_mode_frozen_offset_table(make_problem, deterministic):
+    """float16 with an offset table that does not require grad: the backward of the other
+    inputs is deterministic (no error, bitwise-equal gradients)."""
+    kw = _small_problem(make_problem, support="offset", D=1)
+    torch.use_deterministic_algorithms(True)
     grads = []
     for _ in range(2):
         kwd = to_dev(kw, F16, "cuda")
