@@ -18,11 +18,12 @@
 # then OUTDIR/summary.md (scripts/gpu_check_summary.py), printed at the end, and copies
 # ready for bench/results/ in OUTDIR/results/ (cuda_<card>_<date>.json, gpu_check_<card>_<date>.md).
 #
-# The whole run stays within about 8 minutes (ITNET_GPU_CHECK_DEADLINE_S, default 465 s):
+# The whole run stays within about 8 minutes (ITNET_GPU_CHECK_DEADLINE_S, default 460 s):
 # every step's timeout is its budget, shortened so that the steps after it keep a minimum.
 # Environment: PYTHON (default python3), CUDA_HOME (default: the toolkit of the nvcc on PATH,
 # else /usr/local/cuda), ITNET_ARCH_LIST (overrides the detected TORCH_CUDA_ARCH_LIST),
-# ITNET_GPU_CHECK_SKIP_BUILD=1 (use the extension already built in place).
+# ITNET_GPU_CHECK_SKIP_BUILD=1 (use the extension already built in place), ITNET_GIT_COMMIT
+# (the commit to report where the tree has no .git).
 set -u
 
 if [[ $# -ne 1 ]]; then
@@ -39,7 +40,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 exec </dev/null
 
 T0=$SECONDS
-DEADLINE="${ITNET_GPU_CHECK_DEADLINE_S:-465}"
+DEADLINE="${ITNET_GPU_CHECK_DEADLINE_S:-460}"
 : >"$OUT/steps.tsv"
 : >"$OUT/env.kv"
 
@@ -115,7 +116,11 @@ EOF
 } >"$OUT/env.txt" 2>&1
 
 kv date_utc "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-kv git_commit "$(q git -C "$ROOT" rev-parse HEAD || echo unknown)$(q git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo ' (dirty)')"
+if [[ -n "${ITNET_GIT_COMMIT:-}" ]]; then
+  kv git_commit "$ITNET_GIT_COMMIT"
+else
+  kv git_commit "$(q git -C "$ROOT" rev-parse HEAD || echo unknown)$(q git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo ' (dirty)')"
+fi
 kv nproc "$(nproc)"
 IFS=',' read -r GPU_NAME DRIVER GPU_MEM CAP_SMI < <(q nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | head -1)
 kv gpu_name "${GPU_NAME:-none}"
@@ -217,9 +222,9 @@ elif [[ -z "$SAN" ]]; then
 else
   # one allocation per tensor, so that an out-of-bounds access cannot hide in torch's pool
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-  run_step memcheck 55 100 "$SAN" --tool memcheck --error-exitcode 1 --print-limit 20 \
+  run_step memcheck 70 100 "$SAN" --tool memcheck --error-exitcode 1 --print-limit 20 \
     "$PY" scripts/sanitize_cases.py --set all
-  run_step racecheck 35 70 "$SAN" --tool racecheck --error-exitcode 1 --print-limit 20 \
+  run_step racecheck 40 70 "$SAN" --tool racecheck --error-exitcode 1 --print-limit 20 \
     "$PY" scripts/sanitize_cases.py --set race
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
 fi
@@ -227,11 +232,11 @@ fi
 # ------------------------------------------------------------------------------------------
 # e. GPU benchmark
 # ------------------------------------------------------------------------------------------
-BENCH_T=$(step_timeout 90 10)
+BENCH_T=$(step_timeout 80 10)
 BENCH_BUDGET=$((BENCH_T - 25))
 ((BENCH_BUDGET < 10)) && BENCH_BUDGET=10
 [[ $HAVE_KERNELS == 1 ]] || STEP_NOTE="no GPU or no CUDA kernels"
-run_step bench 90 10 "$PY" -m itnet_ext.bench --cuda --time-budget-s "$BENCH_BUDGET" \
+run_step bench 80 10 "$PY" -m itnet_ext.bench --cuda --time-budget-s "$BENCH_BUDGET" \
   --out "$OUT/bench_cuda.json"
 if grep -q "^CUDA section skipped" "$OUT/bench.log" 2>/dev/null; then
   sed -i '$ s/\tok\t/\tskipped\t/' "$OUT/steps.tsv"

@@ -59,8 +59,13 @@ def junit(out, max_failures=8):
                 el = case.find(tag)
                 if el is not None and len(fails) < max_failures:
                     name = f"{case.get('classname', '')}::{case.get('name', '')}"
-                    msg = (el.get("message") or (el.text or "").strip()).replace("\n", " ")
-                    fails.append((name, msg[:400] + ("..." if len(msg) > 400 else "")))
+                    msg = el.get("message") or ""
+                    e_lines = [ln[2:].strip() for ln in (el.text or "").splitlines()
+                               if ln.startswith("E ")]
+                    if e_lines and e_lines[-1] not in msg:
+                        msg = f"{msg} | {e_lines[-1]}" if msg else e_lines[-1]
+                    msg = msg.replace("\n", " ")
+                    fails.append((name, msg[:500] + ("..." if len(msg) > 500 else "")))
     c["passed"] = c["tests"] - c["failures"] - c["errors"] - c["skipped"]
     return c, fails
 
