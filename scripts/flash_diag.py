@@ -5,7 +5,7 @@ head-dim bucket, prints one line per (case, dtype, path) with the max error of o
 lse and every gradient relative to the largest entry of the float64 CPU reference:
   flash  - the default dispatch (tensor-core kernels where they apply),
   exact  - ITNET_CUDA_FLASH=0 (float32 exact kernels on upcast copies),
-  torch  - itnet_ext.reference run in the same low precision on CUDA (the bound
+  torch  - tests/lowp_reference.py: plain PyTorch in the same low precision (the bound
            the tests scale: 2x for outputs, 3x for gradients).
 Meant for the GPU check (scripts/gpu_check.sh): one run localizes a wrong feature,
 pass or gradient. Usage: python scripts/flash_diag.py [--json PATH]
@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from conftest import make_problem  # noqa: E402
+import lowp_reference  # noqa: E402  (the reference computed in the inputs' own dtype)
 
 from itnet_ext import functional, reference  # noqa: E402
 
@@ -115,7 +116,7 @@ def main():
             for path in ("flash", "exact", "torch"):
                 try:
                     if path == "torch":
-                        r = evaluate(reference.integral_transform, kw, dtype, device, gout)
+                        r = evaluate(lowp_reference.integral_transform, kw, dtype, device, gout)
                     else:
                         os.environ["ITNET_CUDA_FLASH"] = "1" if path == "flash" else "0"
                         r = evaluate(functional.integral_transform, kw, dtype, device, gout)

@@ -10,6 +10,7 @@
 #   build      python3 setup.py build_ext --inplace for the GPU found (TORCH_CUDA_ARCH_LIST
 #              from torch.cuda.get_device_capability(), ITNET_FORCE_CUDA=1, MAX_JOBS=nproc)
 #              and torch.ops.itnet.cuda_kernels_compiled()
+#   diag       scripts/flash_diag.py: per-case error table, flash vs exact vs torch  -> diag.json
 #   tests      pytest tests/test_dense_cuda*.py (+ test_lowp_reference.py, the half tests'
 #              yardstick)                                               -> tests.xml (junit)
 #   memcheck   compute-sanitizer --tool memcheck  on scripts/sanitize_cases.py --set all
@@ -186,6 +187,16 @@ else
 fi
 
 # ------------------------------------------------------------------------------------------
+# b2. per-case error table (scripts/flash_diag.py): flash vs exact vs torch in fp16 / bf16,
+#     one line per case and path - localizes a wrong feature, pass or gradient at once
+# ------------------------------------------------------------------------------------------
+if [[ $HAVE_KERNELS == 1 ]]; then
+  run_step diag 60 230 "$PY" scripts/flash_diag.py --json "$OUT/diag.json"
+else
+  record diag skipped 0 "no GPU or no CUDA kernels"
+fi
+
+# ------------------------------------------------------------------------------------------
 # c. CUDA tests (tests/test_dense_ops.py has no CUDA part; test_lowp_reference.py checks the
 #    yardstick of the half-precision tests on CPU in a few seconds)
 # ------------------------------------------------------------------------------------------
@@ -262,6 +273,9 @@ STAMP="$(date -u +%Y-%m-%d_%H%M%S)"
 [[ -f "$OUT/bench_cuda.json" ]] && cp "$OUT/bench_cuda.json" "$OUT/results/cuda_${CARD}_${STAMP}.json"
 cp "$OUT/summary.md" "$OUT/results/gpu_check_${CARD}_${STAMP}.md"
 
+if [[ -s "$OUT/diag.log" ]]; then
+  { echo; echo "## Error table (scripts/flash_diag.py)"; echo; echo '```'; tail -n 80 "$OUT/diag.log"; echo '```'; } >>"$OUT/summary.md"
+fi
 cat "$OUT/summary.md"
 log "done in $((SECONDS - T0)) s; logs in $OUT"
 if grep -qP '\t(FAILED|TIMEOUT)' "$OUT/steps.tsv"; then exit 1; fi
