@@ -48,7 +48,8 @@ def test_gpu_check_without_gpu(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = {line.split("\t")[0]: line.split("\t")[1]
              for line in (tmp_path / "steps.tsv").read_text().splitlines()}
-    assert steps == {"env": "ok", "build": "skipped", "kernels": "skipped", "tests": "ok",
+    assert steps == {"env": "ok", "build": "skipped", "kernels": "skipped", "diag": "skipped",
+                     "tests": "ok",
                      "memcheck": "skipped", "racecheck": "skipped", "bench": "skipped"}
     summary = (tmp_path / "summary.md").read_text()
     assert summary in proc.stdout
