@@ -249,6 +249,8 @@ def run_cuda(args, log=None):
     if reason is not None:
         return {"skipped": reason, "config": cfg}
     device = torch.device(args.device if str(args.device).startswith("cuda") else "cuda")
+    if device.index is None:  # set_device needs an index
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(device)
     meta = _metadata(device)
     gen = _generator(device, cfg["seed"])
