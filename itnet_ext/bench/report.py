@@ -41,6 +41,9 @@ def _cpu_model():
 
 
 def _git_commit():
+    # a copied tree (the GPU machine) may carry a stale .git: ITNET_GIT_COMMIT wins
+    if os.environ.get("ITNET_GIT_COMMIT"):
+        return os.environ["ITNET_GIT_COMMIT"], False
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO_ROOT, capture_output=True,
                               text=True, timeout=10)
