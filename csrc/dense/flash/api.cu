@@ -26,8 +26,8 @@ int64_t fwd_bytes(const FwdParams& p) {
 template <int kD>
 int64_t bwd_bytes(const FwdParams& p, bool want_dE) {
   using C = BwdTiles<kD>;
-  const int64_t kv = make_bwd_smem(C::kKvBytes, C::kBq, C::kBk, C::kBk, true, p, want_dE).bytes;
-  const int64_t q = make_bwd_smem(C::kQBytes, C::kBr, C::kBc, C::kBr, false, p, false).bytes;
+  const int64_t kv = make_bwd_smem(C::kKvBytes, 2 * C::kBq, C::kBk, C::kBk, true, p, want_dE).bytes;
+  const int64_t q = make_bwd_smem(C::kQBytes, C::kBr, 2 * C::kBc, C::kBr, false, p, false).bytes;
   return kv > q ? kv : q;
 }
 

@@ -131,12 +131,13 @@ __global__ void __launch_bounds__(128)
   extern __shared__ __align__(16) unsigned char smem[];
   T* k_s = reinterpret_cast<T*>(smem);
   T* v_s = k_s + kBk * kLd;
-  T* q_s = v_s + kBk * kLd;
-  T* do_s = q_s + kBq * kLd;
-  float* lse_s = reinterpret_cast<float*>(do_s + kBq * kLd);
-  float* delta_s = lse_s + kBq;
+  // two buffers of everything per query tile: the next tile loads during this one
+  T* q_buf = v_s + kBk * kLd;          // [2][kBq][kLd]
+  T* do_buf = q_buf + 2 * kBq * kLd;   // [2][kBq][kLd]
+  float* lse_buf = reinterpret_cast<float*>(do_buf + 2 * kBq * kLd);  // [2][kBq]
+  float* delta_buf = lse_buf + 2 * kBq;                               // [2][kBq]
   const int ld = L.base.ld, R4 = L.base.R4;
-  float* u_s = reinterpret_cast<float*>(smem + L.base.off_u);
+  float* u_buf = reinterpret_cast<float*>(smem + L.base.off_u);       // [2][kBq][ld]
   float* t_s = reinterpret_cast<float*>(smem + L.base.off_t);
   float* w2_s = reinterpret_cast<float*>(smem + L.base.off_w);
   float* e_s = p.E != nullptr ? reinterpret_cast<float*>(smem + L.base.off_e) : nullptr;
@@ -188,24 +189,39 @@ __global__ void __launch_bounds__(128)
   // causal: queries before the tile's first key see none of its keys
   const int64_t it0 = p.causal ? j0 / kBq : 0;
   const int64_t nqt = (p.N + kBq - 1) / kBq;
+  // Q, dO, lse, delta (0 in `none` mode) and u rows of query tile `it` into buffer `buf`
+  auto issue = [&](int64_t it, int buf) {
+    const int64_t i0 = it * kBq;
+    if (p.content)
+      load_rows_async<T, kBq, kD, kLd, Cfg::kThreads>(q_buf + buf * kBq * kLd, q + i0 * Dk, Dk,
+                                                      p.N - i0, Dk, tid);
+    load_rows_async<T, kBq, kD, kLd, Cfg::kThreads>(do_buf + buf * kBq * kLd, dout + i0 * Dv, Dv,
+                                                    p.N - i0, Dv, tid);
+    load_vec_f32_async(lse_buf + buf * kBq, lse ? lse + i0 : nullptr, kBq, p.N - i0, tid,
+                       Cfg::kThreads);
+    load_vec_f32_async(delta_buf + buf * kBq, delta ? delta + i0 : nullptr, kBq, p.N - i0, tid,
+                       Cfg::kThreads);
+    if (kMlp) {
+      const float* u = p.u ? static_cast<const float*>(p.u) + (b * p.N + i0) * R : nullptr;
+      load_rows_f32_async(u_buf + buf * kBq * ld, u, kBq, p.N - i0, R, ld, tid, Cfg::kThreads);
+    }
+  };
+  if (it0 < nqt) issue(it0, 0);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();  // K, V, t, W2, E, the first query tile and the zeroed accumulators
+
   for (int64_t it = it0; it < nqt; ++it) {
     const int64_t i0 = it * kBq;
     f.i0 = i0;
-    if (p.content)
-      load_rows_async<T, kBq, kD, kLd, Cfg::kThreads>(q_s, q + i0 * Dk, Dk, p.N - i0, Dk, tid);
-    load_rows_async<T, kBq, kD, kLd, Cfg::kThreads>(do_s, dout + i0 * Dv, Dv, p.N - i0, Dv, tid);
+    const int buf = static_cast<int>((it - it0) & 1);
+    if (it + 1 < nqt) issue(it + 1, buf ^ 1);  // buffer free: the last barrier
     cp_async_commit();
-    for (int c = tid; c < kBq; c += Cfg::kThreads) {
-      const bool ok = p.softmax && i0 + c < p.N;
-      lse_s[c] = ok ? lse[i0 + c] : 0.f;
-      delta_s[c] = ok ? delta[i0 + c] : 0.f;
-    }
-    if (kMlp) {
-      const float* u = p.u ? static_cast<const float*>(p.u) + (b * p.N + i0) * R : nullptr;
-      load_rows_f32(u_s, u, kBq, p.N - i0, R, ld, tid, Cfg::kThreads);
-    }
-    cp_async_wait_all();
-    __syncthreads();
+    const T* q_s = q_buf + buf * kBq * kLd;
+    const T* do_s = do_buf + buf * kBq * kLd;
+    const float* lse_s = lse_buf + buf * kBq;
+    const float* delta_s = delta_buf + buf * kBq;
+    const float* u_s = u_buf + buf * kBq * ld;
 
     float s[kNQ][4], dp[kNQ][4];
     zero_acc(s);
@@ -303,9 +319,9 @@ __global__ void __launch_bounds__(128)
         }
       }
     }
-    __syncthreads();  // every warp is done with Q, dO, u of this tile
+    cp_async_wait_all();
+    __syncthreads();  // the next tile is in place; every warp is done with this one
   }
-  cp_async_wait_all();  // (no query tile: K, V copies still in flight)
 
   // key rows of the warp: dk, dv (16-bit), key-weight gradient (per head)
   const int64_t jw = j0 + warp * 16;
@@ -359,11 +375,12 @@ __global__ void __launch_bounds__(128)
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_s = reinterpret_cast<T*>(smem);
   T* do_s = q_s + kBr * kLd;
-  T* k_s = do_s + kBr * kLd;
-  T* v_s = k_s + kBc * kLd;
+  // two buffers of everything per key tile: the next tile loads during this one
+  T* k_buf = do_s + kBr * kLd;        // [2][kBc][kLd]
+  T* v_buf = k_buf + 2 * kBc * kLd;   // [2][kBc][kLd]
   const int ld = L.base.ld, R4 = L.base.R4;
   float* u_s = reinterpret_cast<float*>(smem + L.base.off_u);
-  float* t_s = reinterpret_cast<float*>(smem + L.base.off_t);
+  float* t_buf = reinterpret_cast<float*>(smem + L.base.off_t);  // [2][kBc][ld]
   float* w2_s = reinterpret_cast<float*>(smem + L.base.off_w);
   float* e_s = p.E != nullptr ? reinterpret_cast<float*>(smem + L.base.off_e) : nullptr;
   float* du_s = reinterpret_cast<float*>(smem + L.off_rows);
@@ -418,19 +435,33 @@ __global__ void __launch_bounds__(128)
     kend = kend < last ? kend : last;
   }
   const int64_t nkt = (kend + kBc - 1) / kBc;
+  // K, V and t rows of key tile `kt` into buffer `buf`
+  auto issue = [&](int64_t kt, int buf) {
+    const int64_t j0 = kt * kBc;
+    if (p.content)
+      load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_buf + buf * kBc * kLd, k + j0 * Dk, Dk,
+                                                      p.M - j0, Dk, tid);
+    load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(v_buf + buf * kBc * kLd, v + j0 * Dv, Dv,
+                                                    p.M - j0, Dv, tid);
+    if (kMlp) {
+      const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
+      load_rows_f32_async(t_buf + buf * kBc * ld, t, kBc, p.M - j0, R, ld, tid, Cfg::kThreads);
+    }
+  };
+  if (nkt > 0) issue(0, 0);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();  // Q, dO, u, W2, E, the first key tile and the zeroed du rows
+
   for (int64_t kt = 0; kt < nkt; ++kt) {
     const int64_t j0 = kt * kBc;
     f.j0 = j0;
-    if (p.content)
-      load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_s, k + j0 * Dk, Dk, p.M - j0, Dk, tid);
-    load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(v_s, v + j0 * Dv, Dv, p.M - j0, Dv, tid);
+    const int buf = static_cast<int>(kt & 1);
+    if (kt + 1 < nkt) issue(kt + 1, buf ^ 1);  // buffer free: the last barrier
     cp_async_commit();
-    if (kMlp) {
-      const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
-      load_rows_f32(t_s, t, kBc, p.M - j0, R, ld, tid, Cfg::kThreads);
-    }
-    cp_async_wait_all();
-    __syncthreads();
+    const T* k_s = k_buf + buf * kBc * kLd;
+    const T* v_s = v_buf + buf * kBc * kLd;
+    const float* t_s = t_buf + buf * kBc * ld;
 
     float s[kNT][4], dp[kNT][4];
     zero_acc(s);
@@ -508,9 +539,9 @@ __global__ void __launch_bounds__(128)
         }
       }
     }
-    __syncthreads();  // every warp is done with K, V, t of this tile
+    cp_async_wait_all();
+    __syncthreads();  // the next tile is in place; every warp is done with this one
   }
-  cp_async_wait_all();  // (no key tile: Q, dO copies still in flight)
 
   if (want_dq)
     store_rows<T>(static_cast<T*>(G.dq) + bh * p.N * Dk, dq, scale, i0 + warp * 16, p.N, Dk, lane);
@@ -528,7 +559,7 @@ template <class T, int kD, bool kMlp, Activation A>
 void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t stream) {
   using Cfg = BwdTiles<kD>;
   const FwdParams& p = bp.f;
-  const BwdSmem Lkv = make_bwd_smem(Cfg::kKvBytes, Cfg::kBq, Cfg::kBk, Cfg::kBk, true, p,
+  const BwdSmem Lkv = make_bwd_smem(Cfg::kKvBytes, 2 * Cfg::kBq, Cfg::kBk, Cfg::kBk, true, p,
                                     G.dE != nullptr);
   auto kv = &bwd_kv_kernel<T, kD, kMlp, A>;
   if (p.M > 0) {  // (no key tiles: no key-side gradient has elements)
@@ -544,7 +575,7 @@ void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t s
   // with M = 0 the query pass still runs: it writes dq = 0 and du = 0
   const bool want_q = (p.content && G.dq != nullptr) || (kMlp && G.du != nullptr);
   if (!want_q || p.N == 0) return;
-  const BwdSmem Lq = make_bwd_smem(Cfg::kQBytes, Cfg::kBr, Cfg::kBc, Cfg::kBr, false, p, false);
+  const BwdSmem Lq = make_bwd_smem(Cfg::kQBytes, Cfg::kBr, 2 * Cfg::kBc, Cfg::kBr, false, p, false);
   auto qk = &bwd_q_kernel<T, kD, kMlp, A>;
   if (Lq.bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(qk, cudaFuncAttributeMaxDynamicSharedMemorySize,

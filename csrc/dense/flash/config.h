@@ -45,12 +45,13 @@ template <int kD, bool kMlp>
 struct FwdTiles {
   static constexpr int kThreads = 128;
   // 16-row blocks per warp: two halve the shared-memory (ldmatrix) traffic
-  // per MMA, which bounds these kernels; registers allow it up to kD = 64
-  // without the pair MLP (with it: spills)
-  static constexpr int kRB = kD <= 64 && !kMlp ? 2 : 1;
+  // per MMA, which bounds these kernels; registers allow it up to kD = 128
+  // (with 32-key tiles there) without the pair MLP (with it: spills)
+  static constexpr int kRB = kD <= 128 && !kMlp ? 2 : 1;
   static constexpr bool kQInRegs = kD <= 64;        // Q fragments loaded once
   static constexpr int kBr = 64 * kRB;              // query rows per block
-  static constexpr int kBc = kD <= 128 ? 64 : 32;   // keys per tile
+  // keys per tile: fewer for the wide accumulators (registers)
+  static constexpr int kBc = kD <= 64 || (kD <= 128 && kRB == 1) ? 64 : 32;
   static constexpr int kLd = kD + 8;                // padded smem row (elements)
   static constexpr int64_t kTileBytes = int64_t(kBr + 2 * kBc) * kLd * 2;
 };
@@ -63,10 +64,11 @@ struct BwdTiles {
   static constexpr int kBr = 64;                    // queries per block, query pass
   static constexpr int kBc = kD <= 64 ? 64 : 32;    // keys per tile, query pass
   static constexpr int kLd = kD + 8;
-  // K, V, Q, dO tiles, then lse and delta of the query tile (float32)
-  static constexpr int64_t kKvBytes = int64_t(2 * kBk + 2 * kBq) * kLd * 2 + 2 * kBq * 4;
-  // Q, dO, K, V tiles
-  static constexpr int64_t kQBytes = int64_t(2 * kBr + 2 * kBc) * kLd * 2;
+  // Key pass: K, V tiles, two buffers of the Q, dO tiles (the next query tile
+  // streams in while one is in use), then two of lse and delta (float32).
+  static constexpr int64_t kKvBytes = int64_t(2 * kBk + 4 * kBq) * kLd * 2 + 4 * kBq * 4;
+  // Query pass: Q, dO tiles, two buffers of the K, V tiles.
+  static constexpr int64_t kQBytes = int64_t(2 * kBr + 4 * kBc) * kLd * 2;
 };
 
 // Shared memory of a pass: the forward's layout (u, t, W2, E rows) plus

@@ -71,8 +71,8 @@ __device__ __forceinline__ void window_codes(const FwdParams& p, const FragPos& 
 // element inside the window. u_s / t_s: the query and key tiles' rows,
 // e_s the offset table, w2_s the head's W2 row, all zero padded to R4 (a
 // multiple of 4: the padding adds W2 0 * act(0) = 0).
-template <Activation A, int kNT, bool kKeyRows>
-__device__ __forceinline__ void add_mlp(float (&s)[kNT][4], const int (&code)[kNT][4],
+template <Activation A, int kNT, bool kKeyRows, bool kWindow>
+__device__ __forceinline__ void add_mlp_impl(float (&s)[kNT][4], const int (&code)[kNT][4],
                                         const FwdParams& p, const FragPos& f, const float* u_s,
                                         const float* t_s, const float* e_s, const float* w2_s,
                                         int ld, int R4, int lane) {
@@ -97,7 +97,7 @@ __device__ __forceinline__ void add_mlp(float (&s)[kNT][4], const int (&code)[kN
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int e = c + 2 * half;
-          if (code[nt][e] < 0) continue;
+          if (kWindow && code[nt][e] < 0) continue;
           const float4 rv = half ? rb : ra;
           // pair_preact's operand order: u + (t + E)
           const float4 uu = kKeyRows ? cv : rv;
@@ -115,6 +115,19 @@ __device__ __forceinline__ void add_mlp(float (&s)[kNT][4], const int (&code)[kN
         }
       }
   }
+}
+
+// add_mlp_impl without the per-element window test when there is no window
+// (the common case: one branch per element and hidden unit less).
+template <Activation A, int kNT, bool kKeyRows>
+__device__ __forceinline__ void add_mlp(float (&s)[kNT][4], const int (&code)[kNT][4],
+                                        const FwdParams& p, const FragPos& f, const float* u_s,
+                                        const float* t_s, const float* e_s, const float* w2_s,
+                                        int ld, int R4, int lane) {
+  if (p.window.dims > 0)
+    add_mlp_impl<A, kNT, kKeyRows, true>(s, code, p, f, u_s, t_s, e_s, w2_s, ld, R4, lane);
+  else
+    add_mlp_impl<A, kNT, kKeyRows, false>(s, code, p, f, u_s, t_s, e_s, w2_s, ld, R4, lane);
 }
 
 // Whether the tile pair [i0, i0 + nq) x [j0, j0 + nk) needs finish_logits at

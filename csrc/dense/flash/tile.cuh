@@ -92,6 +92,28 @@ __device__ __forceinline__ void load_rows_f32(float* s, const float* g, int rows
   }
 }
 
+// load_rows_f32 through cp.async (4-byte copies: any R, any row offset), for
+// tiles that are prefetched while the previous one is in use.
+__device__ __forceinline__ void load_rows_f32_async(float* s, const float* g, int rows,
+                                                    int64_t rows_valid, int R, int ld, int tid,
+                                                    int nthreads) {
+  for (int c = tid; c < rows * ld; c += nthreads) {
+    const int r = c / ld;
+    const int k = c % ld;
+    const bool ok = r < rows_valid && k < R && g != nullptr;
+    cp_async_4(s + c, ok ? g + static_cast<int64_t>(r) * R + k : s, ok);
+  }
+}
+
+// n floats g[0..n_valid) then zeros, through cp.async.
+__device__ __forceinline__ void load_vec_f32_async(float* s, const float* g, int n,
+                                                   int64_t n_valid, int tid, int nthreads) {
+  for (int c = tid; c < n; c += nthreads) {
+    const bool ok = c < n_valid && g != nullptr;
+    cp_async_4(s + c, ok ? g + c : s, ok);
+  }
+}
+
 template <int kNT>
 __device__ __forceinline__ void zero_acc(float (&c)[kNT][4]) {
 #pragma unroll
