@@ -266,16 +266,21 @@ __global__ void __launch_bounds__(128)
 
     // s -> the weight of the pair (P, or l w), dp -> the logit gradient dS
 #pragma unroll
-    for (int nt = 0; nt < kNQ; ++nt)
+    for (int nt = 0; nt < kNQ; ++nt) {
+      // the lane's two query columns of this n-tile: one 8-byte load each for lse, delta
+      const int q0 = nt * 8 + acc_col(lane, 0);
+      const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + q0);
+      const float2 delta2 = *reinterpret_cast<const float2*>(delta_s + q0);
+      const float shift[2] = {softmax_bwd_shift(lse2.x), softmax_bwd_shift(lse2.y)};
+      const float dlt[2] = {delta2.x, delta2.y};
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int ql = nt * 8 + acc_col(lane, e);
         const float x = s[nt][e];
         float wgt = 0.f, g = 0.f;
         if (x != neg_inf<float>()) {
           if (p.softmax) {
-            wgt = __expf(x - softmax_bwd_shift(lse_s[ql]));
-            g = wgt * (dp[nt][e] - delta_s[ql]);
+            wgt = __expf(x - shift[e & 1]);
+            g = wgt * (dp[nt][e] - dlt[e & 1]);
             kw[e >> 1] += g;  // d / d log w_j
           } else {
             const int64_t j = j0 + f.row0 + acc_row(lane, e);
@@ -289,6 +294,7 @@ __global__ void __launch_bounds__(128)
         dp[nt][e] = g;
         db2 += g;
       }
+    }
 
     // (before the MMAs: code[][] dies here, not next to the dK / dV accumulators)
     if (kMlp)
@@ -364,7 +370,7 @@ __global__ void __launch_bounds__(128)
 // ---------------------------------------------------------------------------
 // Query pass.
 template <class T, int kD, bool kMlp, Activation A>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, kMlp ? 1 : 3)
     bwd_q_kernel(const BwdParams bp, const FlashGrads G, const BwdSmem L) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Cfg = BwdTiles<kD>;
