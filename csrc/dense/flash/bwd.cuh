@@ -227,37 +227,13 @@ __global__ void __launch_bounds__(128)
     zero_acc(s);
     zero_acc(dp);
     if (p.content) {
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        if (kk * 16 >= Dk) break;
-        uint32_t a[4];
-        frag_a(a, k_s, kLd, warp * 16, kk * 16, lane);
-#pragma unroll
-        for (int np = 0; np < kNQ / 2; ++np) {
-          uint32_t bb[4];
-          frag_b_nk(bb, q_s, kLd, np * 16, kk * 16, lane);
-          mma_16816<T>(s[2 * np], a, bb[0], bb[1]);
-          mma_16816<T>(s[2 * np + 1], a, bb[2], bb[3]);
-        }
-      }
+      mma_rows_nt<T, kD, kNQ, kLd>(s, k_s, warp * 16, q_s, Dk, lane);  // S^T = K Q^T
 #pragma unroll
       for (int nt = 0; nt < kNQ; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[nt][e] *= scale;
     }
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      if (kk * 16 >= Dv) break;
-      uint32_t a[4];
-      frag_a(a, v_s, kLd, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < kNQ / 2; ++np) {
-        uint32_t bb[4];
-        frag_b_nk(bb, do_s, kLd, np * 16, kk * 16, lane);
-        mma_16816<T>(dp[2 * np], a, bb[0], bb[1]);
-        mma_16816<T>(dp[2 * np + 1], a, bb[2], bb[3]);
-      }
-    }
+    mma_rows_nt<T, kD, kNQ, kLd>(dp, v_s, warp * 16, do_s, Dv, lane);  // dP^T = V dO^T
 
     int code[kNQ][4];
     window_codes<kNQ, true>(p, f, lane, code);
@@ -301,30 +277,8 @@ __global__ void __launch_bounds__(128)
       mlp_bwd<A, kNQ, true>(dp, code, f, u_s, t_s, e_s, w2_s, ld, R4, lane, dt_s,
                             dw_s + warp * ld, de_s);
     // dV += P^T dO, dK += dS^T Q (k = queries)
-#pragma unroll
-    for (int kk = 0; kk < kBq / 16; ++kk) {
-      uint32_t a[4];
-      frag_a_from_acc<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int np = 0; np < kD / 16; ++np) {
-        if (np * 16 >= Dv) break;
-        uint32_t bb[4];
-        frag_b_kn(bb, do_s, kLd, kk * 16, np * 16, lane);
-        mma_16816<T>(dv[2 * np], a, bb[0], bb[1]);
-        mma_16816<T>(dv[2 * np + 1], a, bb[2], bb[3]);
-      }
-      if (p.content) {
-        frag_a_from_acc<T>(a, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-        for (int np = 0; np < kD / 16; ++np) {
-          if (np * 16 >= Dk) break;
-          uint32_t bb[4];
-          frag_b_kn(bb, q_s, kLd, kk * 16, np * 16, lane);
-          mma_16816<T>(dk[2 * np], a, bb[0], bb[1]);
-          mma_16816<T>(dk[2 * np + 1], a, bb[2], bb[3]);
-        }
-      }
-    }
+    mma_acc_nn<T, kBq / 16, kD, kLd>(dv, s, do_s, Dv, lane);
+    if (p.content) mma_acc_nn<T, kBq / 16, kD, kLd>(dk, dp, q_s, Dk, lane);
     cp_async_wait_all();
     __syncthreads();  // the next tile is in place; every warp is done with this one
   }
@@ -473,37 +427,13 @@ __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
     zero_acc(s);
     zero_acc(dp);
     if (p.content) {
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        if (kk * 16 >= Dk) break;
-        uint32_t a[4];
-        frag_a(a, q_s, kLd, warp * 16, kk * 16, lane);
-#pragma unroll
-        for (int np = 0; np < kNT / 2; ++np) {
-          uint32_t bb[4];
-          frag_b_nk(bb, k_s, kLd, np * 16, kk * 16, lane);
-          mma_16816<T>(s[2 * np], a, bb[0], bb[1]);
-          mma_16816<T>(s[2 * np + 1], a, bb[2], bb[3]);
-        }
-      }
+      mma_rows_nt<T, kD, kNT, kLd>(s, q_s, warp * 16, k_s, Dk, lane);  // S = Q K^T
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[nt][e] *= scale;
     }
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      if (kk * 16 >= Dv) break;
-      uint32_t a[4];
-      frag_a(a, do_s, kLd, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        uint32_t bb[4];
-        frag_b_nk(bb, v_s, kLd, np * 16, kk * 16, lane);
-        mma_16816<T>(dp[2 * np], a, bb[0], bb[1]);
-        mma_16816<T>(dp[2 * np + 1], a, bb[2], bb[3]);
-      }
-    }
+    mma_rows_nt<T, kD, kNT, kLd>(dp, do_s, warp * 16, v_s, Dv, lane);  // dP = dO V^T
 
     int code[kNT][4];
     window_codes<kNT, false>(p, f, lane, code);
@@ -530,21 +460,7 @@ __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
     if (want_du)
       mlp_bwd<A, kNT, false>(dp, code, f, u_s, t_s, e_s, w2_s, ld, R4, lane, du_s, nullptr,
                              nullptr);
-    if (want_dq) {
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        uint32_t a[4];
-        frag_a_from_acc<T>(a, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-        for (int np = 0; np < kD / 16; ++np) {
-          if (np * 16 >= Dk) break;
-          uint32_t bb[4];
-          frag_b_kn(bb, k_s, kLd, kk * 16, np * 16, lane);
-          mma_16816<T>(dq[2 * np], a, bb[0], bb[1]);
-          mma_16816<T>(dq[2 * np + 1], a, bb[2], bb[3]);
-        }
-      }
-    }
+    if (want_dq) mma_acc_nn<T, kBc / 16, kD, kLd>(dq, dp, k_s, Dk, lane);  // dQ += dS K
     cp_async_wait_all();
     __syncthreads();  // the next tile is in place; every warp is done with this one
   }

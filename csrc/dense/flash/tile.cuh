@@ -64,6 +64,50 @@ __device__ __forceinline__ void frag_a_from_acc(uint32_t (&a)[4], const float (&
   a[3] = Elem<T>::pack(c1[2], c1[3]);
 }
 
+// acc += A B^T for one warp: A = rows row0 .. row0 + 15 of tile a_s, B^T = rows
+// 0 .. 8 kNT - 1 of tile b_s (row-major, row stride kLd), summed over columns
+// [0, K) in 16-column steps (K <= kKMax; the tiles are zero padded past K).
+// E.g. S = Q K^T (a_s = Q, b_s = K) or dP = dO V^T.
+template <class T, int kKMax, int kNT, int kLd>
+__device__ __forceinline__ void mma_rows_nt(float (&acc)[kNT][4], const T* a_s, int row0,
+                                            const T* b_s, int K, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kKMax / 16; ++kk) {
+    if (kk * 16 >= K) break;
+    uint32_t a[4];
+    frag_a(a, a_s, kLd, row0, kk * 16, lane);
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t bb[4];
+      frag_b_nk(bb, b_s, kLd, np * 16, kk * 16, lane);
+      mma_16816<T>(acc[2 * np], a, bb[0], bb[1]);
+      mma_16816<T>(acc[2 * np + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// acc += P B for one warp: P = the warp's 16 x 16 kKS fp32 accumulators (packed to
+// 16 bit: the A operand straight from registers), B = rows 0 .. 16 kKS - 1 of
+// tile b_s (row-major, row stride kLd), output columns [0, N) (N <= kNMax).
+// E.g. O += P V, dV += P^T dO, dQ += dS K.
+template <class T, int kKS, int kNMax, int kLd>
+__device__ __forceinline__ void mma_acc_nn(float (&acc)[kNMax / 8][4], const float (&p)[2 * kKS][4],
+                                           const T* b_s, int N, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kKS; ++kk) {
+    uint32_t a[4];
+    frag_a_from_acc<T>(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+    for (int np = 0; np < kNMax / 16; ++np) {
+      if (np * 16 >= N) break;
+      uint32_t bb[4];
+      frag_b_kn(bb, b_s, kLd, kk * 16, np * 16, lane);
+      mma_16816<T>(acc[2 * np], a, bb[0], bb[1]);
+      mma_16816<T>(acc[2 * np + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
 // Asynchronous copy of a block of kRows rows (row stride ld elements in
 // global memory) into a shared tile with row stride kLd; rows >= rows_valid
 // and columns >= cols_valid (a multiple of 8) are zero filled. 16-byte
