@@ -7,6 +7,7 @@
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -89,6 +90,25 @@ at::Tensor unpad(const at::Tensor& x, int64_t d) {
   return x.size(-1) == d ? x : x.narrow(-1, 0, d).contiguous();
 }
 
+// rowsum(a * b) over the last dim in float32, (B, H, N), from 16-bit a, b. The
+// float32 copies are made a slab of rows at a time, so that the temporaries
+// stay bounded (about 2 x 4 x 2^24 bytes) instead of twice the size of dO.
+at::Tensor row_dot_f32(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t D = a.size(-1);
+  if (D == 0 || a.numel() == 0)
+    return at::zeros(a.sizes().slice(0, a.dim() - 1), a.options().dtype(at::kFloat));
+  at::Tensor a2 = a.reshape({-1, D}), b2 = b.reshape({-1, D});
+  const int64_t rows = a2.size(0);
+  at::Tensor out = at::empty({rows}, a.options().dtype(at::kFloat));
+  const int64_t step = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(D, 1));
+  for (int64_t r = 0; r < rows; r += step) {
+    const int64_t n = std::min(step, rows - r);
+    at::Tensor slab = out.narrow(0, r, n);
+    at::sum_out(slab, a2.narrow(0, r, n).to(at::kFloat) * b2.narrow(0, r, n).to(at::kFloat), {-1});
+  }
+  return out.view(a.sizes().slice(0, a.dim() - 1));
+}
+
 void check_grad_args(const GradArgs& g, const FwdParams& p, const DenseArgs& a) {
   const std::vector<int64_t> out_shape = {p.B, p.H, p.N, a.v.size(-1)};
   const std::vector<int64_t> row_shape = {p.B, p.H, p.N};
@@ -144,8 +164,8 @@ GradTuple flash_dense_bwd(const GradArgs& g, const DenseArgs& a) {
   bp.dout = dout.data_ptr();
   at::Tensor lse, delta;
   if (a.softmax) {
-    // FlashAttention's D = rowsum(dO * O), in float32; a gradient on lse shifts it
-    delta = (g.grad_out.to(at::kFloat) * g.out.to(at::kFloat)).sum(-1);
+    // FlashAttention's D = rowsum(dO * O); a gradient on lse shifts it
+    delta = row_dot_f32(g.grad_out, g.out);
     if (g.grad_lse.has_value() && g.grad_lse->defined()) delta = delta - *g.grad_lse;
     delta = delta.contiguous();
     lse = g.lse.contiguous();
