@@ -65,7 +65,7 @@ run_step() {
   shift 3
   t=$(step_timeout "$budget" "$reserve")
   if ((t < 10)); then
-    record "$name" "skipped" 0 "no time left in the ${DEADLINE} s budget"
+    record "$name" "SKIPPED (deadline)" 0 "no time left in the ${DEADLINE} s budget"
     return 1
   fi
   log "step $name (timeout ${t} s): $*"
@@ -180,6 +180,9 @@ HAVE_KERNELS=0
 if [[ "$KERNELS" == True && "$CAP" != none ]]; then
   HAVE_KERNELS=1
   record kernels ok 0 "torch.ops.itnet.cuda_kernels_compiled() = True"
+elif [[ "$CAP" == none && -n "${GPU_NAME:-}" ]]; then
+  # nvidia-smi sees a card that torch cannot use: a broken setup, not a machine without GPU
+  record kernels FAILED 0 "nvidia-smi shows ${GPU_NAME} but torch sees no GPU (torch ${TORCH_VER}, CUDA ${TORCH_CUDA})"
 elif [[ "$CAP" == none ]]; then
   record kernels skipped 0 "no GPU; cuda_kernels_compiled() = ${KERNELS:-import failed}"
 else
@@ -204,6 +207,8 @@ if ! q "$PY" -c 'import pytest' >/dev/null; then
   record tests "FAILED" 0 "pytest is not installed for $PY: no tests run"
 else
   [[ $HAVE_KERNELS == 1 ]] || STEP_NOTE="no GPU or no CUDA kernels: the CUDA tests skip"
+  # with kernels present, a skipped CUDA test is a failure (tests/cuda_helpers.py)
+  [[ $HAVE_KERNELS == 1 ]] && export ITNET_REQUIRE_CUDA=1
   run_step tests 90 140 "$PY" -m pytest tests/test_dense_cuda.py tests/test_dense_cuda_half.py \
     tests/test_lowp_reference.py -q -p no:cacheprovider -rfE --durations=10 \
     --junitxml="$OUT/tests.xml"
@@ -278,5 +283,6 @@ if [[ -s "$OUT/diag.log" ]]; then
 fi
 cat "$OUT/summary.md"
 log "done in $((SECONDS - T0)) s; logs in $OUT"
-if grep -qP '\t(FAILED|TIMEOUT)' "$OUT/steps.tsv"; then exit 1; fi
+# a failed, timed-out or deadline-skipped step fails the check (awk: no PCRE grep needed)
+if awk -F'\t' '$2 ~ /^(FAILED|TIMEOUT|SKIPPED)/ {f = 1} END {exit !f}' "$OUT/steps.tsv"; then exit 1; fi
 exit 0

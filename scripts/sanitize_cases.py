@@ -27,9 +27,9 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from itnet_ext import functional  # noqa: E402
-
-DIFF = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "key_weight")
+from cuda_helpers import DIFF_NAMES as DIFF  # noqa: E402
 
 
 def problem(dtype, *, B=1, H=2, N=70, M=90, Dk=16, Dv=16, R=16, content=True, mlp=False,

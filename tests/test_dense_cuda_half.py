@@ -25,8 +25,8 @@ fallback (Dk = 300, Dv = 300, R = 80, O * R > 8192), two larger problems (N = M 
 Dh = 128), rows with an empty support, N or M = 0, the dtype contract (out in v's dtype,
 lse float32, gradients in the inputs' dtypes, positions of any float dtype) and the
 deterministic mode (20 bitwise-equal backward runs; the float32 backward and an
-offset-table gradient raise under it, warn with ``warn_only=True``; a frozen offset table
-does not).
+offset table raise under it - also a frozen one, the op cannot tell -, warn with
+``warn_only=True``), and that the flash kernels are the ones that run.
 
 Skipped without a GPU (or in a build without the CUDA kernels).
 """
@@ -379,28 +379,54 @@ def test_deterministic_mode_float32_backward_raises(make_problem, deterministic)
         out.backward(torch.ones_like(out))
 
 
-def test_deterministic_mode_offset_table_gradient_raises(make_problem, deterministic):
-    """float16: the offset-table gradient is accumulated with atomics, so a backward that
-    needs it raises under the deterministic mode."""
+@pytest.mark.parametrize("frozen", [False, True])
+def test_deterministic_mode_offset_table_raises(make_problem, deterministic, frozen):
+    """float16 with an offset table: its gradient is accumulated with atomics, so the backward
+    reports itself as nondeterministic under the deterministic mode - also when the table is
+    frozen (the op is not told which gradients are needed). The forward is unaffected."""
     kwd = to_dev(_small_problem(make_problem, support="offset", D=1), F16, "cuda")
+    if frozen:
+        kwd["offset_table"].requires_grad_(False)
     torch.use_deterministic_algorithms(True)
-    out = functional.integral_transform(**kwd)
-    with pytest.raises(RuntimeError, match="deterministic"):
-        out.backward(torch.ones_like(out))
-
-
-def test_deterministic_mode_offset_table_raises(make_problem, deterministic):
-    """float16 with an offset table: its gradient is accumulated with atomics, so the
-    backward reports itself as nondeterministic (RuntimeError in deterministic mode; the
-    op cannot tell a frozen table from a trained one). The forward is unaffected."""
-    kw = _small_problem(make_problem, support="offset", D=1)
-    torch.use_deterministic_algorithms(True)
-    kwd = to_dev(kw, F16, "cuda")
-    kwd["offset_table"].requires_grad_(False)
     out = functional.integral_transform(**kwd)
     names = [n for n in DIFF_NAMES if kwd.get(n) is not None and kwd[n].requires_grad]
     with pytest.raises(RuntimeError, match="deterministic"):
         torch.autograd.grad(out, [kwd[n] for n in names], torch.ones_like(out))
+
+
+def _cuda_kernel_names(fn):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    if not names:
+        pytest.skip("the profiler recorded no CUDA kernels (CUPTI unavailable)")
+    return " ".join(names)
+
+
+@pytest.mark.parametrize("flash_env", ["1", "0"])
+def test_flash_kernels_are_the_ones_that_run(monkeypatch, flash_env):
+    """fp16 attention inside the flash limits runs the tensor-core kernels (forward, key and
+    query passes), not the exact fallback - unless ITNET_CUDA_FLASH=0 asks for the fallback.
+    Guards against a dispatch that silently sends everything to the (correct, slow) fallback,
+    which every accuracy test would still pass."""
+    monkeypatch.setenv("ITNET_CUDA_FLASH", flash_env)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 96, 64, device="cuda", generator=g, dtype=F16).requires_grad_()
+               for _ in range(3))
+
+    def step():
+        out = functional.integral_transform(q, k, v)
+        out.backward(torch.ones_like(out))
+
+    names = _cuda_kernel_names(step)
+    flash = ("flash::fwd_kernel", "flash::bwd_kv_kernel", "flash::bwd_q_kernel")
+    if flash_env == "1":
+        assert all(n in names for n in flash), names
+    else:
+        assert not any(n in names for n in flash) and "dense_fwd_kernel" in names, names
 
 
 def test_deterministic_warn_only_float32(make_problem, deterministic):

@@ -121,6 +121,27 @@ def test_fake_kernel_shapes_match_real():
             assert r.shape == f.shape and r.dtype == f.dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("softmax", [True, False])
+def test_fake_kernel_half_precision_dtypes(dtype, softmax):
+    """The fake kernels follow the CUDA contract for 16-bit inputs (runnable without a GPU, on
+    meta tensors): out in v's dtype, lse in float32 (the kernels' statistics; v's dtype
+    otherwise), every gradient in its input's dtype and shape."""
+    def meta(*shape):
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
+    q, k, v = meta(2, 3, 5, 8), meta(2, 3, 7, 8), meta(2, 3, 7, 4)
+    u, t, W2 = meta(1, 5, 6), meta(2, 7, 6), meta(3, 6)
+    args = op_args(q=q, k=k, v=v, u=u, t=t, W2=W2, normalize="softmax" if softmax else "none")
+    out, lse = torch.ops.itnet.dense_fwd(*args)
+    lse_dtype = dtype if dtype == torch.float32 else torch.float32
+    assert out.dtype == dtype and out.shape == (2, 3, 5, 4)
+    assert lse.dtype == lse_dtype and lse.shape == ((2, 3, 5) if softmax else (0,))
+    grads = torch.ops.itnet.dense_bwd(torch.empty_like(out), out, lse, None, *args)
+    for g, x in zip(grads, (q, k, v, u, t, W2)):
+        assert g.dtype == dtype and g.shape == x.shape
+
+
 # --------------------------------------------------------------------------------------------
 # torch.compile
 # --------------------------------------------------------------------------------------------

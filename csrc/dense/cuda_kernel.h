@@ -4,10 +4,12 @@
 // Layouts are those of prepare() with key_tile = 0 (see prepare.h / params.h):
 // q, k, v contiguous, u (B, N, R), t (B, M, R) in FwdParams::tT, key_bias /
 // key_scale (B, M), positions float64, the attention mask through its strides.
-// Supported element types: float and double.
+// Supported element types: float and double (float16 / bfloat16 calls beyond
+// the flash kernels' limits reach them as float32 copies, see dense_cuda.cpp).
 //
 // The kernels of this file are the simple, exact reference implementation of
-// the CUDA backend: one warp per row, 32 pairs per step, no tensor cores.
+// the CUDA backend: one warp per row, 32 pairs per step, no tensor cores; the
+// tensor-core kernels for float16 / bfloat16 are in flash/.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -32,25 +32,36 @@ void check_cuda_value(const at::Tensor& v) {
               "v: expected dtype float16, bfloat16, float32 or float64 on CUDA, got ", s);
 }
 
-// float32 copy of the floating-point inputs of a 16-bit call (masks stay bool)
-c10::optional<at::Tensor> up(const c10::optional<at::Tensor>& x) {
-  if (!x.has_value() || !is_half(x->scalar_type())) return x;
-  return x->to(at::kFloat);
+// float32 copy of one floating-point input of a 16-bit call. The inputs must
+// share v's dtype (prepare() checks it on the flash path; here the cast would
+// hide a mix), except the attention mask (bool or any float dtype).
+c10::optional<at::Tensor> up(const c10::optional<at::Tensor>& x, const at::Tensor& v,
+                             const char* name) {
+  if (!x.has_value()) return x;
+  TORCH_CHECK(name == nullptr || x->scalar_type() == v.scalar_type(), name, ": expected dtype ",
+              v.scalar_type(), " (the dtype of v), got ", x->scalar_type());
+  return is_half(x->scalar_type()) ? c10::optional<at::Tensor>(x->to(at::kFloat)) : x;
 }
 
 DenseArgs upcast(const DenseArgs& a) {
   DenseArgs f = a;
-  f.q = up(a.q);
-  f.k = up(a.k);
+  f.q = up(a.q, a.v, "q");
+  f.k = up(a.k, a.v, "k");
   f.v = a.v.to(at::kFloat);
-  f.u = up(a.u);
-  f.t = up(a.t);
-  f.W2 = up(a.W2);
-  f.b2 = up(a.b2);
-  f.offset_table = up(a.offset_table);
-  f.key_weight = up(a.key_weight);
-  f.attn_mask = up(a.attn_mask);
+  f.u = up(a.u, a.v, "u");
+  f.t = up(a.t, a.v, "t");
+  f.W2 = up(a.W2, a.v, "W2");
+  f.b2 = up(a.b2, a.v, "b2");
+  f.offset_table = up(a.offset_table, a.v, "offset_table");
+  f.key_weight = up(a.key_weight, a.v, "key_weight");
+  f.attn_mask = up(a.attn_mask, a.v, nullptr);
   return f;
+}
+
+GradTuple cast_all(const GradTuple& g, at::ScalarType s) {
+  return {std::get<0>(g).to(s), std::get<1>(g).to(s), std::get<2>(g).to(s),
+          std::get<3>(g).to(s), std::get<4>(g).to(s), std::get<5>(g).to(s),
+          std::get<6>(g).to(s), std::get<7>(g).to(s), std::get<8>(g).to(s)};
 }
 
 std::tuple<at::Tensor, at::Tensor> exact_fwd(const DenseArgs& a) {
@@ -69,16 +80,16 @@ std::tuple<at::Tensor, at::Tensor> exact_fwd(const DenseArgs& a) {
 }
 
 GradTuple exact_bwd(const GradArgs& g, const DenseArgs& a) {
-  // gradients accumulated by several warps use float atomics
-  at::globalContext().alertNotDeterministic(
-      "itnet::dense_bwd (CUDA exact kernels: float32 / float64, or float16 / bfloat16 beyond "
-      "the tensor-core kernels' limits)");
   Prepared pr = a.prepare(/*backward=*/true);
   // one gradient buffer each (copies = 1), accumulated with atomics where
   // several warps contribute
   const Backward bw = prepare_backward(pr, g.grad_out, g.out, g.lse, g.grad_lse, a.v, a.u, a.t,
                                        a.b2, a.offset_table, a.key_weight, a.softmax,
                                        /*copies=*/1);
+  // (after the argument checks, whose errors come first)
+  at::globalContext().alertNotDeterministic(
+      "itnet::dense_bwd (CUDA exact kernels: float32 / float64, or float16 / bfloat16 beyond "
+      "the tensor-core kernels' limits)");
   cuda_dense_bwd(bw.params, a.v.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream());
   return bw.finish(a.u, a.t, a.key_weight);
 }
@@ -157,13 +168,12 @@ GradTuple dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, cons
   GradArgs g{grad_out, out, lse, grad_lse};
   if (!is_half(v.scalar_type())) return exact_bwd(g, a);
   if (flash_bwd_supported(a)) return flash_dense_bwd(g, a);
-  // exact kernels on float32 copies; lse is float32 already
-  GradArgs gf{grad_out.to(at::kFloat), out.to(at::kFloat), lse, up(grad_lse)};
-  GradTuple r = exact_bwd(gf, upcast(a));
-  const at::ScalarType s = v.scalar_type();
-  return {std::get<0>(r).to(s), std::get<1>(r).to(s), std::get<2>(r).to(s),
-          std::get<3>(r).to(s), std::get<4>(r).to(s), std::get<5>(r).to(s),
-          std::get<6>(r).to(s), std::get<7>(r).to(s), std::get<8>(r).to(s)};
+  // exact kernels on float32 copies; lse (and grad_lse) are float32 already
+  TORCH_CHECK(grad_out.scalar_type() == v.scalar_type() && out.scalar_type() == v.scalar_type(),
+              "grad_out, out: expected dtype ", v.scalar_type(), " (the dtype of v), got ",
+              grad_out.scalar_type(), ", ", out.scalar_type());
+  GradArgs gf{grad_out.to(at::kFloat), out.to(at::kFloat), lse, grad_lse};
+  return cast_all(exact_bwd(gf, upcast(a)), v.scalar_type());
 }
 
 }  // namespace

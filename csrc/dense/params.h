@@ -1,8 +1,10 @@
 // Raw-pointer view of one call of the dense integral transform, filled by the
-// backend entry points (cpu.cpp, cuda.cpp) and read by the kernels. Pointers to
-// tensors that are absent are null. All tensors are contiguous unless a stride
-// is listed; element types are the op's scalar type except positions (double)
-// and the key padding mask (bool).
+// backend entry points (cpu.cpp, dense_cuda.cpp, flash/entry_cuda.cpp) and read
+// by the kernels. Pointers to tensors that are absent are null. All tensors are
+// contiguous unless a stride is listed; element types are the op's scalar type
+// except positions (double), the key padding mask (bool), and u, t, W2, b2, E,
+// key_bias, key_scale and the mask, which are in prepare()'s `aux` dtype
+// (float32 for the 16-bit flash kernels, whose lse and delta are float32 too).
 #pragma once
 
 #include <cstdint>

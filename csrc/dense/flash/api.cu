@@ -63,6 +63,9 @@ int64_t bwd_smem_bytes(const FwdParams& p, bool want_dE) {
                                            : bwd_bytes<128>(p, want_dE);
 }
 
+// FlashGrads' per-key-tile buffers are sized with one key-tile width for all buckets
+static_assert(BwdTiles<64>::kBk == BwdTiles<128>::kBk, "bwd_key_tiles assumes one kBk");
+
 int64_t bwd_key_tiles(const FwdParams& p) {
   return (p.M + BwdTiles<64>::kBk - 1) / BwdTiles<64>::kBk;
 }

@@ -70,8 +70,8 @@ bool supported(const DenseArgs& a, bool backward) {
   if (v.size(0) > 65535 || v.size(1) > 65535) return false;  // grid y, z
   const int64_t smem = backward ? flash::bwd_smem_bytes(p, a.offset_table.has_value())
                                 : flash::fwd_smem_bytes(p);
-  // (+16: the key pass's static db2 partials)
-  return smem + 16 <= static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  // (+16 in the backward: the key pass's static db2 partials)
+  return smem + (backward ? 16 : 0) <= static_cast<int64_t>(prop->sharedMemPerBlockOptin);
 }
 
 flash::Dtype flash_dtype(const at::Tensor& v) {
@@ -91,8 +91,8 @@ at::Tensor unpad(const at::Tensor& x, int64_t d) {
 }
 
 // rowsum(a * b) over the last dim in float32, (B, H, N), from 16-bit a, b. The
-// float32 copies are made a slab of rows at a time, so that the temporaries
-// stay bounded (about 2 x 4 x 2^24 bytes) instead of twice the size of dO.
+// float32 copies and their product are made a slab of rows at a time, so that
+// the temporaries stay bounded (3 x 4 x 2^24 bytes) instead of growing with dO.
 at::Tensor row_dot_f32(const at::Tensor& a, const at::Tensor& b) {
   const int64_t D = a.size(-1);
   if (D == 0 || a.numel() == 0)
@@ -154,7 +154,7 @@ GradTuple flash_dense_bwd(const GradArgs& g, const DenseArgs& a) {
   check_grad_args(g, p, a);
   const bool mlp = p.mlp;
   const bool want_dE = mlp && a.offset_table.has_value();
-  if (want_dE) {
+  if (want_dE) {  // (after the argument checks, whose errors come first)
     at::globalContext().alertNotDeterministic(
         "itnet::dense_bwd (CUDA, float16/bfloat16) gradient of offset_table");
   }

@@ -4,7 +4,7 @@
 //
 // Inputs are those of FwdParams / BwdParams (params.h, prepare() with
 // key_tile = 0) with two differences, arranged by the entry point
-// (flash_cuda.cpp):
+// (flash/entry_cuda.cpp):
 //  - q, k, v, out, dout are 16-bit (Dtype) with Dk, Dv multiples of 8 and
 //    16-byte aligned rows; everything else - u, t, W2, b2, offset_table,
 //    key_bias, key_scale, the attention mask, lse, delta and every gradient
@@ -43,8 +43,10 @@ int64_t bwd_smem_bytes(const FwdParams& p, bool want_dE);
 
 void fwd(const FwdParams& p, Dtype dt, cudaStream_t stream);
 
-// Partial sums of the backward (float32, zero-filled by the caller except
-// where noted), reduced by the caller in a fixed order: deterministic.
+// Gradient buffers of the backward: 16-bit dq / dk / dv, float32 partial sums
+// otherwise, reduced by the caller in a fixed order (deterministic). Buffers
+// marked `written` are fully overwritten (no zero fill needed); dE must be
+// zero-filled.
 struct FlashGrads {
   void* dq = nullptr;   // (B, H, N, Dk) 16-bit, written
   void* dk = nullptr;   // (B, H, M, Dk) 16-bit, written
