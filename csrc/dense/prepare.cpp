@@ -293,28 +293,35 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   return pr;
 }
 
-namespace {
-
-// Shapes, dtypes and devices of the extra inputs of the backward.
 void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
                        const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
-                       const FwdParams& p, bool softmax) {
-  const std::vector<int64_t> out_shape = {p.B, p.H, p.N, p.Dv};
-  const std::vector<int64_t> row_shape = {p.B, p.H, p.N};
-  auto check = [&](const at::Tensor& x, const char* name, const std::vector<int64_t>& shape) {
+                       int64_t N, bool softmax, at::ScalarType lse_dtype) {
+  const std::vector<int64_t> out_shape = {v.size(0), v.size(1), N, v.size(3)};
+  const std::vector<int64_t> row_shape = {v.size(0), v.size(1), N};
+  auto check = [&](const at::Tensor& x, const char* name, const std::vector<int64_t>& shape,
+                   at::ScalarType dtype) {
     TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), name, ": expected shape ",
                 at::IntArrayRef(shape), ", got ", x.sizes());
-    check_same(x, v, name);
+    TORCH_CHECK(x.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ",
+                x.scalar_type());
+    TORCH_CHECK(x.device() == v.device(), name, ": expected a tensor on ", v.device(), ", got ",
+                x.device());
   };
-  check(grad_out, "grad_out", out_shape);
-  check(out, "out", out_shape);
+  check(grad_out, "grad_out", out_shape, v.scalar_type());
+  check(out, "out", out_shape, v.scalar_type());
   if (softmax) {
-    check(lse, "lse", row_shape);
-    if (grad_lse.has_value() && grad_lse->defined()) check(*grad_lse, "grad_lse", row_shape);
+    check(lse, "lse", row_shape, lse_dtype);
+    if (grad_lse.has_value() && grad_lse->defined())
+      check(*grad_lse, "grad_lse", row_shape, lse_dtype);
   }
 }
 
-}  // namespace
+at::Tensor key_weight_grad(at::Tensor per_key, const at::Tensor& key_weight, bool softmax) {
+  // the kernels accumulate d/d(log w) in softmax mode (w enters as a logit
+  // bias), d/dw in `none` mode
+  if (softmax) per_key = per_key / key_weight.to(per_key.scalar_type()).expand(per_key.sizes());
+  return reduce_to(per_key, key_weight);
+}
 
 Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const at::Tensor& out,
                           const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
@@ -324,7 +331,7 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
                           const c10::optional<at::Tensor>& key_weight, bool softmax,
                           int64_t copies) {
   const FwdParams& p = fwd.params;
-  check_grad_inputs(grad_out, out, lse, grad_lse, v, p, softmax);
+  check_grad_inputs(grad_out, out, lse, grad_lse, v, p.N, softmax, v.scalar_type());
   Backward bw;
   BwdParams& bp = bw.params;
   bp.f = p;
@@ -380,12 +387,7 @@ GradTuple Backward::finish(const c10::optional<at::Tensor>& u, const c10::option
   at::Tensor gdu = total(du), gdt = dt, gkw = total(dkw);
   if (u.has_value() && du.dim() > 1) gdu = reduce_to(gdu, *u);
   if (t.has_value() && dt.dim() > 1) gdt = reduce_to(gdt, *t);
-  if (key_weight.has_value() && dkw.dim() > 1) {
-    // the kernels accumulate d/d(log w) in softmax mode (w enters as a logit
-    // bias), d/dw in `none` mode
-    if (p.softmax) gkw = gkw / key_weight->to(dkw.scalar_type()).expand({p.B, p.M});
-    gkw = reduce_to(gkw, *key_weight);
-  }
+  if (key_weight.has_value() && dkw.dim() > 1) gkw = key_weight_grad(gkw, *key_weight, p.softmax);
   return {total(dq), dk, dv, gdu, gdt, total(dW2), total(db2), total(dE), gkw};
 }
 

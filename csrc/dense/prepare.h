@@ -69,5 +69,16 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
 // input was broadcast (size 1), giving the input's shape.
 at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& like);
 
+// Shapes, dtypes and devices of the backward's extra inputs: grad_out and out
+// (B, H, N, Dv) in v's dtype, lse and grad_lse (B, H, N) in lse_dtype
+// (softmax mode; float32 for the 16-bit CUDA kernels, v's dtype otherwise).
+void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
+                       const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
+                       int64_t N, bool softmax, at::ScalarType lse_dtype);
+
+// The key-weight gradient from the kernels' per-key sums (B, M): those are
+// d/d(log w) in softmax mode, d/dw in `none` mode; reduced to key_weight's shape.
+at::Tensor key_weight_grad(at::Tensor per_key, const at::Tensor& key_weight, bool softmax);
+
 }  // namespace dense
 }  // namespace itnet

@@ -109,26 +109,6 @@ at::Tensor row_dot_f32(const at::Tensor& a, const at::Tensor& b) {
   return out.view(a.sizes().slice(0, a.dim() - 1));
 }
 
-void check_grad_args(const GradArgs& g, const FwdParams& p, const DenseArgs& a) {
-  const std::vector<int64_t> out_shape = {p.B, p.H, p.N, a.v.size(-1)};
-  const std::vector<int64_t> row_shape = {p.B, p.H, p.N};
-  auto check = [&](const at::Tensor& x, const char* name, const std::vector<int64_t>& shape,
-                   at::ScalarType dt) {
-    TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), name, ": expected shape ",
-                at::IntArrayRef(shape), ", got ", x.sizes());
-    TORCH_CHECK(x.scalar_type() == dt, name, ": expected dtype ", dt, ", got ", x.scalar_type());
-    TORCH_CHECK(x.device() == a.v.device(), name, ": expected a tensor on ", a.v.device(),
-                ", got ", x.device());
-  };
-  check(g.grad_out, "grad_out", out_shape, a.v.scalar_type());
-  check(g.out, "out", out_shape, a.v.scalar_type());
-  if (a.softmax) {
-    check(g.lse, "lse", row_shape, at::kFloat);
-    if (g.grad_lse.has_value() && g.grad_lse->defined())
-      check(*g.grad_lse, "grad_lse", row_shape, at::kFloat);
-  }
-}
-
 }  // namespace
 
 bool flash_fwd_supported(const DenseArgs& a) { return supported(a, false); }
@@ -151,7 +131,7 @@ GradTuple flash_dense_bwd(const GradArgs& g, const DenseArgs& a) {
   const DenseArgs at_ = tiled(a);
   Prepared pr = at_.prepare(/*backward=*/true, at::kFloat);
   const FwdParams& p = pr.params;
-  check_grad_args(g, p, a);
+  check_grad_inputs(g.grad_out, g.out, g.lse, g.grad_lse, a.v, p.N, a.softmax, at::kFloat);
   const bool mlp = p.mlp;
   const bool want_dE = mlp && a.offset_table.has_value();
   if (want_dE) {  // (after the argument checks, whose errors come first)
@@ -212,12 +192,8 @@ GradTuple flash_dense_bwd(const GradArgs& g, const DenseArgs& a) {
   at::Tensor gt = dt.defined() ? reduce_to(dt.sum(0), *a.t) : dt;
   at::Tensor gW2 = dW2.defined() ? dW2.sum(at::IntArrayRef{0, 2}) : dW2;
   at::Tensor gb2 = db2.defined() ? db2.sum(at::IntArrayRef{0, 2}) : db2;
-  at::Tensor gkw;
-  if (dkw.defined()) {
-    gkw = dkw.sum(0);  // (B, M); d / d log w in softmax mode
-    if (a.softmax) gkw = gkw / a.key_weight->to(at::kFloat).expand({p.B, p.M});
-    gkw = reduce_to(gkw, *a.key_weight);
-  }
+  // (B, M) per key, summed over heads
+  at::Tensor gkw = dkw.defined() ? key_weight_grad(dkw.sum(0), *a.key_weight, a.softmax) : dkw;
   return {gq, gk, gv, out(gu), out(gt), out(gW2), out(gb2), out(dE), out(gkw)};
 }
 
