@@ -1,4 +1,5 @@
 """Helpers shared by the CUDA test files (tests/test_dense_cuda*.py)."""
+import math
 import os
 
 import pytest
@@ -45,3 +46,46 @@ def to_dev(kw, dtype, device):
                 x = x.clone().requires_grad_()
         out[n] = x
     return out
+
+
+def empty_rows_problem(make_problem, normalize, B, H, N, M, Dk, Dv, R):
+    """A problem where some query rows have an empty support: batch 1 has every key padded,
+    row 5 is masked out by the bool mask, row 0 sees no key of the causal window [i-2, i-1].
+    Returns (kwargs, empty) with empty the (B, N) bool mask of those rows."""
+    kw = make_problem(11, content=True, mlp=True, B=B, H=H, N=N, M=M, Dk=Dk, Dv=Dv, R=R,
+                      normalize=normalize, support="none", mask=None, kpm=False,
+                      key_weight="B", use_u=True, use_t=True, use_b2=True, u_batch=B,
+                      t_batch=B, causal=True)
+    kpm = torch.zeros(B, M, dtype=torch.bool)
+    kpm[1] = True
+    am = torch.ones(N, M, dtype=torch.bool)
+    am[5] = False
+    kw.update(key_padding_mask=kpm, attn_mask=am, window=(-2, -1))
+    empty = torch.zeros(B, N, dtype=torch.bool)
+    empty[1] = True
+    empty[:, 0] = True
+    empty[:, 5] = True
+    return kw, empty
+
+
+def assert_empty_rows(res, grads, empty, softmax):
+    """Rows of `empty` give exactly 0 (the others not all 0), lse = -inf (finite elsewhere),
+    finite gradients everywhere, zero q / u gradients on those rows and zero key-side
+    gradients in batch 1 (no pair at all)."""
+    out = res[0].cpu()
+    rows4 = empty[:, None, :, None].expand_as(out)
+    assert (out[rows4] == 0).all()
+    assert (out[~rows4] != 0).any()
+    if softmax:
+        lse = res[1].cpu()
+        rows3 = empty[:, None, :].expand_as(lse)
+        assert (lse[rows3] == -math.inf).all()
+        assert torch.isfinite(lse[~rows3]).all()
+    for n, g in grads.items():
+        assert torch.isfinite(g).all(), n
+    dq = grads["q"].cpu()
+    assert (dq[empty[:, None, :, None].expand_as(dq)] == 0).all()
+    du = grads["u"].cpu()
+    assert (du[empty[:, :, None].expand_as(du)] == 0).all()
+    for n in ("k", "v", "t", "key_weight"):
+        assert (grads[n].cpu()[1] == 0).all(), n

@@ -20,7 +20,8 @@ import torch
 
 from itnet_ext import functional, reference
 from conftest import rel_err as _rel_err
-from cuda_helpers import DIFF_NAMES, describe, requires_cuda, to_dev
+from cuda_helpers import (DIFF_NAMES, assert_empty_rows, describe, empty_rows_problem,
+                          requires_cuda, to_dev)
 
 F64 = torch.float64
 F32 = torch.float32
@@ -176,36 +177,10 @@ def test_degenerate_sizes(sizes, normalize, make_problem):
 def test_empty_support_rows(normalize, dtype, make_problem):
     """Rows whose support is empty (padding, causal + window, bool mask) give exactly 0,
     lse = -inf, zero gradients, never NaN; the other rows match the reference."""
-    B, H, N, M, Dk, Dv, R = 2, 3, 40, 45, 8, 5, 16
-    kw = make_problem(11, content=True, mlp=True, B=B, H=H, N=N, M=M, Dk=Dk, Dv=Dv, R=R,
-                      normalize=normalize, support="none", mask=None, kpm=False,
-                      key_weight="B", use_u=True, use_t=True, use_b2=True, u_batch=B,
-                      t_batch=B, causal=True)
-    kpm = torch.zeros(B, M, dtype=torch.bool)
-    kpm[1] = True                       # batch 1: every key padded
-    am = torch.ones(N, M, dtype=torch.bool)
-    am[5] = False                       # row 5: masked out entirely
-    kw.update(key_padding_mask=kpm, attn_mask=am, window=(-2, -1))  # row 0: no j in [i-2, i-1]
+    kw, empty = empty_rows_problem(make_problem, normalize, B=2, H=3, N=40, M=45, Dk=8, Dv=5,
+                                   R=16)
     res, grads = check_vs_reference(kw, dtype)
-    out = res[0]
-    empty = torch.zeros(B, N, dtype=torch.bool)
-    empty[1] = True
-    empty[:, 0] = True
-    empty[:, 5] = True
-    assert (out.cpu()[empty[:, None, :, None].expand_as(out)] == 0).all()
-    assert (out.cpu()[~empty[:, None, :, None].expand_as(out)] != 0).any()
-    if normalize == "softmax":
-        lse = res[1].cpu()
-        assert (lse[empty[:, None, :].expand_as(lse)] == -math.inf).all()
-        assert torch.isfinite(lse[~empty[:, None, :].expand_as(lse)]).all()
-    for n, g in grads.items():
-        assert torch.isfinite(g).all(), n
-    dq = grads["q"].cpu()
-    assert (dq[empty[:, None, :, None].expand_as(dq)] == 0).all()
-    du = grads["u"].cpu()
-    assert (du[empty[:, :, None].expand_as(du)] == 0).all()
-    for n in ("k", "v", "t", "key_weight"):
-        assert (grads[n].cpu()[1] == 0).all(), n  # batch 1: no pair at all
+    assert_empty_rows(res, grads, empty, normalize == "softmax")
 
 
 def test_matches_cpu_kernels_and_repeats(make_problem):
