@@ -167,11 +167,7 @@ __global__ void __launch_bounds__(128)
   if (kMlp) {
     const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
     load_rows_f32(t_s, t, kBk, p.M - j0, R, ld, tid, Cfg::kThreads);
-    const float* w2 = static_cast<const float*>(p.W2) + h * R;
-    for (int c = tid; c < R4; c += Cfg::kThreads) w2_s[c] = c < R ? w2[c] : 0.f;
-    if (e_s != nullptr)
-      load_rows_f32(e_s, static_cast<const float*>(p.E), static_cast<int>(p.O), p.O, R, ld, tid,
-                    Cfg::kThreads);
+    stage_mlp_params(p, h, w2_s, e_s, ld, R4, tid, Cfg::kThreads);
     for (int c = tid; c < kBk * ld; c += Cfg::kThreads) dt_s[c] = 0.f;
     for (int c = tid; c < 4 * ld; c += Cfg::kThreads) dw_s[c] = 0.f;
     if (de_s != nullptr)
@@ -366,11 +362,7 @@ __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
   if (kMlp) {
     const float* u = p.u ? static_cast<const float*>(p.u) + (b * p.N + i0) * R : nullptr;
     load_rows_f32(u_s, u, kBr, p.N - i0, R, ld, tid, Cfg::kThreads);
-    const float* w2 = static_cast<const float*>(p.W2) + h * R;
-    for (int c = tid; c < R4; c += Cfg::kThreads) w2_s[c] = c < R ? w2[c] : 0.f;
-    if (e_s != nullptr)
-      load_rows_f32(e_s, static_cast<const float*>(p.E), static_cast<int>(p.O), p.O, R, ld, tid,
-                    Cfg::kThreads);
+    stage_mlp_params(p, h, w2_s, e_s, ld, R4, tid, Cfg::kThreads);
     for (int c = tid; c < kBr * ld; c += Cfg::kThreads) du_s[c] = 0.f;
   }
 
@@ -389,12 +381,7 @@ __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
   zero_acc(dq);
   const float scale = static_cast<float>(p.scale);
   FragPos f{b, h, i0, 0, warp * 16};
-  int64_t kend = p.M;
-  if (p.causal) {
-    const int64_t last = (i0 + kBr < p.N ? i0 + kBr : p.N);
-    kend = kend < last ? kend : last;
-  }
-  const int64_t nkt = (kend + kBc - 1) / kBc;
+  const int64_t nkt = (causal_key_end(p, i0, kBr) + kBc - 1) / kBc;
   // K, V and t rows of key tile `kt` into buffer `buf`
   auto issue = [&](int64_t kt, int buf) {
     const int64_t j0 = kt * kBc;

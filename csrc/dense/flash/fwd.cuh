@@ -53,13 +53,7 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
   // the warp's row blocks: tile rows 16 (kRB warp + rb) + 0..15
   auto row0 = [&](int rb) { return (warp * kRB + rb) * 16; };
 
-  // causal: no key after the tile's last query
-  int64_t kend = p.M;
-  if (p.causal) {
-    const int64_t last = (i0 + kBr < p.N ? i0 + kBr : p.N);
-    kend = kend < last ? kend : last;
-  }
-  const int64_t nkt = (kend + kBc - 1) / kBc;
+  const int64_t nkt = (causal_key_end(p, i0, kBr) + kBc - 1) / kBc;
 
   if (p.content) {
     load_rows_async<T, kBr, kD, kLd, Cfg::kThreads>(q_s, q, Dk, p.N - i0, Dk, tid);
@@ -69,11 +63,7 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
   if (kMlp) {
     const float* u = p.u ? static_cast<const float*>(p.u) + (b * p.N + i0) * R : nullptr;
     load_rows_f32(u_s, u, kBr, p.N - i0, R, L.ld, tid, Cfg::kThreads);
-    const float* w2 = static_cast<const float*>(p.W2) + h * R;
-    for (int c = tid; c < L.R4; c += Cfg::kThreads) w2_s[c] = c < R ? w2[c] : 0.f;
-    if (e_s != nullptr)
-      load_rows_f32(e_s, static_cast<const float*>(p.E), static_cast<int>(p.O), p.O, R, L.ld, tid,
-                    Cfg::kThreads);
+    stage_mlp_params(p, h, w2_s, e_s, L.ld, L.R4, tid, Cfg::kThreads);
   }
   cp_async_wait_all();
   __syncthreads();

@@ -42,6 +42,27 @@ __device__ __forceinline__ int window_code(const FwdParams& p, int64_t b, int64_
   return p.E ? static_cast<int>(offset_row(p.window, pq, pk)) : 0;
 }
 
+// The head's W2 row (zero padded to R4) and, when given, the offset table
+// into shared memory: block-wide plain stores, a barrier must follow.
+__device__ __forceinline__ void stage_mlp_params(const FwdParams& p, int64_t h, float* w2_s,
+                                                 float* e_s, int ld, int R4, int tid,
+                                                 int nthreads) {
+  const int R = static_cast<int>(p.R);
+  const float* w2 = static_cast<const float*>(p.W2) + h * R;
+  for (int c = tid; c < R4; c += nthreads) w2_s[c] = c < R ? w2[c] : 0.f;
+  if (e_s != nullptr)
+    load_rows_f32(e_s, static_cast<const float*>(p.E), static_cast<int>(p.O), p.O, R, ld, tid,
+                  nthreads);
+}
+
+// End of the keys that the query tile [i0, i0 + rows) sees: M, or with causal
+// masking one past the tile's last query.
+__device__ __forceinline__ int64_t causal_key_end(const FwdParams& p, int64_t i0, int rows) {
+  if (!p.causal) return p.M;
+  const int64_t last = i0 + rows < p.N ? i0 + rows : p.N;
+  return p.M < last ? p.M : last;
+}
+
 // The tiles a warp's fragment covers: queries i0 + il, keys j0 + jl, and the
 // fragment's first row inside the tile (16 x warp).
 struct FragPos {
