@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
 
 # Sources compiled once per CPU capability, with these defines / flags.
-MULTI_ARCH_SOURCES = ["csrc/dense/cpu_fwd.cpp", "csrc/dense/cpu_bwd.cpp"]
+MULTI_ARCH_SOURCES = ["csrc/dense/cpu_fwd.cpp", "csrc/dense/cpu_bwd.cpp", "csrc/scan/cpu_kernel.cpp"]
 CPU_CAPABILITIES = {
     "DEFAULT": [],
     "AVX2": ["-mavx2", "-mfma", "-mbmi2", "-mf16c"],
@@ -114,7 +114,8 @@ class Build(cpp_extension.BuildExtension):
         jobs = []
         for cap, mflags in caps.items():
             for src in MULTI_ARCH_SOURCES:
-                obj = os.path.join(out_dir, f"{os.path.basename(src)}.{cap}.o")
+                # the path in the name: two strategies may both have a cpu_kernel.cpp
+                obj = os.path.join(out_dir, f"{src.replace('/', '_')}.{cap}.o")
                 newest = max(os.path.getmtime(p) for p in deps + [os.path.join(ROOT, src)])
                 cmd = [cxx, "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC", "-O3", *std,
                        *inc, *macros, f"-DCPU_CAPABILITY={cap}",

@@ -1,6 +1,6 @@
 // Every schema of the itnet operator library, once. Backends register their
 // kernels with TORCH_LIBRARY_IMPL next to the kernels (dense/cpu.cpp,
-// dense/dense_cuda.cpp); fake kernels and autograd live in Python (itnet_ext/ops/).
+// dense/dense_cuda.cpp, scan/cpu.cpp); fake kernels and autograd live in Python (itnet_ext/ops/).
 #include <torch/library.h>
 
 #include "dense/info.h"
@@ -34,6 +34,18 @@ TORCH_LIBRARY(itnet, m) {
   m.def("dense_bwd(Tensor grad_out, Tensor out, Tensor lse, Tensor? grad_lse, " ITNET_DENSE_ARGS
         ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor du, Tensor dt, Tensor dW2, Tensor db2, "
         "Tensor doffset_table, Tensor dkey_weight)");
+  // Decay scan (DESIGN section 2, low-rank causal with a decay; see
+  // itnet_ext.functional.decay_scan). log_decay is 4-D (B|1, T|1, D, Rk|1),
+  // or None with the factored pair (dt (B, T, D), A (D, Rk)); phi / psi are
+  // (B, T, G, Rk). Returns y (B, T, D) and the state after the last step.
+  m.def("decay_scan_fwd(Tensor x, Tensor? log_decay, Tensor? dt, Tensor? A, Tensor phi, "
+        "Tensor psi, Tensor? skip, Tensor? initial_state) -> (Tensor y, Tensor final_state)");
+  // Gradients w.r.t. (x, log_decay, dt, A, phi, psi, skip, initial_state); an
+  // input that was not given gets an empty tensor.
+  m.def("decay_scan_bwd(Tensor grad_y, Tensor? grad_final_state, Tensor x, Tensor? log_decay, "
+        "Tensor? dt, Tensor? A, Tensor phi, Tensor psi, Tensor? skip, Tensor? initial_state) -> "
+        "(Tensor dx, Tensor dlog_decay, Tensor ddt, Tensor dA, Tensor dphi, Tensor dpsi, "
+        "Tensor dskip, Tensor dinitial_state)");
   m.def("cpu_capability() -> str", &itnet::dense::cpu_capability_in_use);
   m.def("cuda_kernels_compiled() -> bool", &itnet::cuda_kernels_compiled);
 }

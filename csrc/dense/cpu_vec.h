@@ -1,7 +1,6 @@
-// SIMD building blocks of the CPU kernels: the Ops<> specialisation that lets
-// the shared formulas in common/math.h run on at::vec::Vectorized lanes, and a
-// small register-blocked matrix multiply used for the q.k, P.v and gradient
-// products of a tile.
+// SIMD building blocks of the dense CPU kernels: a small register-blocked
+// matrix multiply used for the q.k, P.v and gradient products of a tile (the
+// lane helpers and Ops<Vectorized> come from common/cpu_vec.h).
 //
 // This header is included only by cpu_kernel.cpp, which is compiled once per
 // CPU capability (DEFAULT, AVX2, AVX512) with the matching -m flags, so
@@ -15,53 +14,18 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "common/math.h"
+#include "common/cpu_vec.h"
 
 namespace itnet {
-
-template <class T>
-struct Ops<at::vec::Vectorized<T>> {
-  using V = at::vec::Vectorized<T>;
-  // float: ATen's fast polynomial exp (max error ~20 ulp, exp(-inf) = 0, no
-  // overflow to inf); double: the accurate Sleef exp (exp_u20 maps to it).
-  static V exp(const V& x) { return x.exp_u20(); }
-  static V relu(const V& x) { return at::vec::clamp_min(x, V(T(0))); }
-  static V step(const V& x) { return V::blendv(V(T(0)), V(T(1)), x > V(T(0))); }
-};
 
 namespace dense {
 namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
-
-template <class T>
-inline Vectorized<T> load(const T* p, int64_t count) {
-  using V = Vectorized<T>;
-  return count >= V::size() ? V::loadu(p) : V::loadu(p, count);
-}
-
-template <class T>
-inline void store(const Vectorized<T>& x, T* p, int64_t count) {
-  using V = Vectorized<T>;
-  if (count >= V::size()) {
-    x.store(p);
-  } else {
-    x.store(p, count);
-  }
-}
-
-template <class T>
-inline T hsum(const Vectorized<T>& x) {
-  return at::vec::vec_reduce_all<T>([](Vectorized<T>& a, Vectorized<T>& b) { return a + b; }, x);
-}
-
-// Loads `count` lanes (count may be <= 0: all lanes 0).
-template <class T>
-inline Vectorized<T> load_n(const T* p, int64_t count) {
-  using V = Vectorized<T>;
-  if (count >= V::size()) return V::loadu(p);
-  return count > 0 ? V::loadu(p, count) : V(T(0));
-}
+using itnet::CPU_CAPABILITY::hsum;
+using itnet::CPU_CAPABILITY::load;
+using itnet::CPU_CAPABILITY::load_n;
+using itnet::CPU_CAPABILITY::store;
 
 // C[0:cnt] (=|+=) alpha * acc
 template <class T>

@@ -5,3 +5,4 @@ compiled library (itnet_ext._C), whose static initializers register the
 schemas and the CPU / CUDA kernels under torch.ops.itnet.
 """
 from . import dense  # noqa: F401
+from . import scan  # noqa: F401

@@ -1,0 +1,60 @@
+"""The decay-scan op: fake (meta) kernels and autograd for torch.ops.itnet.decay_scan_*.
+
+Argument order of both ops (see csrc/ops.cpp), after the backward's two cotangents:
+    x, log_decay, dt, A, phi, psi, skip, initial_state
+log_decay is 4-D (B|1, T|1, D, Rk|1) or None with the factored pair (dt, A);
+phi / psi are (B, T, G, Rk). itnet_ext.functional.decay_scan normalizes the
+public forms to these.
+"""
+import torch
+
+from .. import _C  # noqa: F401  (registers the ops)
+
+_ARGS = ("x", "log_decay", "dt", "A", "phi", "psi", "skip", "initial_state")
+
+
+def _check_devices(x, named):
+    for name, t in named:
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"{name}: expected a tensor on {x.device} (the device of x), "
+                               f"got {t.device}")
+
+
+@torch.library.register_fake("itnet::decay_scan_fwd")
+def _fwd_fake(x, log_decay, dt, A, phi, psi, skip, initial_state):
+    _check_devices(x, zip(_ARGS, (x, log_decay, dt, A, phi, psi, skip, initial_state)))
+    B, T, D = x.shape
+    Rk = phi.shape[-1]
+    return x.new_empty((B, T, D)), x.new_empty((B, D, Rk))
+
+
+@torch.library.register_fake("itnet::decay_scan_bwd")
+def _bwd_fake(grad_y, grad_final_state, *args):
+    x = args[0]
+    _check_devices(x, zip(("grad_y", "grad_final_state") + _ARGS,
+                          (grad_y, grad_final_state) + tuple(args)))
+    # contiguous gradients in the inputs' shapes; an absent input gets an empty tensor
+    return tuple(t.new_empty(t.shape) if t is not None else x.new_empty((0,)) for t in args)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_y, grad_final_state):
+    saved = ctx.saved_tensors
+    x = saved[0]
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    grads = torch.ops.itnet.decay_scan_bwd(grad_y, grad_final_state, *saved)
+    return tuple(g if t is not None and need else None
+                 for g, t, need in zip(grads, saved, ctx.needs_input_grad))
+
+
+def _double_backward(ctx, *grads):
+    raise RuntimeError("itnet::decay_scan_bwd: double backward (gradients of gradients) of the "
+                       "fused decay scan is not supported; use itnet_ext.reference.decay_scan")
+
+
+torch.library.register_autograd("itnet::decay_scan_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("itnet::decay_scan_bwd", _double_backward)
