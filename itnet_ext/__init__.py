@@ -3,4 +3,5 @@ import torch  # noqa: F401  (must be imported before the compiled extension)
 
 from . import reference  # noqa: F401
 from . import functional  # noqa: F401
+from . import recurrence  # noqa: F401
 from .nn import IntegralTransform  # noqa: F401,E402

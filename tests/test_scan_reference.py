@@ -12,42 +12,7 @@ import torch
 
 from itnet_ext import reference
 
-F64 = torch.float64
-FORMS = ("full", "channel", "static", "factored", "bcast_batch_time")
-
-
-def scan_problem(seed, form, *, B=2, T=23, D=6, Rk=4, G=1, grouped=False, skip=True,
-                 h0=True, dtype=F64):
-    """Random scan arguments; log-decays in [-0.6, 0] so that the dense form's exp(+-L)
-    stays well inside float64's range."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*s):
-        return torch.randn(*s, generator=g, dtype=F64).to(dtype)
-
-    def neg(*s):
-        return (-0.6 * torch.rand(*s, generator=g, dtype=F64)).to(dtype)
-
-    x = rnd(B, T, D)
-    shape = (B, T, G, Rk) if grouped or G > 1 else (B, T, Rk)
-    phi, psi = rnd(*shape), rnd(*shape)
-    if form == "full":
-        ld = neg(B, T, D, Rk)
-    elif form == "channel":
-        ld = neg(B, T, D, 1)
-    elif form == "static":
-        ld = neg(D, Rk)
-    elif form == "bcast_batch_time":
-        ld = neg(1, 1, D, Rk)
-    else:  # factored: dt > 0 (softplus-like), A < 0
-        ld = (torch.rand(B, T, D, generator=g, dtype=F64).to(dtype) * 0.5,
-              -torch.rand(D, Rk, generator=g, dtype=F64).to(dtype))
-    kw = dict(skip=rnd(D) if skip else None, initial_state=rnd(B, D, Rk) if h0 else None)
-    return (x, ld, phi, psi), kw
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+from scan_helpers import F64, FORMS, rel, scan_problem
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -98,15 +98,16 @@ Grads decay_scan_bwd_cpu(const at::Tensor& grad_y, const c10::optional<at::Tenso
   const BwdFn fn = x.scalar_type() == at::kDouble ? cpu_kernels().bwd_f64 : cpu_kernels().bwd_f32;
   at::parallel_for(0, w.items(p), 1, [&](int64_t b, int64_t e) { fn(p, w, b, e); });
 
-  const at::Tensor none = at::empty({0}, opt);
+  // a fresh empty tensor per absent input: outputs of an op must not alias
+  const auto none = [&] { return at::empty({0}, opt); };
   return {dx,
-          dld.defined() ? reduce_log_decay_grad(dld, *log_decay) : none,
-          ddt.defined() ? ddt : none,
-          dA.defined() ? dA.sum(0) : none,
+          dld.defined() ? reduce_log_decay_grad(dld, *log_decay) : none(),
+          ddt.defined() ? ddt : none(),
+          dA.defined() ? dA.sum(0) : none(),
           w.blocks_per_group == 1 ? dphi[0] : dphi.sum(0),
           w.blocks_per_group == 1 ? dpsi[0] : dpsi.sum(0),
-          dskip.defined() ? dskip.sum(0) : none,
-          initial_state.has_value() ? dh0 : none};
+          dskip.defined() ? dskip.sum(0) : none(),
+          initial_state.has_value() ? dh0 : none()};
 }
 
 }  // namespace
