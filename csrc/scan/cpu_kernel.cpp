@@ -174,7 +174,10 @@ void bwd_item(const ScanBwdParams& p, const Item& it) {
   const int64_t row = kCpuSubBlock * Rp;  // one step of the sub-block's states
 
   std::vector<T> ckpt(std::max<int64_t>(nch, 1) * row), Hs(C * row), Es(C * row), Gc(row);
-  std::vector<T> Est(kMode == kStatic ? row : 0), rphi(Rp), rpsi(Rp);
+  std::vector<T> Est(kMode == kStatic ? row : 0);
+  // per channel of the sub-block at one step: dy, x, dt; the dx and summed-da lanes
+  std::vector<T> dy_j(kCpuSubBlock), x_j(kCpuSubBlock), dt_j(kCpuSubBlock);
+  std::vector<T> dx_acc(kCpuSubBlock * VS), da_acc(kCpuSubBlock * VS);
   std::vector<T> acc_row(row), acc_ch(kCpuSubBlock);  // per-channel sums (dA or static dld; dskip)
   std::vector<T> acc_static1(kCpuSubBlock);           // static, state-broadcast dld
 
@@ -241,63 +244,66 @@ void bwd_item(const ScanBwdParams& p, const Item& it) {
           }
         }
       }
-      // the adjoint, backwards through the chunk
+      // the adjoint, backwards through the chunk. State vector v outer, channel j inner:
+      // phi / psi are loaded once per v and the dphi / dpsi sums over the channels stay in
+      // registers (a j-outer order would chain every channel through a store and a load).
       for (int64_t t = t1 - 1; t >= t0; --t) {
         const T* phi = row4<T>(p.phi, p.phi_s, it.b, t, it.g);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
         const T* prev = t == t0 ? ckpt.data() + c * row : Hs.data() + (t - t0 - 1) * row;
         const T* cur = Hs.data() + (t - t0) * row;
         const T* ecur = kMode == kStatic ? Est.data() : Es.data() + (t - t0) * row;
-        std::fill(rphi.begin(), rphi.end(), T(0));
-        std::fill(rpsi.begin(), rpsi.end(), T(0));
         for (int64_t j = 0; j < ns; ++j) {
-          const int64_t d = s0 + j;
-          const T dyv = at3<T>(p.dy, p.dy_s, it.b, t, d);
-          const T xv = at3<T>(p.x, p.x_s, it.b, t, d);
-          T dtv = T(0);
-          const T* arow = nullptr;
-          if constexpr (kMode == kFactored) {
-            dtv = at3<T>(p.dt, p.dt_s, it.b, t, d);
-            arow = static_cast<const T*>(p.A) + d * p.A_sd;
-          }
-          V dx_acc(T(0)), da_acc(T(0));
-          for (int64_t v = 0; v < L.nv; ++v) {
-            const int64_t n = L.lanes(v), o = j * Rp + v * VS;
-            const V phiv = load_n(phi + v * VS, n), psiv = load_n(psi + v * VS, n);
-            const V g = state_grad(V::loadu(Gc.data() + o), phiv, V(dyv));
-            const V e = V::loadu(ecur + o);
-            dx_acc = at::vec::fmadd(psiv, g, dx_acc);
-            at::vec::fmadd(g, V(xv), V::loadu(rpsi.data() + v * VS)).store(rpsi.data() + v * VS);
-            at::vec::fmadd(V::loadu(cur + o), V(dyv), V::loadu(rphi.data() + v * VS))
-                .store(rphi.data() + v * VS);
-            const V da = log_decay_grad(g, e, V::loadu(prev + o));
-            if constexpr (kMode == kVector) {
-              store(da, dld + ((it.b * T_ + t) * D + d) * Rk + v * VS, n);
-            } else if constexpr (kMode == kScalar) {
-              da_acc = da_acc + da;
-            } else if constexpr (kMode == kStatic) {
-              if (p.dld_R == Rk) (V::loadu(acc_row.data() + o) + da).store(acc_row.data() + o);
-              else da_acc = da_acc + da;
-            } else {
-              da_acc = at::vec::fmadd(da, load_n(arow + v * VS, n), da_acc);
-              at::vec::fmadd(da, V(dtv), V::loadu(acc_row.data() + o)).store(acc_row.data() + o);
-            }
-            carry_back(g, e).store(Gc.data() + o);
-          }
-          const int64_t o3 = it.b * p.dx_s.b + t * p.dx_s.t + d * p.dx_s.c;
-          dx[o3] = hsum(dx_acc) + (skip ? skip[d] * dyv : T(0));
-          if (skip) acc_ch[j] += dyv * xv;
-          if constexpr (kMode == kScalar) dld[(it.b * T_ + t) * D + d] = hsum(da_acc);
-          if constexpr (kMode == kStatic) {
-            if (p.dld_R != Rk) acc_static1[j] += hsum(da_acc);
-          }
-          if constexpr (kMode == kFactored) ddt[(it.b * T_ + t) * D + d] = hsum(da_acc);
+          dy_j[j] = at3<T>(p.dy, p.dy_s, it.b, t, s0 + j);
+          x_j[j] = at3<T>(p.x, p.x_s, it.b, t, s0 + j);
+          if constexpr (kMode == kFactored) dt_j[j] = at3<T>(p.dt, p.dt_s, it.b, t, s0 + j);
         }
         T* dphi_t = dphi + t * part_row;
         T* dpsi_t = dpsi + t * part_row;
-        for (int64_t r = 0; r < Rk; ++r) {
-          dphi_t[r] += rphi[r];
-          dpsi_t[r] += rpsi[r];
+        for (int64_t v = 0; v < L.nv; ++v) {
+          const int64_t n = L.lanes(v);
+          const V phiv = load_n(phi + v * VS, n), psiv = load_n(psi + v * VS, n);
+          V sphi(T(0)), spsi(T(0));
+          for (int64_t j = 0; j < ns; ++j) {
+            const int64_t o = j * Rp + v * VS;
+            const V dyv(dy_j[j]);
+            const V g = state_grad(V::loadu(Gc.data() + o), phiv, dyv);
+            const V e = V::loadu(ecur + o);
+            V dx_v = v == 0 ? psiv * g : at::vec::fmadd(psiv, g, V::loadu(dx_acc.data() + j * VS));
+            dx_v.store(dx_acc.data() + j * VS);
+            spsi = at::vec::fmadd(g, V(x_j[j]), spsi);
+            sphi = at::vec::fmadd(V::loadu(cur + o), dyv, sphi);
+            const V da = log_decay_grad(g, e, V::loadu(prev + o));
+            T* daj = da_acc.data() + j * VS;
+            if constexpr (kMode == kVector) {
+              store(da, dld + ((it.b * T_ + t) * D + s0 + j) * Rk + v * VS, n);
+            } else if constexpr (kMode == kFactored) {
+              const V arow = load_n(static_cast<const T*>(p.A) + (s0 + j) * p.A_sd + v * VS, n);
+              (v == 0 ? da * arow : at::vec::fmadd(da, arow, V::loadu(daj))).store(daj);
+              at::vec::fmadd(da, V(dt_j[j]), V::loadu(acc_row.data() + o))
+                  .store(acc_row.data() + o);
+            } else if (kMode == kStatic && p.dld_R == Rk) {  // per state, summed over time
+              (V::loadu(acc_row.data() + o) + da).store(acc_row.data() + o);
+            } else {  // kScalar, or kStatic with one log-decay for all states: sum over r
+              (v == 0 ? da : V::loadu(daj) + da).store(daj);
+            }
+            carry_back(g, e).store(Gc.data() + o);
+          }
+          store(load_n(dphi_t + v * VS, n) + sphi, dphi_t + v * VS, n);
+          store(load_n(dpsi_t + v * VS, n) + spsi, dpsi_t + v * VS, n);
+        }
+        for (int64_t j = 0; j < ns; ++j) {
+          const int64_t d = s0 + j;
+          const T dyv = dy_j[j];
+          dx[it.b * p.dx_s.b + t * p.dx_s.t + d * p.dx_s.c] =
+              hsum(V::loadu(dx_acc.data() + j * VS)) + (skip ? skip[d] * dyv : T(0));
+          if (skip) acc_ch[j] += dyv * x_j[j];
+          const T da = hsum(V::loadu(da_acc.data() + j * VS));
+          if constexpr (kMode == kScalar || kMode == kFactored)
+            (kMode == kScalar ? dld : ddt)[(it.b * T_ + t) * D + d] = da;
+          if constexpr (kMode == kStatic) {
+            if (p.dld_R != Rk) acc_static1[j] += da;
+          }
         }
       }
     }
