@@ -126,8 +126,12 @@ def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
         y (B, T, D) in x's dtype, or (y, final_state).
 
     Kernels: CPU float32 / float64, parallel over (batch, group, channel block) and
-    vectorized over the state; the backward recomputes the states from checkpoints (no
-    (B, T, D, Rk) tensor is stored) and is deterministic.
+    vectorized over the state; CUDA float32 / float64 / float16 / bfloat16 (float32 state):
+    a chunked block scan (cub::BlockScan) per (batch, channel). Both backwards recompute the
+    states from checkpoints: no (B, T, D, Rk) tensor is stored. The CPU backward is
+    deterministic; the CUDA one adds dphi / dpsi over the channels of a group with atomics
+    (in deterministic mode: per-channel partial sums up to 1 GiB, else PyTorch's
+    nondeterminism error).
     """
     p = check_scan_inputs(x, log_decay, phi, psi, skip, initial_state)
     if stable and not torch.compiler.is_compiling():

@@ -1,4 +1,5 @@
-"""Every CUDA kernel path of the dense op once, on tiny inputs, for compute-sanitizer.
+"""Every CUDA kernel path of the dense op and of the decay scan once, on tiny inputs, for
+compute-sanitizer.
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python3 scripts/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/sanitize_cases.py --set race
@@ -11,9 +12,13 @@ Sets:
          causal, bool / float masks, key padding, key weights, `none` mode, MLP only;
          flash kernels (float16, bfloat16) at Dk = Dv = 40, 128, 200 (the 64 / 128 / 256
          head-dim buckets), MLP on / off, masks, `none` mode, inference-only forward,
-         deterministic mode; the float32 fallback of half inputs (Dk = 300, R = 80).
+         deterministic mode; the float32 fallback of half inputs (Dk = 300, R = 80);
+         decay scan (float32, bfloat16; float16 / float64 once): every log-decay form,
+         the three block sizes (T <= 128, <= 512, longer), backward checkpoints (T > 1024),
+         several forward chunks (T > 2048), groups with atomics / plain stores, the
+         deterministic mode, Rk = 300.
   flash  only the flash cases of `all`.
-  race   a small subset of the flash cases (racecheck is slow).
+  race   a small subset of the flash cases and of the decay-scan cases (racecheck is slow).
 Each case runs forward and backward; the script checks that nothing is NaN, prints one line
 per case and exits with status 1 if any case raised.
 """
@@ -93,6 +98,92 @@ def run_case(kw, *, backward=True, deterministic=False):
         torch.use_deterministic_algorithms(prev)
 
 
+SCAN_LD_SHAPES = {  # log-decay shape of each form (symbolic), as functional.decay_scan takes it
+    "full": "BTDR", "bcast_batch": "1TDR", "channel_static": "B1D1", "channel": "BTD1",
+    "static": "DR", "factored": None}
+
+
+def scan_problem(dtype, form, *, B=2, T=70, D=4, Rk=5, G=2, skip=True, h0=True, seed=0):
+    """Arguments of functional.decay_scan on CUDA (differentiable inputs require grad)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(*shape, scale=1.0, sign=0):
+        """normal (sign 0), or uniform in [0, scale) (sign 1) / (-scale, 0] (sign -1)"""
+        t = torch.randn(*shape, generator=g, device="cuda") if sign == 0 else \
+            sign * torch.rand(*shape, generator=g, device="cuda")
+        return (t * scale).to(dtype).requires_grad_()
+
+    sizes = {"B": B, "T": T, "D": D, "R": Rk, "1": 1}
+    code = SCAN_LD_SHAPES[form]
+    ld = (rnd(B, T, D, scale=0.5, sign=1), rnd(D, Rk, sign=-1)) if code is None else \
+        rnd(*(sizes[c] for c in code), scale=0.6, sign=-1)
+    return dict(x=rnd(B, T, D), log_decay=ld, phi=rnd(B, T, G, Rk), psi=rnd(B, T, G, Rk),
+                skip=rnd(D) if skip else None, initial_state=rnd(B, D, Rk) if h0 else None)
+
+
+def run_scan_case(kw, *, backward=True, deterministic=False):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        if not backward:
+            with torch.no_grad():
+                y, hT = functional.decay_scan(**kw, return_final_state=True)
+            torch.cuda.synchronize()
+            assert not torch.isnan(y).any() and not torch.isnan(hT).any(), "NaN in y"
+            return
+        y, hT = functional.decay_scan(**kw, return_final_state=True)
+        ld = kw["log_decay"]
+        leaves = [kw["x"], *(ld if isinstance(ld, tuple) else (ld,)), kw["phi"], kw["psi"]]
+        leaves += [kw[n] for n in ("skip", "initial_state") if kw[n] is not None]
+        grads = torch.autograd.grad((y, hT), leaves, (torch.randn_like(y), torch.randn_like(hT)))
+        torch.cuda.synchronize()
+        assert not torch.isnan(y).any() and not torch.isnan(hT).any(), "NaN in y"
+        assert all(not torch.isnan(gr).any() for gr in grads), "NaN in a gradient"
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def scan_cases(which):
+    """(name, scan_problem kwargs, run_scan_case kwargs)."""
+    out = []
+    if which == "all":
+        for dt in (torch.float32, torch.bfloat16):
+            n = str(dt)[6:]
+            for form in SCAN_LD_SHAPES:
+                out.append((f"scan {n} {form} T=70", dict(dtype=dt, form=form), {}))
+            out += [
+                (f"scan {n} full T=300 G=D", dict(dtype=dt, form="full", T=300, G=4), {}),
+                (f"scan {n} factored T=1100 (checkpoints)",
+                 dict(dtype=dt, form="factored", T=1100, B=1, D=3, Rk=3, G=1), {}),
+            ]
+        out += [
+            ("scan float32 channel T=2100 (two forward chunks)",
+             dict(dtype=torch.float32, form="channel", T=2100, B=1, D=2, Rk=2, G=1), {}),
+            ("scan float32 static T=1 Rk=1 no skip / h0",
+             dict(dtype=torch.float32, form="static", T=1, Rk=1, skip=False, h0=False), {}),
+            ("scan float16 bcast_batch T=200", dict(dtype=torch.float16, form="bcast_batch",
+                                                    T=200), {}),
+            ("scan float64 channel_static T=90", dict(dtype=torch.float64,
+                                                      form="channel_static", T=90), {}),
+            ("scan bfloat16 full Rk=300 T=40", dict(dtype=torch.bfloat16, form="full", T=40,
+                                                    Rk=300, B=1, D=2), {}),
+            ("scan float32 factored deterministic", dict(dtype=torch.float32, form="factored",
+                                                         T=300), dict(deterministic=True)),
+            ("scan float32 full forward only", dict(dtype=torch.float32, form="full", T=600),
+             dict(backward=False)),
+        ]
+    if which == "race":
+        out += [
+            ("race scan float32 full T=300", dict(dtype=torch.float32, form="full", T=300,
+                                                  B=1, D=2, Rk=2), {}),
+            ("race scan bfloat16 factored T=1100", dict(dtype=torch.bfloat16, form="factored",
+                                                        T=1100, B=1, D=2, Rk=2, G=1), {}),
+            ("race scan float32 static T=50", dict(dtype=torch.float32, form="static", T=50,
+                                                   B=1, D=2, Rk=3), {}),
+        ]
+    return out
+
+
 def cases(which):
     """(name, problem kwargs, run kwargs)."""
     out = []
@@ -163,9 +254,11 @@ def main():
     ap.add_argument("--set", choices=("all", "flash", "race"), default="all")
     ap.add_argument("--list", action="store_true", help="print the case names and exit")
     args = ap.parse_args()
-    todo = cases(args.set)
+    todo = [(name, problem, run_case, pkw, rkw) for name, pkw, rkw in cases(args.set)]
+    todo += [(name, scan_problem, run_scan_case, pkw, rkw)
+             for name, pkw, rkw in scan_cases(args.set)]
     if args.list:
-        print("\n".join(name for name, _, _ in todo))
+        print("\n".join(name for name, *_ in todo))
         return 0
     if not torch.cuda.is_available():
         print("sanitize_cases: no CUDA device is available; nothing run")
@@ -175,10 +268,10 @@ def main():
         return 2
     failed = 0
     t_all = time.perf_counter()
-    for name, pkw, rkw in todo:
+    for name, make, run, pkw, rkw in todo:
         t0 = time.perf_counter()
         try:
-            run_case(problem(**pkw), **rkw)
+            run(make(**pkw), **rkw)
             print(f"ok    {name} ({time.perf_counter() - t0:.1f} s)", flush=True)
         except Exception as e:  # report and go on: the sanitizer output says more
             failed += 1

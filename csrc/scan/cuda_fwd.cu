@@ -1,0 +1,190 @@
+// CUDA forward of the decay scan (see cuda_kernel.h for the design and the
+// layouts): one block per (b, d), chunks of kThreads x kItems steps, one
+// cub::BlockScan of the step maps per state r and chunk, the state carried
+// across chunks by the scan's prefix callback.
+#include <cub/block/block_scan.cuh>
+#include <cuda_runtime.h>
+
+#include <climits>
+
+#include "scan/cuda_kernel.h"
+
+namespace itnet {
+namespace scan {
+namespace cuda {
+namespace {
+
+template <class T, int kThreads, int kItems>
+struct FwdTraits {
+  using A = Acc<T>;
+  using Pair = Affine<A>;
+  using BlockScan = cub::BlockScan<Pair, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+  static constexpr int64_t kChunk = int64_t(kThreads) * kItems;
+  // dynamic: the carried state of every r
+  static int64_t dynamic_smem(int64_t Rk) { return Rk * int64_t(sizeof(A)); }
+  static constexpr int64_t kStaticSmem = 2 * int64_t(sizeof(typename BlockScan::TempStorage));
+  // float: 512 threads per SM, i.e. at most 128 registers (ptxas would take
+  // up to 200 and halve the occupancy; the cap costs a few bytes of spills)
+  static constexpr int kMinBlocks = sizeof(A) == 4 ? 512 / kThreads : 1;
+};
+
+template <class T, int kThreads, int kItems, CudaDecayMode kMode>
+__global__ void __launch_bounds__(kThreads, FwdTraits<T, kThreads, kItems>::kMinBlocks)
+    scan_fwd_kernel(const ScanParams p, const CudaScanExtra ex) {
+  using Tr = FwdTraits<T, kThreads, kItems>;
+  using A = typename Tr::A;
+  using Pair = typename Tr::Pair;
+  // two scan buffers used in turn: consecutive scans need no extra barrier
+  // (a buffer is reused only after a whole scan, whose barriers every thread
+  // passes after it finished reading the buffer's previous contents)
+  __shared__ typename Tr::BlockScan::TempStorage scan_tmp[2];
+  extern __shared__ __align__(16) unsigned char smem[];
+  A* carry = reinterpret_cast<A*>(smem);  // [Rk]; thread 0 only once initialized
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t bd = blockIdx.x;
+  const int64_t D = p.D, Rk = p.Rk, T_ = p.T;
+  const int64_t b = bd / D, d = bd % D, g = d / p.group_size;
+  constexpr bool factored = kMode == CudaDecayMode::Factored;
+
+  const T* x = cptr<T>(p.x) + b * p.x_s.b + d * p.x_s.c;
+  const T* psi = cptr<T>(p.psi) + b * p.psi_s.b + g * p.psi_s.g;
+  const T* phi = p.y ? cptr<T>(p.phi) + b * p.phi_s.b + g * p.phi_s.g : nullptr;
+  const T* ld = factored ? nullptr : cptr<T>(p.log_decay) + b * p.ld_sb + d * p.ld_sd;
+  const T* dt = factored ? cptr<T>(p.dt) + b * p.dt_s.b + d * p.dt_s.c : nullptr;
+  const T* A_row = factored ? cptr<T>(p.A) + d * p.A_sd : nullptr;
+  T* y = p.y ? mptr<T>(p.y) + b * p.y_s.b + d * p.y_s.c : nullptr;
+  T* h_last = p.h_last ? mptr<T>(p.h_last) + bd * Rk : nullptr;
+  A* ckpt = ex.ckpt ? mptr<A>(ex.ckpt) + bd * ex.n_ckpt * Rk : nullptr;
+  const A skip = p.skip ? to_acc(cptr<T>(p.skip)[d]) : A(0);
+
+  {
+    const T* h0 = p.h0 ? cptr<T>(p.h0) + bd * Rk : nullptr;
+    for (int64_t r = tid; r < Rk; r += kThreads) carry[r] = h0 ? to_acc(h0[r]) : A(0);
+  }
+  __syncthreads();
+
+  int buf = 0;
+  const int64_t n_chunks = (T_ + Tr::kChunk - 1) / Tr::kChunk;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t t0 = c * Tr::kChunk + int64_t(tid) * kItems;
+    const bool active = t0 < T_;
+    const int nvalid = active ? static_cast<int>(T_ - t0 < kItems ? T_ - t0 : kItems) : 0;
+    A xv[kItems], pre[kItems], yv[kItems];
+    load_steps(x + t0, active, nvalid, xv);
+    chunk_decay<kMode>(dt, ld, t0, active, nvalid, pre);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) yv[i] = A(0);
+
+    for (int64_t r = 0; r < Rk; ++r) {
+      A e[kItems], ps[kItems], ph[kItems];
+      load_steps(psi + r * p.psi_s.r + t0, active, nvalid, ps);
+      step_decays<kMode>(ld, p.ld_sr, A_row, p.A_sr, r, t0, active, nvalid, pre, e);
+      if (y) load_steps(phi + r * p.phi_s.r + t0, active, nvalid, ph);
+
+      Pair agg = identity_map<A>();
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) agg = then(agg, step_map(e[i], ps[i], xv[i]));
+      CarryPrefix<A> prefix{tid == 0 ? carry[r] : A(0)};
+      Pair excl;  // the steps before this thread's first one (from the carried state)
+      typename Tr::BlockScan(scan_tmp[buf]).ExclusiveScan(agg, excl, ThenOp(), prefix);
+      buf ^= 1;
+      if (tid == 0) {
+        carry[r] = prefix.carry;  // the state after this chunk
+        if (h_last && c == n_chunks - 1) h_last[r] = from_acc<T>(prefix.carry);
+      }
+      // excl.b: the state before step t0
+      if (ckpt && active && t0 % ex.ckpt_every == 0) ckpt[(t0 / ex.ckpt_every) * Rk + r] = excl.b;
+      if (y) {
+        A h = excl.b;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          h = advance(e[i], h, ps[i], xv[i]);
+          yv[i] += ph[i] * h;
+        }
+      }
+    }
+    if (y && active) {
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) yv[i] += skip * xv[i];
+      store_items(y + t0, yv);
+    }
+  }
+}
+
+template <class T, int kThreads, int kItems, CudaDecayMode kMode>
+cudaError_t launch(const ScanParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
+  using Tr = FwdTraits<T, kThreads, kItems>;
+  auto* kernel = &scan_fwd_kernel<T, kThreads, kItems, kMode>;
+  const int64_t smem = Tr::dynamic_smem(p.Rk);
+  if (smem + Tr::kStaticSmem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<static_cast<unsigned>(p.B * p.D), kThreads, static_cast<size_t>(smem), stream>>>(p,
+                                                                                           ex);
+  return cudaSuccess;
+}
+
+template <class T, int kThreads, int kItems>
+cudaError_t launch_mode(const ScanParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
+  switch (ex.mode) {
+    case CudaDecayMode::Factored:
+      return launch<T, kThreads, kItems, CudaDecayMode::Factored>(p, ex, stream);
+    case CudaDecayMode::PerStep:
+      return launch<T, kThreads, kItems, CudaDecayMode::PerStep>(p, ex, stream);
+    case CudaDecayMode::PerState:
+      return launch<T, kThreads, kItems, CudaDecayMode::PerState>(p, ex, stream);
+    case CudaDecayMode::Full:
+      return launch<T, kThreads, kItems, CudaDecayMode::Full>(p, ex, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <class T>
+cudaError_t dispatch(const ScanParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
+  const CudaScanConfig cfg = cuda_scan_fwd_config(p.T);
+  if (cfg.threads == 32 && cfg.items == 4) return launch_mode<T, 32, 4>(p, ex, stream);
+  if (cfg.threads == 64 && cfg.items == 8) return launch_mode<T, 64, 8>(p, ex, stream);
+  if (cfg.threads == 128 && cfg.items == 16) return launch_mode<T, 128, 16>(p, ex, stream);
+  return cudaErrorInvalidConfiguration;
+}
+
+template <class T, int kThreads, int kItems>
+int64_t smem_of(int64_t Rk) {
+  using Tr = FwdTraits<T, kThreads, kItems>;
+  return Tr::kStaticSmem + Tr::dynamic_smem(Rk);
+}
+
+template <class T>
+int64_t smem_bytes(int64_t T_, int64_t Rk) {
+  const CudaScanConfig cfg = cuda_scan_fwd_config(T_);
+  if (cfg.threads == 32) return smem_of<T, 32, 4>(Rk);
+  if (cfg.threads == 64) return smem_of<T, 64, 8>(Rk);
+  return smem_of<T, 128, 16>(Rk);
+}
+
+}  // namespace
+}  // namespace cuda
+
+int64_t cuda_scan_fwd_smem(int64_t T, int64_t Rk, CudaDtype dtype) {
+  return dtype == CudaDtype::Double ? cuda::smem_bytes<double>(T, Rk)
+                                    : cuda::smem_bytes<float>(T, Rk);
+}
+
+cudaError_t cuda_scan_fwd(const ScanParams& p, const CudaScanExtra& ex, CudaDtype dtype,
+                          cudaStream_t stream) {
+  if (p.B * p.D <= 0 || p.B * p.D > INT_MAX || p.T <= 0 || p.Rk <= 0)
+    return cudaErrorInvalidValue;
+  switch (dtype) {
+    case CudaDtype::Float: return cuda::dispatch<float>(p, ex, stream);
+    case CudaDtype::Double: return cuda::dispatch<double>(p, ex, stream);
+    case CudaDtype::Half: return cuda::dispatch<__half>(p, ex, stream);
+    case CudaDtype::BFloat16: return cuda::dispatch<__nv_bfloat16>(p, ex, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace scan
+}  // namespace itnet
