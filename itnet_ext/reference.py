@@ -226,10 +226,28 @@ def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
     phic, psic = p.phi.to(cd), p.psi.to(cd)
     h = (initial_state.to(cd) if initial_state is not None
          else torch.zeros(B, D, Rk, dtype=cd, device=x.device))
+    # Per-step operands split off once with unbind: indexing x[:, t] inside the loop would
+    # make the backward write a full-size zero gradient per step (O(T^2) time).
+    grp = D // p.G
+    xs = xc.unbind(1)
+    phis = phic.repeat_interleave(grp, dim=2).unbind(1)                 # (B, D, Rk) each
+    psis = psic.repeat_interleave(grp, dim=2).unbind(1)
+    if p.form == "factored":
+        dts, A = p.dt.to(cd).unbind(1), p.A.to(cd)
+    elif p.form == "tensor" and p.log_decay.shape[1] != 1:
+        lds = p.log_decay.to(cd).unbind(1)
+    else:  # constant in time
+        ld0 = (p.log_decay if p.form == "static" else p.log_decay[:, 0]).to(cd)
     ys = []
     for t in range(T):
-        h = torch.exp(p.decay_at(t).to(cd)) * h + _by_channel(psic, t, D) * xc[:, t, :, None]
-        ys.append((_by_channel(phic, t, D) * h).sum(-1))
+        if p.form == "factored":
+            a = dts[t][..., None] * A
+        elif p.form == "tensor" and p.log_decay.shape[1] != 1:
+            a = lds[t]
+        else:
+            a = ld0
+        h = torch.exp(a) * h + psis[t] * xs[t][..., None]
+        ys.append((phis[t] * h).sum(-1))
     y = torch.stack(ys, 1) if T > 0 else xc.new_zeros(B, 0, D)
     if skip is not None:
         y = y + skip.to(cd) * xc

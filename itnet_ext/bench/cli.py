@@ -16,6 +16,7 @@ from .cuda import format_table as format_cuda_table
 from .cases import B, CONV_CH, CONV_K, DH, H, R, _attn_inputs, _conv_fns, _forward_fns, _passes
 from .measure import _Runner
 from .report import _cpu_seconds, _default_out, _metadata, _rows, _targets, format_table, write_json
+from .scan import main_scan
 
 
 # ======================================================================================
@@ -45,7 +46,8 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: --sizes 32,64 --big 128 --repeats 1, no inner loops")
+                   help="smoke test: --sizes 32,64 --big 128 --repeats 1, no inner loops "
+                        "(with --scan: T=32,96, D=64, 1 repeat)")
     p.add_argument("--out", default=None,
                    help="JSON output path (default bench/results/<device>_<date>_<time>.json)")
     p.add_argument("--no-print", action="store_true", help="do not print the table")
@@ -59,6 +61,18 @@ def build_parser():
                    help="timed seconds per measurement (3 to 50 repeats; default 0.2)")
     g.add_argument("--time-budget-s", type=float, default=75.0,
                    help="skip the measurements predicted to overrun this many seconds (default 75)")
+    g = p.add_argument_group("decay-scan section (--scan; see itnet_ext/bench/scan.py)")
+    g.add_argument("--scan", action="store_true",
+                   help="run the decay-scan benchmark instead: fused decay_scan vs the sequential loop, "
+                        "chunked SSD and the dense causal transform (B=2, D=1024, Rk=16)")
+    g.add_argument("--scan-sizes", default=None, help="comma list of T (default 1024,4096,16384)")
+    g.add_argument("--scan-chunk", type=int, default=None,
+                   help="ssd chunk length (default: the power of two nearest (2T)^(1/3))")
+    g.add_argument("--scan-loop-bwd-max-t", type=int, default=4096,
+                   help="skip the loop's fwd+bwd above this T (its autograd graph keeps every step)")
+    g.add_argument("--scan-dense-max-t", type=int, default=4096, help="skip dense above this T (O(T^2))")
+    g.add_argument("--scan-call-limit-s", type=float, default=120.0,
+                   help="skip a baseline whose call the previous T predicts to exceed this (default 120)")
     return p
 
 
@@ -178,6 +192,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.cuda:
         return main_cuda(args, parser)
+    if args.scan:
+        return main_scan(args, parser)
     result = run(args)
     out = Path(args.out) if args.out else _default_out(torch.device(args.device))
     path = write_json(result, out)
