@@ -3,7 +3,7 @@
 // widest vector; the lanes run over the state index r.
 //
 // Forward: per sub-block of channels, one pass over time; the states of the
-// sub-block (kCpuSubBlock x Rk) stay in L1.
+// sub-block (kCpuSubBlock x Rk) stay in L1 / L2.
 // Backward: the adjoint runs from the end, and needs h_{t-1}, h_t and the
 // decay e_t at every step. A first forward pass stores the state at the start
 // of every chunk of C steps (the checkpoints); then, chunk by chunk from the
@@ -122,9 +122,44 @@ inline const T* row4(const void* base, const Strides4& s, int64_t b, int64_t t, 
   return static_cast<const T*>(base) + b * s.b + t * s.t + g * s.g;  // r stride 1
 }
 
-// ------------------------------------------------------------------ forward --
+// The per-(t, channel) operands are read one sub-block row per step, rows D elements
+// apart: several such streams at once (x, dt or the log-decay, y) are more than the
+// hardware prefetchers follow, and each load then waits on memory. Every time loop
+// therefore asks for the rows kAhead steps ahead (behind, going backwards).
+constexpr int64_t kAhead = 8;
+
+inline void prefetch(const void* ptr, int64_t bytes, bool write = false) {
+  const char* a = static_cast<const char*>(ptr);
+  for (int64_t o = 0; o < bytes; o += 64) {
+    if (write) __builtin_prefetch(a + o, 1);
+    else __builtin_prefetch(a + o, 0);
+  }
+  if (write) __builtin_prefetch(a + bytes - 1, 1);
+  else __builtin_prefetch(a + bytes - 1, 0);
+}
+
+// The inputs of step t for channels [s0, s0 + ns): x and the decay operands.
 template <class T, int kMode>
-void fwd_item(const ScanParams& p, const Item& it) {
+inline void prefetch_inputs(const ScanParams& p, int64_t b, int64_t t, int64_t s0, int64_t ns) {
+  if (t < 0 || t >= p.T) return;
+  prefetch(static_cast<const T*>(p.x) + b * p.x_s.b + t * p.x_s.t + s0 * p.x_s.c, ns * sizeof(T));
+  if constexpr (kMode == kFactored) {
+    prefetch(static_cast<const T*>(p.dt) + b * p.dt_s.b + t * p.dt_s.t + s0 * p.dt_s.c,
+             ns * sizeof(T));
+  } else if constexpr (kMode == kScalar || kMode == kVector) {
+    const int64_t n = kMode == kScalar ? ns : (ns - 1) * p.ld_sd + p.Rk;
+    prefetch(static_cast<const T*>(p.log_decay) + b * p.ld_sb + t * p.ld_st + s0 * p.ld_sd,
+             n * sizeof(T));
+  }
+}
+
+// ------------------------------------------------------------------ forward --
+// The item functions work on a local copy of the params: at::vec's stores are may_alias
+// stores, after which GCC would reload every field of a params struct it only has by
+// reference (strides, pointers) at each step.
+template <class T, int kMode>
+void fwd_item(const ScanParams& params, const Item& it) {
+  const ScanParams p = params;
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
   const Layout<T> L(p.Rk);
@@ -138,6 +173,9 @@ void fwd_item(const ScanParams& p, const Item& it) {
     initial_states(p.h0, L, p.D, it.b, s0, ns, H.data());
     if constexpr (kMode == kStatic) static_decays(p, L, it.b, s0, ns, E.data());
     for (int64_t t = 0; t < p.T; ++t) {
+      prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, ns);
+      if (t + kAhead < p.T)
+        prefetch(y + it.b * p.y_s.b + (t + kAhead) * p.y_s.t + s0 * p.y_s.c, ns * sizeof(T), true);
       const T* phi = row4<T>(p.phi, p.phi_s, it.b, t, it.g);
       const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
       for (int64_t j = 0; j < ns; ++j) {
@@ -163,23 +201,26 @@ void fwd_item(const ScanParams& p, const Item& it) {
 
 // ----------------------------------------------------------------- backward --
 template <class T, int kMode>
-void bwd_item(const ScanBwdParams& p, const Item& it) {
+void bwd_item(const ScanBwdParams& params, const Item& it) {
+  const ScanBwdParams p = params;
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
   const Layout<T> L(p.Rk);
   const int64_t T_ = p.T, D = p.D, Rk = p.Rk, Rp = L.Rp;
   // Chunk length: the chunk's states and decays (2 C ns Rp values) stay in L2.
-  const int64_t C = std::clamp<int64_t>(16384 / (kCpuSubBlock * Rp), 4, 64);
+  // the widest sub-block of this item: the buffers and the chunk length are sized by it
+  const int64_t nsub = std::min(kCpuSubBlock, it.d1 - it.d0);
+  const int64_t C = std::clamp<int64_t>(16384 / (nsub * Rp), 4, 64);
   const int64_t nch = (T_ + C - 1) / C;
-  const int64_t row = kCpuSubBlock * Rp;  // one step of the sub-block's states
+  const int64_t row = nsub * Rp;  // one step of the sub-block's states
 
   std::vector<T> ckpt(std::max<int64_t>(nch, 1) * row), Hs(C * row), Es(C * row), Gc(row);
   std::vector<T> Est(kMode == kStatic ? row : 0);
   // per channel of the sub-block at one step: dy, x, dt; the dx and summed-da lanes
-  std::vector<T> dy_j(kCpuSubBlock), x_j(kCpuSubBlock), dt_j(kCpuSubBlock);
-  std::vector<T> dx_acc(kCpuSubBlock * VS), da_acc(kCpuSubBlock * VS);
-  std::vector<T> acc_row(row), acc_ch(kCpuSubBlock);  // per-channel sums (dA or static dld; dskip)
-  std::vector<T> acc_static1(kCpuSubBlock);           // static, state-broadcast dld
+  std::vector<T> dy_j(nsub), x_j(nsub), dt_j(nsub);
+  std::vector<T> dx_acc(nsub * VS), da_acc(nsub * VS);
+  std::vector<T> acc_row(row), acc_ch(nsub);  // per-channel sums (dA or static dld; dskip)
+  std::vector<T> acc_static1(nsub);           // static, state-broadcast dld
 
   const T* skip = static_cast<const T*>(p.skip);
   T* dx = static_cast<T*>(p.dx);
@@ -200,6 +241,7 @@ void bwd_item(const ScanBwdParams& p, const Item& it) {
     {
       std::vector<T> H(ckpt.begin(), ckpt.begin() + row);
       for (int64_t t = 0; t < (nch - 1) * C; ++t) {
+        prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, ns);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
         for (int64_t j = 0; j < ns; ++j) {
           const DecayAt<T, kMode> dec(p, it.b, t, s0 + j, Est.data() + j * Rp);
@@ -229,6 +271,9 @@ void bwd_item(const ScanBwdParams& p, const Item& it) {
       const int64_t t0 = c * C, t1 = std::min(T_, t0 + C);
       // recompute the chunk: Hs[t - t0] = h_t, Es[t - t0] = e_t
       for (int64_t t = t0; t < t1; ++t) {
+        // the chunk before this one is recomputed next: its first rows, kAhead early
+        prefetch_inputs<T, kMode>(p, it.b, t + kAhead < t1 ? t + kAhead : t0 - C + (t + kAhead - t1),
+                                  s0, ns);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
         const T* prev = t == t0 ? ckpt.data() + c * row : Hs.data() + (t - t0 - 1) * row;
         T* cur = Hs.data() + (t - t0) * row;
@@ -248,6 +293,18 @@ void bwd_item(const ScanBwdParams& p, const Item& it) {
       // phi / psi are loaded once per v and the dphi / dpsi sums over the channels stay in
       // registers (a j-outer order would chain every channel through a store and a load).
       for (int64_t t = t1 - 1; t >= t0; --t) {
+        if (t - kAhead >= t0) {  // (the rows of x, dt are in cache from the recompute)
+          const int64_t u = t - kAhead;
+          prefetch(static_cast<const T*>(p.dy) + it.b * p.dy_s.b + u * p.dy_s.t + s0 * p.dy_s.c,
+                   ns * sizeof(T));
+          prefetch(dx + it.b * p.dx_s.b + u * p.dx_s.t + s0 * p.dx_s.c, ns * sizeof(T), true);
+          if constexpr (kMode == kFactored)
+            prefetch(ddt + (it.b * T_ + u) * D + s0, ns * sizeof(T), true);
+          else if constexpr (kMode == kScalar)
+            prefetch(dld + (it.b * T_ + u) * D + s0, ns * sizeof(T), true);
+          else if constexpr (kMode == kVector)
+            prefetch(dld + ((it.b * T_ + u) * D + s0) * Rk, ns * Rk * sizeof(T), true);
+        }
         const T* phi = row4<T>(p.phi, p.phi_s, it.b, t, it.g);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
         const T* prev = t == t0 ? ckpt.data() + c * row : Hs.data() + (t - t0 - 1) * row;

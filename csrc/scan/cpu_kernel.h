@@ -19,7 +19,7 @@ namespace scan {
 
 // Channels whose states one pass over time keeps in cache (the backward also
 // keeps a few steps of them per chunk: see cpu_kernel.cpp).
-constexpr int64_t kCpuSubBlock = 32;
+constexpr int64_t kCpuSubBlock = 64;
 
 struct CpuWork {
   int64_t blocks_per_group = 1;  // = n_parts of the backward's dphi / dpsi

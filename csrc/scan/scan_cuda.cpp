@@ -158,18 +158,19 @@ Grads empty_grads(const Prepared& pr, const at::Tensor& dh_last, const at::Tenso
                   const c10::optional<at::Tensor>& initial_state) {
   const ScanParams& p = pr.params;
   const auto opt = x.options();
-  const at::Tensor none = at::empty({0}, opt);
+  // a fresh empty tensor per absent input: outputs of an op must not alias
+  const auto none = [&] { return at::empty({0}, opt); };
   const bool factored = p.form == DecayForm::Factored;
-  at::Tensor dh0 = none;
+  at::Tensor dh0 = none();
   if (initial_state.has_value())  // h_last = h0
     dh0 = dh_last.defined() ? dh_last.clone() : at::zeros({p.B, p.D, p.Rk}, opt);
   return {at::zeros({p.B, p.T, p.D}, opt),
-          factored ? none : at::zeros(log_decay->sizes(), opt),
-          factored ? at::zeros({p.B, p.T, p.D}, opt) : none,
-          factored ? at::zeros({p.D, p.Rk}, opt) : none,
+          factored ? none() : at::zeros(log_decay->sizes(), opt),
+          factored ? at::zeros({p.B, p.T, p.D}, opt) : none(),
+          factored ? at::zeros({p.D, p.Rk}, opt) : none(),
           at::zeros(phi.sizes(), opt),
           at::zeros(phi.sizes(), opt),
-          skip.has_value() ? at::zeros({p.D}, opt) : none,
+          skip.has_value() ? at::zeros({p.D}, opt) : none(),
           dh0};
 }
 
@@ -236,12 +237,13 @@ Grads decay_scan_bwd_cuda(const at::Tensor& grad_y, const c10::optional<at::Tens
   }
 
   // dphi / dpsi: (n_parts, B, G, Rk, Tp) partial sums over the channels of a group
-  // Per-channel parts cost 2 x 4 x B D Rk T bytes: taken in deterministic mode up to
-  // kMaxPartBytes; beyond, the atomics path, which alertNotDeterministic reports (an
+  // Per-channel parts cost 2 x sizeof(acc) x B D Rk T bytes: taken in deterministic mode
+  // up to kMaxPartBytes; beyond, the atomics path, which alertNotDeterministic reports (an
   // error, or a warning with warn_only=True) rather than allocating many GB.
   constexpr int64_t kMaxPartBytes = int64_t(1) << 30;
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  const bool parts_fit = 8 * B * p.D * Rk * Tp <= kMaxPartBytes;
+  const int64_t acc_bytes = static_cast<int64_t>(c10::elementSize(aopt.dtype().toScalarType()));
+  const bool parts_fit = 2 * acc_bytes * B * p.D * Rk * Tp <= kMaxPartBytes;
   const int64_t n_parts = p.group_size > 1 && deterministic && parts_fit ? p.group_size : 1;
   const bool atomics = n_parts == 1 && p.group_size > 1;
   if (atomics) at::globalContext().alertNotDeterministic("itnet::decay_scan_bwd (CUDA)");
@@ -279,7 +281,8 @@ Grads decay_scan_bwd_cuda(const at::Tensor& grad_y, const c10::optional<at::Tens
   C10_CUDA_CHECK(cuda_scan_bwd(p, ex, dtype, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const at::Tensor none = at::empty({0}, opt);
+  // a fresh empty tensor per absent input: outputs of an op must not alias
+  const auto none = [&] { return at::empty({0}, opt); };
   // (B, D, Tp) time-major -> (B, T, D)
   auto from_tm = [T](const at::Tensor& t) {
     return t.narrow(2, 0, T).transpose(1, 2).contiguous();
@@ -295,13 +298,13 @@ Grads decay_scan_bwd_cuda(const at::Tensor& grad_y, const c10::optional<at::Tens
     dld = reduce_log_decay_grad(pb.permute({0, 3, 1, 2}), *log_decay).contiguous();
   }
   return {from_tm(dx_tm),
-          dld.defined() ? dld : none,
-          ddt_tm.defined() ? from_tm(ddt_tm) : none,
-          dA_pb.defined() ? dA_pb.sum(0).to(x.scalar_type()) : none,
+          dld.defined() ? dld : none(),
+          ddt_tm.defined() ? from_tm(ddt_tm) : none(),
+          dA_pb.defined() ? dA_pb.sum(0).to(x.scalar_type()) : none(),
           group_grad(dphi_pp),
           group_grad(dpsi_pp),
-          dskip_pb.defined() ? dskip_pb.sum(0).to(x.scalar_type()) : none,
-          dh0.defined() ? dh0 : none};
+          dskip_pb.defined() ? dskip_pb.sum(0).to(x.scalar_type()) : none(),
+          dh0.defined() ? dh0 : none()};
 }
 
 }  // namespace
