@@ -42,7 +42,8 @@ std::tuple<at::Tensor, at::Tensor> decay_scan_fwd_cpu(
   p.h_last = h_last.data_ptr();
   const CpuWork w = cpu_work(p, at::get_num_threads());
   const FwdFn fn = x.scalar_type() == at::kDouble ? cpu_kernels().fwd_f64 : cpu_kernels().fwd_f32;
-  at::parallel_for(0, w.items(p), 1, [&](int64_t b, int64_t e) { fn(p, w, b, e); });
+  if (p.B * p.D > 0)
+    at::parallel_for(0, w.items(p), 1, [&](int64_t b, int64_t e) { fn(p, w, b, e); });
   return {y, h_last};
 }
 
@@ -96,7 +97,8 @@ Grads decay_scan_bwd_cpu(const at::Tensor& grad_y, const c10::optional<at::Tenso
   p.dh0 = dh0.data_ptr();
 
   const BwdFn fn = x.scalar_type() == at::kDouble ? cpu_kernels().bwd_f64 : cpu_kernels().bwd_f32;
-  at::parallel_for(0, w.items(p), 1, [&](int64_t b, int64_t e) { fn(p, w, b, e); });
+  if (B * D > 0)  // (D = 0 would make empty channel blocks)
+    at::parallel_for(0, w.items(p), 1, [&](int64_t b, int64_t e) { fn(p, w, b, e); });
 
   // a fresh empty tensor per absent input: outputs of an op must not alias
   const auto none = [&] { return at::empty({0}, opt); };
