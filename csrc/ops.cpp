@@ -38,12 +38,17 @@ TORCH_LIBRARY(itnet, m) {
   // itnet_ext.functional.decay_scan). log_decay is 4-D (B|1, T|1, D, Rk|1),
   // or None with the factored pair (dt (B, T, D), A (D, Rk)); phi / psi are
   // (B, T, G, Rk). Returns y (B, T, D) and the state after the last step.
+  // checkpoint=True (CPU) also returns the state before every 64th step,
+  // (B, D, ceil(T / 64), Rk), for the backward; otherwise an empty tensor.
   m.def("decay_scan_fwd(Tensor x, Tensor? log_decay, Tensor? dt, Tensor? A, Tensor phi, "
-        "Tensor psi, Tensor? skip, Tensor? initial_state) -> (Tensor y, Tensor final_state)");
+        "Tensor psi, Tensor? skip, Tensor? initial_state, bool checkpoint=False) -> "
+        "(Tensor y, Tensor final_state, Tensor checkpoints)");
   // Gradients w.r.t. (x, log_decay, dt, A, phi, psi, skip, initial_state); an
-  // input that was not given gets an empty tensor.
+  // input that was not given gets an empty tensor. checkpoints: the forward's
+  // (optional; kernels that do not use them recompute the states).
   m.def("decay_scan_bwd(Tensor grad_y, Tensor? grad_final_state, Tensor x, Tensor? log_decay, "
-        "Tensor? dt, Tensor? A, Tensor phi, Tensor psi, Tensor? skip, Tensor? initial_state) -> "
+        "Tensor? dt, Tensor? A, Tensor phi, Tensor psi, Tensor? skip, Tensor? initial_state, "
+        "Tensor? checkpoints=None) -> "
         "(Tensor dx, Tensor dlog_decay, Tensor ddt, Tensor dA, Tensor dphi, Tensor dpsi, "
         "Tensor dskip, Tensor dinitial_state)");
   m.def("cpu_capability() -> str", &itnet::dense::cpu_capability_in_use);

@@ -128,7 +128,9 @@ def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
     Kernels: CPU float32 / float64, parallel over (batch, group, channel block) and
     vectorized over the state; CUDA float32 / float64 / float16 / bfloat16 (float32 state):
     a chunked block scan (cub::BlockScan) per (batch, channel). Both backwards recompute the
-    states from checkpoints: no (B, T, D, Rk) tensor is stored. The CPU backward is
+    states chunk by chunk from checkpoints (on CPU the forward saves the state every 64 steps
+    when a backward will run, 1/64 of the states): no (B, T, D, Rk) tensor is stored. The
+    CPU backward is
     deterministic; the CUDA one adds dphi / dpsi over the channels of a group with atomics
     (in deterministic mode: per-channel partial sums up to 1 GiB, else PyTorch's
     nondeterminism error).
@@ -139,8 +141,11 @@ def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
     ld = p.log_decay
     if p.form == "static":
         ld = ld.reshape(1, 1, p.D, p.Rk)
-    y, h_last = torch.ops.itnet.decay_scan_fwd(x, ld, p.dt, p.A, p.phi, p.psi, skip,
-                                               initial_state)
+    # the CPU forward saves the state every 64 steps for the backward when one will run
+    tensors = (x, ld, p.dt, p.A, p.phi, p.psi, skip, initial_state)
+    checkpoint = (x.device.type == "cpu" and torch.is_grad_enabled()
+                  and any(t is not None and t.requires_grad for t in tensors))
+    y, h_last, _ = torch.ops.itnet.decay_scan_fwd(*tensors, checkpoint)
     return (y, h_last) if return_final_state else y
 
 

@@ -320,6 +320,10 @@ def test_opcheck_cuda(form, dtype):
     gh = torch.randn(x.shape[0], x.shape[2], args[4].shape[-1], dtype=dtype, device="cuda")
     torch.library.opcheck(torch.ops.itnet.decay_scan_bwd.default, (gy, gh) + args)
     torch.library.opcheck(torch.ops.itnet.decay_scan_bwd.default, (gy, None) + args)
+    # checkpoint=True is a CPU option: on CUDA the third output stays empty
+    y, hT, ck = torch.ops.itnet.decay_scan_fwd(*args, True)
+    assert ck.numel() == 0 and torch.equal(y, torch.ops.itnet.decay_scan_fwd(*args)[0])
+    torch.library.opcheck(torch.ops.itnet.decay_scan_fwd.default, args + (True,))
 
 
 def test_noncontiguous_inputs():

@@ -128,6 +128,42 @@ def test_opcheck(form):
     torch.library.opcheck(torch.ops.itnet.decay_scan_bwd.default, (y, None) + args)
 
 
+@pytest.mark.parametrize("form", ["full", "channel", "static", "factored"])
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
+def test_checkpoints_from_forward(form, T):
+    """The backward gives the same gradients, bitwise, from the forward's checkpoints (the
+    state every 64 steps) as from its own pass over the recurrence."""
+    args = _op_args(form, T=T, D=40, Rk=19, G=2)
+    x = args[0]
+    y, hT, ck = torch.ops.itnet.decay_scan_fwd(*args, True)
+    y0, hT0, ck0 = torch.ops.itnet.decay_scan_fwd(*args)
+    assert torch.equal(y, y0) and torch.equal(hT, hT0) and ck0.numel() == 0
+    assert ck.shape == (x.shape[0], x.shape[2], (T + 63) // 64, 19)
+    # checkpoint c is the state before step 64 c: the final state of a scan of 64 c steps
+    for c in range(ck.shape[2]):
+        if c == 0:
+            assert torch.equal(ck[:, :, 0], args[7])
+            continue
+        cut = [a[:, :64 * c] if a is not None and a.dim() >= 3 and a.shape[1] == T else a
+               for a in args]
+        assert rel(ck[:, :, c], torch.ops.itnet.decay_scan_fwd(*cut)[1]) <= 1e-12
+    gy = torch.randn_like(y)
+    gh = torch.randn_like(hT)
+    with_ck = torch.ops.itnet.decay_scan_bwd(gy, gh, *args, ck)
+    without = torch.ops.itnet.decay_scan_bwd(gy, gh, *args)
+    for a, b in zip(with_ck, without):
+        assert torch.equal(a, b)
+    torch.library.opcheck(torch.ops.itnet.decay_scan_fwd.default, args + (True,))
+    torch.library.opcheck(torch.ops.itnet.decay_scan_bwd.default, (gy, gh) + args + (ck,))
+
+
+def test_checkpoints_wrong_shape():
+    args = _op_args("full", T=70, D=4, Rk=3)
+    y, hT, ck = torch.ops.itnet.decay_scan_fwd(*args, True)
+    with pytest.raises(RuntimeError, match=r"checkpoints: expected the forward's \(2, 4, 2, 3\)"):
+        torch.ops.itnet.decay_scan_bwd(torch.ones_like(y), None, *args, ck[:, :, :1])
+
+
 def test_opcheck_without_optionals_and_noncontiguous():
     x, ld, dt, A, phi, psi, _, _ = _op_args("full", T=6, D=6)
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)        # (B, T, D), not contiguous

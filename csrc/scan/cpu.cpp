@@ -27,11 +27,11 @@ CpuKernelTable cpu_kernels() {
 
 const at::ScalarType kCpuDtypes[] = {at::kFloat, at::kDouble};
 
-std::tuple<at::Tensor, at::Tensor> decay_scan_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decay_scan_fwd_cpu(
     const at::Tensor& x, const c10::optional<at::Tensor>& log_decay,
     const c10::optional<at::Tensor>& dt, const c10::optional<at::Tensor>& A,
     const at::Tensor& phi, const at::Tensor& psi, const c10::optional<at::Tensor>& skip,
-    const c10::optional<at::Tensor>& initial_state) {
+    const c10::optional<at::Tensor>& initial_state, bool checkpoint) {
   Prepared pr = prepare(x, log_decay, dt, A, phi, psi, skip, initial_state, "decay_scan_fwd",
                         kCpuDtypes);
   ScanParams& p = pr.params;
@@ -40,11 +40,14 @@ std::tuple<at::Tensor, at::Tensor> decay_scan_fwd_cpu(
   p.y = y.data_ptr();
   p.y_s = {p.T * p.D, p.D, 1};
   p.h_last = h_last.data_ptr();
+  at::Tensor ckpt = checkpoint ? at::empty({p.B, p.D, num_checkpoints(p.T), p.Rk}, x.options())
+                               : at::empty({0}, x.options());
+  p.ckpt = checkpoint ? ckpt.data_ptr() : nullptr;
   const CpuWork w = cpu_work(p, at::get_num_threads());
   const FwdFn fn = x.scalar_type() == at::kDouble ? cpu_kernels().fwd_f64 : cpu_kernels().fwd_f32;
   if (p.B * p.D > 0)
     at::parallel_for(0, w.items(p), 1, [&](int64_t b, int64_t e) { fn(p, w, b, e); });
-  return {y, h_last};
+  return {y, h_last, ckpt};
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -55,10 +58,12 @@ Grads decay_scan_bwd_cpu(const at::Tensor& grad_y, const c10::optional<at::Tenso
                          const c10::optional<at::Tensor>& dt, const c10::optional<at::Tensor>& A,
                          const at::Tensor& phi, const at::Tensor& psi,
                          const c10::optional<at::Tensor>& skip,
-                         const c10::optional<at::Tensor>& initial_state) {
+                         const c10::optional<at::Tensor>& initial_state,
+                         const c10::optional<at::Tensor>& checkpoints) {
   Prepared pr = prepare(x, log_decay, dt, A, phi, psi, skip, initial_state, "decay_scan_bwd",
                         kCpuDtypes);
   auto [dy, dh_last] = check_cotangents(pr, grad_y, grad_final, "decay_scan_bwd");
+  const at::Tensor ckpt = check_checkpoints(pr, checkpoints, "decay_scan_bwd");
   ScanBwdParams p;
   static_cast<ScanParams&>(p) = pr.params;
   const int64_t B = p.B, T = p.T, D = p.D, G = p.G, Rk = p.Rk;
@@ -89,6 +94,7 @@ Grads decay_scan_bwd_cpu(const at::Tensor& grad_y, const c10::optional<at::Tenso
   p.dy = dy.data_ptr();
   p.dy_s = {T * D, D, 1};
   p.dh_last = dh_last.defined() ? dh_last.data_ptr() : nullptr;
+  p.ckpt_in = ckpt.defined() ? ckpt.data_ptr() : nullptr;
   p.dx = dx.data_ptr();
   p.dx_s = {T * D, D, 1};
   p.dphi = dphi.data_ptr();

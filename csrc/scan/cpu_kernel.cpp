@@ -167,12 +167,19 @@ void fwd_item(const ScanParams& params, const Item& it) {
   const T* skip = static_cast<const T*>(p.skip);
   T* y = static_cast<T*>(p.y);
   T* h_last = static_cast<T*>(p.h_last);
+  T* ckpt = static_cast<T*>(p.ckpt);
+  const int64_t n_ckpt = num_checkpoints(p.T);
 
   for (int64_t s0 = it.d0; s0 < it.d1; s0 += kCpuSubBlock) {
     const int64_t ns = std::min(kCpuSubBlock, it.d1 - s0);
     initial_states(p.h0, L, p.D, it.b, s0, ns, H.data());
     if constexpr (kMode == kStatic) static_decays(p, L, it.b, s0, ns, E.data());
     for (int64_t t = 0; t < p.T; ++t) {
+      if (ckpt && t % kCkptEvery == 0) {
+        for (int64_t j = 0; j < ns; ++j)
+          std::copy(H.data() + j * L.Rp, H.data() + j * L.Rp + L.Rk,
+                    ckpt + ((it.b * p.D + s0 + j) * n_ckpt + t / kCkptEvery) * L.Rk);
+      }
       prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, ns);
       if (t + kAhead < p.T)
         prefetch(y + it.b * p.y_s.b + (t + kAhead) * p.y_s.t + s0 * p.y_s.c, ns * sizeof(T), true);
@@ -207,10 +214,12 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
   constexpr int64_t VS = V::size();
   const Layout<T> L(p.Rk);
   const int64_t T_ = p.T, D = p.D, Rk = p.Rk, Rp = L.Rp;
-  // Chunk length: the chunk's states and decays (2 C ns Rp values) stay in L2.
-  // the widest sub-block of this item: the buffers and the chunk length are sized by it
-  const int64_t nsub = std::min(kCpuSubBlock, it.d1 - it.d0);
-  const int64_t C = std::clamp<int64_t>(16384 / (nsub * Rp), 4, 64);
+  // Chunks of kCkptEvery steps, so that the forward's checkpoints (when given) are the
+  // chunk starts; sub-blocks of channels small enough for a chunk's states and decays
+  // (2 C nsub Rp values) to stay in L2.
+  const int64_t C = kCkptEvery;
+  const int64_t nsub =
+      std::min(std::clamp<int64_t>(32768 / (C * Rp), 1, kCpuSubBlock), it.d1 - it.d0);
   const int64_t nch = (T_ + C - 1) / C;
   const int64_t row = nsub * Rp;  // one step of the sub-block's states
 
@@ -232,13 +241,20 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
   T* dpsi = static_cast<T*>(p.dpsi) + part_off;
   const int64_t part_row = p.G * Rk;
 
-  for (int64_t s0 = it.d0; s0 < it.d1; s0 += kCpuSubBlock) {
-    const int64_t ns = std::min(kCpuSubBlock, it.d1 - s0);
+  for (int64_t s0 = it.d0; s0 < it.d1; s0 += nsub) {
+    const int64_t ns = std::min(nsub, it.d1 - s0);
     if constexpr (kMode == kStatic) static_decays(p, L, it.b, s0, ns, Est.data());
 
-    // checkpoints: the state before step c * C, for every chunk c
-    initial_states(p.h0, L, D, it.b, s0, ns, ckpt.data());
-    {
+    // checkpoints: the state before step c * C, for every chunk c; the forward's, or
+    // from one more pass of the recurrence
+    if (p.ckpt_in) {
+      const T* src = static_cast<const T*>(p.ckpt_in);
+      for (int64_t c = 0; c < nch; ++c)  // (padding lanes stay 0 from the allocation)
+        for (int64_t j = 0; j < ns; ++j)
+          std::copy_n(src + ((it.b * D + s0 + j) * nch + c) * Rk, Rk,
+                      ckpt.data() + c * row + j * Rp);
+    } else {
+      initial_states(p.h0, L, D, it.b, s0, ns, ckpt.data());
       std::vector<T> H(ckpt.begin(), ckpt.begin() + row);
       for (int64_t t = 0; t < (nch - 1) * C; ++t) {
         prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, ns);

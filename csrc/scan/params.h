@@ -31,6 +31,12 @@ struct Strides4 {
   int64_t b = 0, t = 0, g = 0, r = 0;
 };
 
+// The forward can save the state before every kCkptEvery-th step (the
+// `checkpoint` flag of decay_scan_fwd), so that the backward need not run the
+// recurrence once more just to find where its chunks start.
+constexpr int64_t kCkptEvery = 64;
+inline int64_t num_checkpoints(int64_t T) { return (T + kCkptEvery - 1) / kCkptEvery; }
+
 struct ScanParams {
   int64_t B = 0, T = 0, D = 0, Rk = 0;
   int64_t G = 1;           // groups of phi / psi
@@ -55,6 +61,9 @@ struct ScanParams {
   void* y = nullptr;  // (B, T, D)
   Strides3 y_s;
   void* h_last = nullptr;  // (B, D, Rk) contiguous: the state after the last step
+  // (B, D, num_checkpoints(T), Rk) contiguous, or null: the state before step
+  // c * kCkptEvery (written by the CPU forward when given)
+  void* ckpt = nullptr;
 };
 
 // The backward reads ScanParams' inputs plus the cotangents and writes the
@@ -71,6 +80,7 @@ struct ScanBwdParams : ScanParams {
   const void* dy = nullptr;  // (B, T, D)
   Strides3 dy_s;
   const void* dh_last = nullptr;  // (B, D, Rk) contiguous, or null (zeros)
+  const void* ckpt_in = nullptr;  // the forward's checkpoints (see ScanParams::ckpt), or null
 
   void* dx = nullptr;  // (B, T, D)
   Strides3 dx_s;

@@ -141,6 +141,20 @@ std::pair<at::Tensor, at::Tensor> check_cotangents(const Prepared& pr, const at:
   return {grad_y.contiguous(), gf};
 }
 
+at::Tensor check_checkpoints(const Prepared& pr, const c10::optional<at::Tensor>& checkpoints,
+                             const char* op) {
+  if (!checkpoints.has_value() || checkpoints->numel() == 0) return at::Tensor();
+  const ScanParams& p = pr.params;
+  const at::Tensor& c = *checkpoints;
+  check_like_x(c, pr.x, op, "checkpoints");
+  const int64_t n = num_checkpoints(p.T);
+  TORCH_CHECK(c.dim() == 4 && c.size(0) == p.B && c.size(1) == p.D && c.size(2) == n &&
+                  c.size(3) == p.Rk,
+              op, ": checkpoints: expected the forward's (", p.B, ", ", p.D, ", ", n, ", ", p.Rk,
+              "), got ", shape_str(c));
+  return c.contiguous();
+}
+
 at::Tensor reduce_log_decay_grad(const at::Tensor& per_batch, const at::Tensor& log_decay) {
   at::Tensor g = per_batch;
   if (log_decay.size(0) == 1 && g.size(0) != 1) g = g.sum(0, /*keepdim=*/true);

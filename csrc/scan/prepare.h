@@ -37,6 +37,11 @@ std::pair<at::Tensor, at::Tensor> check_cotangents(const Prepared& pr, const at:
                                                    const c10::optional<at::Tensor>& grad_final,
                                                    const char* op);
 
+// The forward's checkpoints, if given and not empty: (B, D, num_checkpoints(T), Rk),
+// on x's device, in x's dtype. Returns a contiguous copy, or an undefined tensor.
+at::Tensor check_checkpoints(const Prepared& pr, const c10::optional<at::Tensor>& checkpoints,
+                             const char* op);
+
 // Gradient of the log-decay in the shape of the `log_decay` argument from the
 // per-batch buffer (B, ld_T, D, ld_R) a kernel wrote (sums over B if needed).
 at::Tensor reduce_log_decay_grad(const at::Tensor& per_batch, const at::Tensor& log_decay);

@@ -111,13 +111,16 @@ void check_grid(const ScanParams& p, const char* op) {
               " is more than one launch supports (", INT_MAX, ")");
 }
 
-std::tuple<at::Tensor, at::Tensor> decay_scan_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decay_scan_fwd_cuda(
     const at::Tensor& x, const c10::optional<at::Tensor>& log_decay,
     const c10::optional<at::Tensor>& dt, const c10::optional<at::Tensor>& A,
     const at::Tensor& phi, const at::Tensor& psi, const c10::optional<at::Tensor>& skip,
-    const c10::optional<at::Tensor>& initial_state) {
+    const c10::optional<at::Tensor>& initial_state, bool checkpoint) {
   constexpr const char* op = "decay_scan_fwd";
   check_on_cuda(x, op);
+  // `checkpoint` is a CPU option: the CUDA backward stores its own checkpoints (at its
+  // chunk length) when it runs, so the third output is empty here (as the fake kernel says)
+  (void)checkpoint;
   const c10::cuda::CUDAGuard guard(x.device());
   Prepared pr = prepare(x, log_decay, dt, A, phi, psi, skip, initial_state, op, kCudaDtypes);
   ScanParams p = pr.params;
@@ -126,7 +129,8 @@ std::tuple<at::Tensor, at::Tensor> decay_scan_fwd_cuda(
   if (B == 0 || D == 0 || T == 0) {
     // nothing to scan: the final state is the initial one
     return {at::empty({B, T, D}, opt),
-            initial_state.has_value() ? pr.h0.clone() : at::zeros({B, D, Rk}, opt)};
+            initial_state.has_value() ? pr.h0.clone() : at::zeros({B, D, Rk}, opt),
+            at::empty({0}, opt)};
   }
   check_grid(p, op);
   const CudaDtype dtype = cuda_dtype(x.scalar_type());
@@ -145,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor> decay_scan_fwd_cuda(
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // `keep` is released on return; the caching allocator keeps the memory for
   // the kernel, which runs on the same stream
-  return {y_tm.narrow(2, 0, T).transpose(1, 2).contiguous(), h_last};
+  return {y_tm.narrow(2, 0, T).transpose(1, 2).contiguous(), h_last, at::empty({0}, opt)};
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -179,7 +183,8 @@ Grads decay_scan_bwd_cuda(const at::Tensor& grad_y, const c10::optional<at::Tens
                           const c10::optional<at::Tensor>& dt, const c10::optional<at::Tensor>& A,
                           const at::Tensor& phi, const at::Tensor& psi,
                           const c10::optional<at::Tensor>& skip,
-                          const c10::optional<at::Tensor>& initial_state) {
+                          const c10::optional<at::Tensor>& initial_state,
+                          const c10::optional<at::Tensor>& /*checkpoints: CPU only*/) {
   constexpr const char* op = "decay_scan_bwd";
   check_on_cuda(x, op);
   const c10::cuda::CUDAGuard guard(x.device());
