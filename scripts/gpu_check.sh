@@ -16,6 +16,8 @@
 #   memcheck   compute-sanitizer --tool memcheck  on scripts/sanitize_cases.py --set all
 #   racecheck  compute-sanitizer --tool racecheck on scripts/sanitize_cases.py --set race
 #   bench      python3 -m itnet_ext.bench --cuda                        -> bench_cuda.json
+#   bench_scan python3 -m itnet_ext.bench --scan --device cuda (T = 1024, 4096)
+#                                                                       -> bench_scan_cuda.json
 # then OUTDIR/summary.md (scripts/gpu_check_summary.py), printed at the end, and copies
 # ready for bench/results/ in OUTDIR/results/ (cuda_<card>_<date>.json, gpu_check_<card>_<date>.md).
 #
@@ -259,6 +261,13 @@ run_step bench 80 10 "$PY" -m itnet_ext.bench --cuda --time-budget-s "$BENCH_BUD
 if grep -q "^CUDA section skipped" "$OUT/bench.log" 2>/dev/null; then
   sed -i '$ s/\tok\t/\tskipped\t/' "$OUT/steps.tsv"
 fi
+# the decay scan on the GPU: fused scan vs loop / chunked SSD / dense, T = 1024 and 4096
+if [[ $HAVE_KERNELS == 1 ]]; then
+  run_step bench_scan 45 10 "$PY" -m itnet_ext.bench --scan --device cuda \
+    --scan-sizes 1024,4096 --budget-s 3 --scan-call-limit-s 5 --out "$OUT/bench_scan_cuda.json"
+else
+  record bench_scan "skipped" 0 "no GPU or no CUDA kernels"
+fi
 
 # ------------------------------------------------------------------------------------------
 # f. summary
@@ -278,6 +287,8 @@ mkdir -p "$OUT/results"
 CARD="$(echo "${GPU_NAME:-nogpu}" | xargs | tr -cs 'A-Za-z0-9' '_' | sed 's/_$//')"
 STAMP="$(date -u +%Y-%m-%d_%H%M%S)"
 [[ -f "$OUT/bench_cuda.json" ]] && cp "$OUT/bench_cuda.json" "$OUT/results/cuda_${CARD}_${STAMP}.json"
+[[ -f "$OUT/bench_scan_cuda.json" ]] &&
+  cp "$OUT/bench_scan_cuda.json" "$OUT/results/scan_cuda_${CARD}_${STAMP}.json"
 cp "$OUT/summary.md" "$OUT/results/gpu_check_${CARD}_${STAMP}.md"
 
 if [[ -s "$OUT/diag.log" ]]; then

@@ -146,6 +146,10 @@ def main(out):
     md += ["", "## Benchmark (python -m itnet_ext.bench --cuda)", ""]
     table = bench_table(out)
     md += ["```", table, "```"] if table else ["not run or no table (see bench.log)"]
+    scan = (read(out / "bench_scan.log") or "").strip().splitlines()
+    if scan:
+        md += ["", "## Decay-scan benchmark (python -m itnet_ext.bench --scan --device cuda)", "",
+               "```", *scan[-40:], "```"]
     text = "\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text

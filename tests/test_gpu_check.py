@@ -50,7 +50,8 @@ def test_gpu_check_without_gpu(tmp_path):
              for line in (tmp_path / "steps.tsv").read_text().splitlines()}
     assert steps == {"env": "ok", "build": "skipped", "kernels": "skipped", "diag": "skipped",
                      "tests": "ok",
-                     "memcheck": "skipped", "racecheck": "skipped", "bench": "skipped"}
+                     "memcheck": "skipped", "racecheck": "skipped", "bench": "skipped",
+                     "bench_scan": "skipped"}
     summary = (tmp_path / "summary.md").read_text()
     assert summary in proc.stdout
     assert "CUDA section skipped" in summary and " passed, 0 failed, 0 errors" in summary
