@@ -7,6 +7,7 @@
 
 #include <climits>
 
+#include "scan/cuda_common.cuh"
 #include "scan/cuda_kernel.h"
 
 namespace itnet {

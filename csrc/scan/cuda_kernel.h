@@ -1,6 +1,7 @@
 // Interface between the CUDA entry points of the decay scan (scan_cuda.cpp)
-// and its kernels (cuda_fwd.cu, cuda_bwd.cu). Plain C++ and the CUDA runtime
-// API: no ATen, no torch headers.
+// and its kernels (cuda_fwd.cu, cuda_bwd.cu; their shared device helpers are
+// in cuda_common.cuh). Plain C++ and the CUDA runtime API: no ATen, no torch
+// headers.
 //
 // Kernel design (both passes): one thread block per (batch, channel), the
 // grid's x dimension running over B * D. The block walks time in chunks of
@@ -42,17 +43,6 @@
 #include <cstdint>
 
 #include "scan/params.h"
-
-#if defined(__CUDACC__)
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include <cstring>
-#include <type_traits>
-
-#include "common/math.h"
-#include "scan/step.h"
-#endif
 
 namespace itnet {
 namespace scan {
@@ -138,191 +128,6 @@ cudaError_t cuda_scan_fwd(const ScanParams& p, const CudaScanExtra& ex, CudaDtyp
 cudaError_t cuda_scan_bwd(const ScanBwdParams& p, const CudaScanExtra& ex, CudaDtype dtype,
                           cudaStream_t stream);
 
-#if defined(__CUDACC__)
-// ---------------------------------------------------------------------------
-// Device helpers shared by cuda_fwd.cu and cuda_bwd.cu.
-// ---------------------------------------------------------------------------
-namespace cuda {
-
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <class T>
-using Acc = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_acc(Acc<T> v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// N consecutive elements as whole 16-byte (or 8-byte) words: p must be
-// aligned to min(16, N * sizeof(T)) bytes (the time-major layout contract).
-template <int N, class T>
-struct VecWord {
-  static constexpr int kBytes = N * int(sizeof(T));
-  static_assert(kBytes % 8 == 0, "vector accesses of at least 8 bytes");
-  using W = std::conditional_t<kBytes % 16 == 0, uint4, uint2>;
-  static constexpr int kWords = kBytes / int(sizeof(W));
-};
-
-template <int N, class T, class A>
-__device__ __forceinline__ void load_items(const T* __restrict__ p, A (&out)[N]) {
-  using VW = VecWord<N, T>;
-  typename VW::W w[VW::kWords];
-  const auto* q = reinterpret_cast<const typename VW::W*>(p);
-#pragma unroll
-  for (int j = 0; j < VW::kWords; ++j) w[j] = __ldg(q + j);
-  T v[N];
-  memcpy(v, w, sizeof(v));
-#pragma unroll
-  for (int i = 0; i < N; ++i) out[i] = to_acc(v[i]);
-}
-
-template <int N, class T, class A>
-__device__ __forceinline__ void store_items(T* __restrict__ p, const A (&in)[N]) {
-  using VW = VecWord<N, T>;
-  T v[N];
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = from_acc<T>(in[i]);
-  typename VW::W w[VW::kWords];
-  memcpy(w, v, sizeof(v));
-  auto* q = reinterpret_cast<typename VW::W*>(p);
-#pragma unroll
-  for (int j = 0; j < VW::kWords; ++j) q[j] = w[j];
-}
-
-// The thread's kItems steps from a time-major row (p = the row + t0): zeros
-// for an idle thread and for the steps at or past T (the padding).
-template <int N, class T, class A>
-__device__ __forceinline__ void load_steps(const T* p, bool active, int nvalid, A (&out)[N]) {
-  if (active) {
-    load_items(p, out);
-  } else {
-#pragma unroll
-    for (int i = 0; i < N; ++i) out[i] = A(0);
-  }
-#pragma unroll
-  for (int i = 0; i < N; ++i) out[i] = i < nvalid ? out[i] : A(0);
-}
-
-// What the decay of a step needs once per chunk, before the loop over r:
-// dt (Factored) or e = exp(a) (PerStep; 1 past T); unused otherwise.
-template <CudaDecayMode kMode, int N, class T>
-__device__ __forceinline__ void chunk_decay(const T* dt, const T* ld, int64_t t0, bool active,
-                                            int nvalid, Acc<T> (&pre)[N]) {
-  using A = Acc<T>;
-  if constexpr (kMode == CudaDecayMode::Factored) {
-    load_steps(dt + t0, active, nvalid, pre);
-  } else if constexpr (kMode == CudaDecayMode::PerStep) {
-    load_steps(ld + t0, active, nvalid, pre);
-#pragma unroll
-    for (int i = 0; i < N; ++i) pre[i] = i < nvalid ? Ops<A>::exp(pre[i]) : A(1);
-  }
-}
-
-// e_t = exp(a_t) of state r for the thread's steps (1 past T: identity steps).
-// ld: the (b, d) log-decay row (Tensor form), A_row: A[d, :] (Factored).
-template <CudaDecayMode kMode, int N, class T>
-__device__ __forceinline__ void step_decays(const T* ld, int64_t ld_sr, const T* A_row,
-                                            int64_t A_sr, int64_t r, int64_t t0, bool active,
-                                            int nvalid, const Acc<T> (&pre)[N], Acc<T> (&e)[N]) {
-  using A = Acc<T>;
-  if constexpr (kMode == CudaDecayMode::Factored) {
-    const A a = to_acc(A_row[r * A_sr]);
-#pragma unroll
-    for (int i = 0; i < N; ++i) e[i] = i < nvalid ? Ops<A>::exp(pre[i] * a) : A(1);
-  } else if constexpr (kMode == CudaDecayMode::PerStep) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) e[i] = pre[i];
-  } else if constexpr (kMode == CudaDecayMode::PerState) {
-    const A er = Ops<A>::exp(to_acc(ld[r * ld_sr]));
-#pragma unroll
-    for (int i = 0; i < N; ++i) e[i] = i < nvalid ? er : A(1);
-  } else {
-    load_steps(ld + r * ld_sr + t0, active, nvalid, e);
-#pragma unroll
-    for (int i = 0; i < N; ++i) e[i] = i < nvalid ? Ops<A>::exp(e[i]) : A(1);
-  }
-}
-
-// Step t of the forward as an element of the block scan: h -> advance(e, h,
-// psi, x) is affine in h, slope e, intercept advance(0, 0, psi, x) (= psi x).
-template <class V>
-__device__ __forceinline__ Affine<V> step_map(V e, V psi, V x) {
-  return {e, advance(V(0), V(0), psi, x)};
-}
-
-// Step t of the adjoint as an element of the (reversed) block scan: the
-// carry c_{t+1} = dLoss/dh_t from step t + 1 on maps to
-// c_t = carry_back(state_grad(c_{t+1}, phi_t, dy_t), e_t), affine in c_{t+1}:
-// slope carry_back(1, e) (= e), intercept carry_back(state_grad(0, phi, dy), e).
-template <class V>
-__device__ __forceinline__ Affine<V> adjoint_map(V e, V phi, V dy) {
-  return {carry_back(V(1), e), carry_back(state_grad(V(0), phi, dy), e)};
-}
-
-template <class V>
-__device__ __forceinline__ Affine<V> identity_map() {
-  return {V(1), V(0)};
-}
-
-struct ThenOp {
-  template <class V>
-  __device__ __forceinline__ Affine<V> operator()(const Affine<V>& first,
-                                                  const Affine<V>& second) const {
-    return then(first, second);
-  }
-};
-
-// cub prefix callback: returns the running prefix (the state carried in from
-// the previous chunks, as the map {1, h}) and folds the block's aggregate
-// into it. Only lane 0 of warp 0 (thread 0) holds the meaningful value.
-template <class V>
-struct CarryPrefix {
-  V carry;
-  __device__ __forceinline__ Affine<V> operator()(const Affine<V>& block_aggregate) {
-    const Affine<V> in{V(1), carry};
-    carry = then(in, block_aggregate).b;
-    return in;
-  }
-};
-
-template <class T>
-__device__ __forceinline__ const T* cptr(const void* p) {
-  return static_cast<const T*>(p);
-}
-template <class T>
-__device__ __forceinline__ T* mptr(void* p) {
-  return static_cast<T*>(p);
-}
-
-template <class V>
-__device__ __forceinline__ V warp_sum(V v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-}  // namespace cuda
-#endif  // __CUDACC__
 
 }  // namespace scan
 }  // namespace itnet
