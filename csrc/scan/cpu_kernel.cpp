@@ -287,9 +287,10 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
       const int64_t t0 = c * C, t1 = std::min(T_, t0 + C);
       // recompute the chunk: Hs[t - t0] = h_t, Es[t - t0] = e_t
       for (int64_t t = t0; t < t1; ++t) {
-        // the chunk before this one is recomputed next: its first rows, kAhead early
-        prefetch_inputs<T, kMode>(p, it.b, t + kAhead < t1 ? t + kAhead : t0 - C + (t + kAhead - t1),
-                                  s0, ns);
+        // kAhead steps on; past the chunk's end, the first rows of the chunk recomputed next
+        // (the one before this)
+        const int64_t ahead = t + kAhead < t1 ? t + kAhead : t0 - C + (t + kAhead - t1);
+        prefetch_inputs<T, kMode>(p, it.b, ahead, s0, ns);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
         const T* prev = t == t0 ? ckpt.data() + c * row : Hs.data() + (t - t0 - 1) * row;
         T* cur = Hs.data() + (t - t0) * row;
@@ -436,10 +437,18 @@ void bwd_range(const ScanBwdParams& p, const CpuWork& w, int64_t begin, int64_t 
   }
 }
 
-void fwd_f32(const ScanParams& p, const CpuWork& w, int64_t b, int64_t e) { fwd_range<float>(p, w, b, e); }
-void fwd_f64(const ScanParams& p, const CpuWork& w, int64_t b, int64_t e) { fwd_range<double>(p, w, b, e); }
-void bwd_f32(const ScanBwdParams& p, const CpuWork& w, int64_t b, int64_t e) { bwd_range<float>(p, w, b, e); }
-void bwd_f64(const ScanBwdParams& p, const CpuWork& w, int64_t b, int64_t e) { bwd_range<double>(p, w, b, e); }
+void fwd_f32(const ScanParams& p, const CpuWork& w, int64_t b, int64_t e) {
+  fwd_range<float>(p, w, b, e);
+}
+void fwd_f64(const ScanParams& p, const CpuWork& w, int64_t b, int64_t e) {
+  fwd_range<double>(p, w, b, e);
+}
+void bwd_f32(const ScanBwdParams& p, const CpuWork& w, int64_t b, int64_t e) {
+  bwd_range<float>(p, w, b, e);
+}
+void bwd_f64(const ScanBwdParams& p, const CpuWork& w, int64_t b, int64_t e) {
+  bwd_range<double>(p, w, b, e);
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace scan

@@ -33,7 +33,8 @@ struct CpuWork {
 inline CpuWork cpu_work(const ScanParams& p, int64_t threads) {
   CpuWork w;
   const int64_t per_group = p.group_size;
-  const int64_t want = std::max<int64_t>(1, (4 * threads + p.B * p.G - 1) / std::max<int64_t>(1, p.B * p.G));
+  const int64_t items = std::max<int64_t>(1, p.B * p.G);  // without channel blocks
+  const int64_t want = std::max<int64_t>(1, (4 * threads + items - 1) / items);
   const int64_t most = std::max<int64_t>(1, per_group / 8);
   w.block = std::max<int64_t>(1, (per_group + std::min(want, most) - 1) / std::min(want, most));
   w.blocks_per_group = std::max<int64_t>(1, (per_group + w.block - 1) / w.block);

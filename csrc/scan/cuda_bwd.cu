@@ -270,34 +270,14 @@ __global__ void __launch_bounds__(kThreads, BwdTraits<T, kThreads, kItems>::kMin
   }
 }
 
-template <class T, int kThreads, int kItems, CudaDecayMode kMode>
-cudaError_t launch(const ScanBwdParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
-  using Tr = BwdTraits<T, kThreads, kItems>;
-  auto* kernel = &scan_bwd_kernel<T, kThreads, kItems, kMode>;
-  const int64_t smem = Tr::dynamic_smem(p.Rk);
-  if (smem + int64_t(sizeof(typename Tr::Smem)) > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  kernel<<<static_cast<unsigned>(p.B * p.D), kThreads, static_cast<size_t>(smem), stream>>>(p,
-                                                                                           ex);
-  return cudaSuccess;
-}
-
 template <class T, int kThreads, int kItems>
 cudaError_t launch_mode(const ScanBwdParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
-  switch (ex.mode) {
-    case CudaDecayMode::Factored:
-      return launch<T, kThreads, kItems, CudaDecayMode::Factored>(p, ex, stream);
-    case CudaDecayMode::PerStep:
-      return launch<T, kThreads, kItems, CudaDecayMode::PerStep>(p, ex, stream);
-    case CudaDecayMode::PerState:
-      return launch<T, kThreads, kItems, CudaDecayMode::PerState>(p, ex, stream);
-    case CudaDecayMode::Full:
-      return launch<T, kThreads, kItems, CudaDecayMode::Full>(p, ex, stream);
-  }
-  return cudaErrorInvalidValue;
+  using Tr = BwdTraits<T, kThreads, kItems>;
+  return with_decay_mode(ex.mode, [&](auto mode) {
+    auto* kernel = &scan_bwd_kernel<T, kThreads, kItems, decltype(mode)::value>;
+    return launch_per_channel(kernel, kThreads, int64_t(sizeof(typename Tr::Smem)),
+                              Tr::dynamic_smem(p.Rk), p, ex, stream);
+  });
 }
 
 template <class T>

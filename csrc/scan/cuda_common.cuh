@@ -195,6 +195,37 @@ __device__ __forceinline__ V warp_sum(V v) {
   return v;
 }
 
+// Host side of a launch: one block of `threads` per (batch, channel), B * D in
+// the grid's x dimension, the dynamic shared-memory limit raised when the
+// block needs more than the default 48 KiB. Returns the attribute call's error.
+template <class Kernel, class Params>
+cudaError_t launch_per_channel(Kernel* kernel, int threads, int64_t static_smem,
+                               int64_t dynamic_smem, const Params& p, const CudaScanExtra& ex,
+                               cudaStream_t stream) {
+  if (static_smem + dynamic_smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<static_cast<unsigned>(p.B * p.D), threads, static_cast<size_t>(dynamic_smem),
+           stream>>>(p, ex);
+  return cudaSuccess;
+}
+
+// f(std::integral_constant<CudaDecayMode, mode>{}): the run-time decay mode as a
+// template argument of the kernel.
+template <class F>
+cudaError_t with_decay_mode(CudaDecayMode mode, F&& f) {
+  using M = CudaDecayMode;
+  switch (mode) {
+    case M::Factored: return f(std::integral_constant<M, M::Factored>{});
+    case M::PerStep: return f(std::integral_constant<M, M::PerStep>{});
+    case M::PerState: return f(std::integral_constant<M, M::PerState>{});
+    case M::Full: return f(std::integral_constant<M, M::Full>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace cuda
 }  // namespace scan
 }  // namespace itnet

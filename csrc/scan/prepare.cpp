@@ -127,8 +127,8 @@ std::pair<at::Tensor, at::Tensor> check_cotangents(const Prepared& pr, const at:
   check_like_x(grad_y, pr.x, op, "grad_y");
   TORCH_CHECK(grad_y.dim() == 3 && grad_y.size(0) == p.B && grad_y.size(1) == p.T &&
                   grad_y.size(2) == p.D,
-              op, ": grad_y: expected shape (", p.B, ", ", p.T, ", ", p.D, ") (the shape of x), got ",
-              shape_str(grad_y));
+              op, ": grad_y: expected shape (", p.B, ", ", p.T, ", ", p.D,
+              ") (the shape of x), got ", shape_str(grad_y));
   at::Tensor gf;
   if (grad_final.has_value()) {
     check_like_x(*grad_final, pr.x, op, "grad_final_state");
