@@ -84,6 +84,31 @@ def _masked_softmax(z, support):
     return pexp, denom_safe, lse
 
 
+def _run_chunks(chunk_fn, N, chunk, tensors, out_dims, softmax):
+    """Runs chunk_fn(s, e, *tensors) -> (out (B, H, e - s, Dv), lse) over query chunks and
+    concatenates; with gradients needed and more than one chunk, each chunk is checkpointed
+    (recomputed in the backward) so that memory stays at one chunk's worth. out_dims =
+    (B, H, Dv) for N = 0, where the output stays attached to the graph through v
+    (tensors[2])."""
+    use_ckpt = (N > chunk and torch.is_grad_enabled()
+                and any(x is not None and x.requires_grad for x in tensors))
+    outs, lses = [], []
+    for s in range(0, N, chunk):
+        e = min(N, s + chunk)
+        if use_ckpt:
+            o, l = checkpoint(chunk_fn, s, e, *tensors, use_reentrant=False)
+        else:
+            o, l = chunk_fn(s, e, *tensors)
+        outs.append(o)
+        lses.append(l)
+    if outs:
+        return torch.cat(outs, dim=2), (torch.cat(lses, dim=2) if softmax else None)
+    B, H, Dv = out_dims
+    vc = tensors[2]
+    out = torch.zeros(B, H, 0, Dv, dtype=vc.dtype, device=vc.device) + vc.sum() * 0
+    return out, torch.zeros(B, H, 0, dtype=vc.dtype, device=vc.device)
+
+
 def integral_transform(
     q=None, k=None, v=None, *,
     u=None, t=None, W2=None, b2=None,
@@ -195,30 +220,10 @@ def integral_transform(
     # Chunk size: user bound, further capped by the per-chunk element budget.
     per_row = max(1, B * M * (H + p.R + 1))
     chunk = max(1, min(chunk_size, _ELEMENT_BUDGET // per_row))
-    tensors = (qc, kc, vc, uc, tc, W2c, b2c, Ec, wc, mask_f)
-    use_ckpt = (N > chunk and torch.is_grad_enabled()
-                and any(x is not None and x.requires_grad for x in tensors))
-
-    outs, lses = [], []
-    for s in range(0, N, chunk):
-        e = min(N, s + chunk)
-        if use_ckpt:
-            o, l = checkpoint(chunk_fn, s, e, *tensors, use_reentrant=False)
-        else:
-            o, l = chunk_fn(s, e, *tensors)
-        outs.append(o)
-        lses.append(l)
-
-    if outs:
-        out = torch.cat(outs, dim=2)
-        lse = torch.cat(lses, dim=2) if p.normalize == "softmax" else None
-    else:  # N == 0
-        out = torch.zeros(B, H, 0, Dv, dtype=cdt, device=device) + vc.sum() * 0
-        lse = torch.zeros(B, H, 0, dtype=cdt, device=device)
+    out, lse = _run_chunks(chunk_fn, N, chunk, (qc, kc, vc, uc, tc, W2c, b2c, Ec, wc, mask_f),
+                           (B, H, Dv), p.normalize == "softmax")
     out = out.to(v.dtype)
-    if return_lse:
-        return out, lse
-    return out
+    return (out, lse) if return_lse else out
 
 
 
@@ -374,30 +379,10 @@ def sparse_integral_transform(
     # key-side rows dominate: B * S * (H * (Dk + Dv + 1) + R + D) per query).
     per_row = max(1, B * S * (H * (p.Dk + Dv + 1) + p.R + p.D + 1))
     chunk = max(1, min(chunk_size, _ELEMENT_BUDGET // per_row))
-    tensors = (qc, kc, vc, uc, tc, W2c, b2c, Ec, lwc)
-    use_ckpt = (N > chunk and torch.is_grad_enabled()
-                and any(x is not None and x.requires_grad for x in tensors))
-
-    outs, lses = [], []
-    for s in range(0, N, chunk):
-        e = min(N, s + chunk)
-        if use_ckpt:
-            o, l = checkpoint(chunk_fn, s, e, *tensors, use_reentrant=False)
-        else:
-            o, l = chunk_fn(s, e, *tensors)
-        outs.append(o)
-        lses.append(l)
-
-    if outs:
-        out = torch.cat(outs, dim=2)
-        lse = torch.cat(lses, dim=2) if p.normalize == "softmax" else None
-    else:  # N == 0
-        out = torch.zeros(B, H, 0, Dv, dtype=cdt, device=device) + vc.sum() * 0
-        lse = torch.zeros(B, H, 0, dtype=cdt, device=device)
+    out, lse = _run_chunks(chunk_fn, N, chunk, (qc, kc, vc, uc, tc, W2c, b2c, Ec, lwc),
+                           (B, H, Dv), p.normalize == "softmax")
     out = out.to(v.dtype)
-    if return_lse:
-        return out, lse
-    return out
+    return (out, lse) if return_lse else out
 
 
 # ------------------------------------------------------------------------------------------
