@@ -1,0 +1,93 @@
+"""Pieces shared by the reference oracles: the kernel MLP's activations, the per-pair
+logit terms, the masked softmax and the query-chunk runner."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Upper bound on B * chunk * M * (H + R) elements per chunk (~256 MB of float32
+# for the largest per-chunk tensor).  ``chunk_size`` is further capped by it.
+_ELEMENT_BUDGET = 1 << 26
+
+
+def _activation(name):
+    if name == "relu":
+        return F.relu
+    if name == "gelu":
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "silu":
+        return F.silu
+    raise ValueError(f"activation: unknown {name!r}")
+
+
+def _offset_rows(off, lo, sizes, strides):
+    """Offset-table row of each integer offset ``off`` (..., D) (float64), row-major over the
+    window box. Offsets outside the window are clamped into the box: those pairs are off the
+    support, and the caller masks them."""
+    rel = torch.round(off - lo).long()
+    rel = torch.minimum(torch.clamp(rel, min=0), sizes - 1)
+    return (rel * strides).sum(-1)
+
+
+def _mlp_logits(R, act, W2, b2, *, u_i=None, t_j=None, e_ij=None):
+    """MLP term of the pair logit, sum_r W2[h, r] act(u_i + t_j + e_o(i,j)) + b2[h], for the
+    dense and the sparse reference alike. u_i, t_j, e_ij are (Bx, n, m, R) up to broadcasting
+    (n queries, m keys or pairs per query); returns (Bx, H, n, m)."""
+    pre = torch.zeros(1, 1, 1, R, dtype=W2.dtype, device=W2.device)
+    if u_i is not None:
+        pre = pre + u_i
+    if t_j is not None:
+        pre = pre + t_j
+    if e_ij is not None:
+        pre = pre + e_ij
+    out = torch.einsum("bnmr,hr->bhnm", act(pre), W2)
+    if b2 is not None:
+        out = out + b2[None, :, None, None]
+    return out
+
+
+def _masked_softmax(z, support):
+    """Softmax over the last dim restricted to ``support`` (bool, broadcastable to z).
+
+    Returns (pexp, denom, lse): pexp = exp(z - m) with m the detached row max over the
+    support, exactly 0 off the support; denom = sum of pexp, 1 on a row with empty support
+    (so pexp / denom is 0 there, never NaN, with zero gradients); lse the row log-sum-exp,
+    -inf on an empty row."""
+    cdt, device = z.dtype, z.device
+    z = torch.where(support, z, torch.full((), float("-inf"), dtype=cdt, device=device))
+    m = z.amax(dim=-1, keepdim=True).detach() if z.shape[-1] > 0 else \
+        torch.full(z.shape[:-1] + (1,), float("-inf"), dtype=cdt, device=device)
+    m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=cdt, device=device))
+    pexp = torch.exp(z - m)                                    # exactly 0 off the support
+    denom = pexp.sum(-1)
+    nonempty = denom > 0
+    denom_safe = torch.where(nonempty, denom, torch.ones((), dtype=cdt, device=device))
+    lse = torch.where(nonempty, torch.log(denom_safe) + m[..., 0],
+                      torch.full((), float("-inf"), dtype=cdt, device=device))
+    return pexp, denom_safe, lse
+
+
+def _run_chunks(chunk_fn, N, chunk, tensors, out_dims, softmax):
+    """Runs chunk_fn(s, e, *tensors) -> (out (B, H, e - s, Dv), lse) over query chunks and
+    concatenates; with gradients needed and more than one chunk, each chunk is checkpointed
+    (recomputed in the backward) so that memory stays at one chunk's worth. out_dims =
+    (B, H, Dv) for N = 0, where the output stays attached to the graph through v
+    (tensors[2])."""
+    use_ckpt = (N > chunk and torch.is_grad_enabled()
+                and any(x is not None and x.requires_grad for x in tensors))
+    outs, lses = [], []
+    for s in range(0, N, chunk):
+        e = min(N, s + chunk)
+        if use_ckpt:
+            o, l = checkpoint(chunk_fn, s, e, *tensors, use_reentrant=False)
+        else:
+            o, l = chunk_fn(s, e, *tensors)
+        outs.append(o)
+        lses.append(l)
+    if outs:
+        return torch.cat(outs, dim=2), (torch.cat(lses, dim=2) if softmax else None)
+    B, H, Dv = out_dims
+    vc = tensors[2]
+    out = torch.zeros(B, H, 0, Dv, dtype=vc.dtype, device=vc.device) + vc.sum() * 0
+    return out, torch.zeros(B, H, 0, dtype=vc.dtype, device=vc.device)
