@@ -169,11 +169,14 @@ def check_inputs(
     scale=None,
     return_lse=False,
     check_values: bool = True,
+    n_queries=None,
 ) -> Problem:
     """Validate the arguments of ``integral_transform`` and return a :class:`Problem`.
 
     ``check_values=False`` skips the data-dependent checks (NaN / integer-valued
-    positions, key_weight > 0), which need a device sync.
+    positions, key_weight > 0), which need a device sync. ``n_queries``: the number of
+    queries N when the caller knows it from elsewhere (the sparse op's pair list) and none
+    of q, u, q_pos gives it; those, when given, are still checked against each other.
     """
     # ---- v: defines B, H, M, Dv, dtype, device -------------------------------------------
     if v is None:
@@ -300,6 +303,8 @@ def check_inputs(
         elif x.shape[2] != D:
             raise ValueError(
                 f"k_pos: expected shape (B or 1, M, D) with D = {D} (from q_pos), got shape {_shape(x)}")
+    if N is None:
+        N = n_queries
     if N is None:
         raise ValueError("integral_transform: cannot determine N (number of queries); "
                          "pass q, u or q_pos")

@@ -143,21 +143,13 @@ def check_sparse_inputs(
         N_pairs = row_ptr.shape[1] - 1
 
     # ---- kernel terms: the dense op's checks ---------------------------------------------------
-    # The dense check derives N from q, u or q_pos; here the pair list also fixes it. With none
-    # of the three, hand it a placeholder q_pos of that length (values 0, never used: positions
-    # then default to arange(N) as in the dense op) so that it can check the rest.
-    q_pos_check = q_pos
-    if q is None and u is None and q_pos is None:
-        if isinstance(k_pos, torch.Tensor) and k_pos.dim() == 3 and k_pos.shape[2] != 1:
-            raise ValueError(f"q_pos: defaults to arange with D = 1, but k_pos has "
-                             f"D = {k_pos.shape[2]}; pass both")
-        dev = v.device if isinstance(v, torch.Tensor) else torch.device("cpu")
-        q_pos_check = torch.zeros(1, N_pairs, 1, dtype=torch.float64, device=dev)
+    # The dense check derives N from q, u or q_pos; here the pair list also fixes it (and is
+    # checked against them below).
     try:
         kern = check_inputs(
             q, k, v, u=u, t=t, W2=W2, b2=b2, activation=activation, offset_table=offset_table,
-            q_pos=q_pos_check, k_pos=k_pos, normalize=normalize, window=window, scale=scale,
-            return_lse=return_lse, check_values=check_values)
+            q_pos=q_pos, k_pos=k_pos, normalize=normalize, window=window, scale=scale,
+            return_lse=return_lse, check_values=check_values, n_queries=N_pairs)
     except ValueError as e:
         msg = str(e)
         if msg.startswith("integral_transform:"):  # the op-level messages name this op
