@@ -402,7 +402,6 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
   }
 }
 
-template <class T>
 int mode_of(const ScanParams& p) {
   if (p.form == DecayForm::Factored) return kFactored;
   if (p.ld_st == 0) return kStatic;
@@ -411,7 +410,7 @@ int mode_of(const ScanParams& p) {
 
 template <class T>
 void fwd_range(const ScanParams& p, const CpuWork& w, int64_t begin, int64_t end) {
-  const int mode = mode_of<T>(p);
+  const int mode = mode_of(p);
   for (int64_t i = begin; i < end; ++i) {
     const Item it = item_at(p, w, i);
     switch (mode) {
@@ -425,7 +424,7 @@ void fwd_range(const ScanParams& p, const CpuWork& w, int64_t begin, int64_t end
 
 template <class T>
 void bwd_range(const ScanBwdParams& p, const CpuWork& w, int64_t begin, int64_t end) {
-  const int mode = mode_of<T>(p);
+  const int mode = mode_of(p);
   for (int64_t i = begin; i < end; ++i) {
     const Item it = item_at(p, w, i);
     switch (mode) {

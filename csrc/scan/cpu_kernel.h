@@ -17,8 +17,9 @@
 namespace itnet {
 namespace scan {
 
-// Channels whose states one pass over time keeps in cache (the backward also
-// keeps a few steps of them per chunk: see cpu_kernel.cpp).
+// Channels whose states one pass over time keeps in cache (at most: the
+// backward takes fewer when a chunk of their states would not fit in L2, see
+// bwd_item in cpu_kernel.cpp).
 constexpr int64_t kCpuSubBlock = 64;
 
 struct CpuWork {
