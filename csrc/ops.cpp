@@ -1,6 +1,7 @@
 // Every schema of the itnet operator library, once. Backends register their
 // kernels with TORCH_LIBRARY_IMPL next to the kernels (dense/cpu.cpp,
-// dense/dense_cuda.cpp, scan/cpu.cpp); fake kernels and autograd live in Python (itnet_ext/ops/).
+// dense/dense_cuda.cpp, scan/cpu.cpp, sparse/cpu.cpp, ...); fake kernels and
+// autograd live in Python (itnet_ext/ops/).
 #include <torch/library.h>
 
 #include "dense/info.h"
@@ -23,6 +24,13 @@ bool cuda_kernels_compiled() {
   "Tensor? offset_table, Tensor? q_pos, Tensor? k_pos, Tensor? key_weight, "              \
   "Tensor? key_padding_mask, Tensor? attn_mask, float[] window_lo, float[] window_hi, "   \
   "float scale, int activation, bool softmax, bool causal"
+
+// The arguments of the sparse op: the dense op's kernel terms, then the pairs.
+#define ITNET_SPARSE_ARGS                                                                  \
+  "Tensor? q, Tensor? k, Tensor v, Tensor? u, Tensor? t, Tensor? W2, Tensor? b2, "        \
+  "Tensor? offset_table, Tensor? q_pos, Tensor? k_pos, Tensor row_ptr, Tensor col_idx, "  \
+  "Tensor? log_w, float[] window_lo, float[] window_hi, float scale, int activation, "    \
+  "bool softmax"
 
 TORCH_LIBRARY(itnet, m) {
   // Dense integral transform. Returns (out (B, H, N, Dv), lse (B, H, N));
@@ -51,6 +59,18 @@ TORCH_LIBRARY(itnet, m) {
         "Tensor? checkpoints=None) -> "
         "(Tensor dx, Tensor dlog_decay, Tensor ddt, Tensor dA, Tensor dphi, Tensor dpsi, "
         "Tensor dskip, Tensor dinitial_state)");
+  // Sparse (pair-list) integral transform (DESIGN section 2, sampled and
+  // neighbourhoods): the dense op's kernel terms evaluated on the pairs
+  // row_ptr (B, N + 1) / col_idx (B, E) with per-pair log-weights log_w
+  // (B, E) (-inf = absent pair; see itnet_ext.functional.sparse_integral_transform,
+  // whose padded form (B, N, S) is CSR with row_ptr[b, i] = i * S).
+  // Returns (out (B, H, N, Dv), lse (B, H, N), empty in `none` mode).
+  m.def("sparse_fwd(" ITNET_SPARSE_ARGS ") -> (Tensor out, Tensor lse)");
+  // Gradients w.r.t. (q, k, v, u, t, W2, b2, offset_table, log_w); an input
+  // that was not given gets an empty tensor.
+  m.def("sparse_bwd(Tensor grad_out, Tensor out, Tensor lse, Tensor? grad_lse, "
+        ITNET_SPARSE_ARGS ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor du, Tensor dt, "
+        "Tensor dW2, Tensor db2, Tensor doffset_table, Tensor dlog_w)");
   m.def("cpu_capability() -> str", &itnet::dense::cpu_capability_in_use);
   m.def("cuda_kernels_compiled() -> bool", &itnet::cuda_kernels_compiled);
 }

@@ -1,5 +1,6 @@
 // The tile machinery shared by the fused CPU forward (cpu_fwd.cpp) and
-// backward (cpu_bwd.cpp) kernels: work-item decoding, scratch buffers, row
+// backward (cpu_bwd.cpp) kernels (the sparse op's kernel, sparse/cpu_kernel.cpp,
+// reuses its row helpers and the pair-MLP register blocks): work-item decoding, scratch buffers, row
 // helpers and tile_logits, which builds the logits of every head of an
 // item's head group for one (query tile, key tile) block. The backward
 // recomputes them with the same code, FlashAttention style. Nothing of size
@@ -283,6 +284,42 @@ inline void mlp_heads(int64_t R, const T* ui, const T* ts, int64_t tld, int64_t 
 #undef ITNET_MLP_INIT
 #undef ITNET_MLP_ACC
 #undef ITNET_MLP_PUT
+
+// Head projection part of the MLP backward for NH (<= 8) heads starting at
+// h, the logit gradients of `cnt` pairs held in registers (named: see
+// gemm_block): dhid_r += sum_h W2[h, r] dS_h,  dW2[h, r] += dS_h hid_r,
+// db2[h] += dS_h (vector partial sums, reduced once per item).
+#define ITNET_BWD_LOAD(c)                           \
+  if constexpr (NH > c) {                           \
+    d##c = load(dS + c * s_head, cnt);              \
+    T* db = db2acc + c * VS;                        \
+    (V::loadu(db) + d##c).store(db);                \
+  }
+#define ITNET_BWD_ACC(c)                                             \
+  if constexpr (NH > c) {                                            \
+    dh = at::vec::fmadd(V(wr[c * R]), d##c, dh);                     \
+    T* dw = dW2acc + (c * R + r) * VS;                               \
+    at::vec::fmadd(d##c, hv, V::loadu(dw)).store(dw);                \
+  }
+template <int NH, class T>
+inline void mlp_heads_bwd(int64_t R, const T* hid, T* dhid, const T* w, const T* dS,
+                          int64_t s_head, int64_t cnt, T* dW2acc, T* db2acc) {
+  using V = Vec<T>;
+  constexpr int64_t VS = V::size();
+  V d0, d1, d2, d3, d4, d5, d6, d7;  // masked lanes load as 0
+  ITNET_BWD_LOAD(0) ITNET_BWD_LOAD(1) ITNET_BWD_LOAD(2) ITNET_BWD_LOAD(3)
+  ITNET_BWD_LOAD(4) ITNET_BWD_LOAD(5) ITNET_BWD_LOAD(6) ITNET_BWD_LOAD(7)
+  for (int64_t r = 0; r < R; ++r) {
+    const V hv = V::loadu(hid + r * VS);
+    V dh = V::loadu(dhid + r * VS);
+    const T* wr = w + r;
+    ITNET_BWD_ACC(0) ITNET_BWD_ACC(1) ITNET_BWD_ACC(2) ITNET_BWD_ACC(3)
+    ITNET_BWD_ACC(4) ITNET_BWD_ACC(5) ITNET_BWD_ACC(6) ITNET_BWD_ACC(7)
+    dh.store(dhid + r * VS);
+  }
+}
+#undef ITNET_BWD_LOAD
+#undef ITNET_BWD_ACC
 
 template <class T, Activation A>
 void mlp_logits(const FwdParams& p, const Block& blk, T* S, Scratch<T>& ws) {

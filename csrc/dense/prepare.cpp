@@ -83,7 +83,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
                  bool causal, int64_t key_tile, bool backward,
-                 c10::optional<at::ScalarType> aux) {
+                 c10::optional<at::ScalarType> aux, int64_t n_queries) {
   Prepared pr;
   FwdParams& p = pr.params;
   auto keep = [&](at::Tensor x) {
@@ -183,6 +183,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                 "u, t, b2, offset_table: the MLP term needs W2");
     TORCH_CHECK(q.has_value(), "q, k, W2: no logit term enabled (give q and k, or W2)");
   }
+  if (p.N < 0 && n_queries >= 0) p.N = n_queries;
   if (p.N < 0) {
     TORCH_CHECK(q_pos.has_value() && q_pos->dim() == 3,
                 "q_pos: a (B or 1, N, D) tensor is needed to know N when neither q nor u is given");

@@ -6,7 +6,8 @@
 // copies kT, vT (backward) and tT of the CPU kernels (see params.h). `aux`
 // (default: v's dtype) is the dtype of u, t, W2, b2, the offset table, the
 // key bias / scale and the attention mask: float32 for the 16-bit flash
-// kernels, which accumulate in float32.
+// kernels, which accumulate in float32. n_queries >= 0 gives N when neither q
+// nor u does (the sparse op takes it from its pair list) instead of q_pos.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,7 +36,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
                  at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
                  bool causal, int64_t key_tile, bool backward,
-                 c10::optional<at::ScalarType> aux = c10::nullopt);
+                 c10::optional<at::ScalarType> aux = c10::nullopt, int64_t n_queries = -1);
 
 
 using GradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

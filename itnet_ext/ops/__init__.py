@@ -6,3 +6,4 @@ schemas and the CPU / CUDA kernels under torch.ops.itnet.
 """
 from . import dense  # noqa: F401
 from . import scan  # noqa: F401
+from . import sparse  # noqa: F401

@@ -1,0 +1,419 @@
+// Fused CPU forward and backward of the sparse (pair-list) integral transform.
+// Compiled once per CPU capability (see setup.py); nothing here touches ATen
+// tensors or threads: sparse/cpu.cpp fills the params, splits the query rows
+// over threads and sums the per-thread gradient buffers.
+//
+// One item is one query row. Its present pairs are gathered kCpuPairChunk at
+// a time (key, log-weight, offset-table row); the logits of every head for
+// the chunk are built in a (H x chunk) buffer: the content term by dot
+// products over Dk, the pair MLP with the dense kernel's register blocks,
+// vectorized over the pairs of the chunk. Softmax rows use the online
+// softmax across chunks, exactly as the dense forward does across key tiles.
+#include "dense/cpu_tile.h"
+#include "sparse/cpu_kernel.h"
+#include "sparse/pair.h"
+
+namespace itnet {
+namespace sparse {
+namespace CPU_CAPABILITY {
+namespace {
+
+using namespace itnet::dense::CPU_CAPABILITY::tile;
+using at::vec::Vectorized;
+using itnet::CPU_CAPABILITY::hsum;
+using itnet::CPU_CAPABILITY::load;
+using itnet::CPU_CAPABILITY::store;
+
+constexpr int64_t kC = kCpuPairChunk;
+
+template <class T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  V acc(T(0));
+  int64_t d = 0;
+  for (; d + VS <= n; d += VS) acc = at::vec::fmadd(V::loadu(a + d), V::loadu(b + d), acc);
+  T s = hsum(acc);
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// y += alpha x
+template <class T>
+inline void axpy(T alpha, const T* x, T* y, int64_t n) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  const V va(alpha);
+  for (int64_t d = 0; d < n; d += VS) {
+    const int64_t cnt = std::min(VS, n - d);
+    store(at::vec::fmadd(va, load(x + d, cnt), load(y + d, cnt)), y + d, cnt);
+  }
+}
+
+// Per-thread scratch, sized once per range of rows.
+template <class T>
+struct Scratch {
+  // the chunk: entry, key, log-weight, offset-table row of each present pair
+  int64_t e[kC], j[kC], orow[kC];
+  T lw[kC];
+  int64_t n = 0;
+  std::vector<T> S;         // logits (later dS) of every head: H x kC
+  std::vector<T> te;        // t_j + E[o(i, j)] of the chunk, transposed: R x kC
+  std::vector<T> hid;       // R lanes
+  std::vector<T> O, m, l;   // forward accumulators: H x Dv, H, H
+  std::vector<T> dlw;       // backward: d/d log_w of the chunk's pairs
+  std::vector<T> dact, dhid, duacc;  // R lanes each
+  std::vector<T> dW2acc, db2acc;     // H x R lanes, H lanes (whole range)
+
+  Scratch(const dense::FwdParams& p, bool backward) {
+    const int64_t VS = Vectorized<T>::size();
+    S.resize(p.H * kC);
+    if (p.mlp) {
+      te.resize(p.R * kC);
+      hid.resize(p.R * VS);
+    }
+    if (!backward) {
+      O.resize(p.H * p.Dv);
+      m.resize(p.H);
+      l.resize(p.H);
+    } else {
+      dlw.resize(kC);
+      if (p.mlp) {
+        dact.resize(p.R * VS);
+        dhid.resize(p.R * VS);
+        duacc.resize(p.R * VS);
+        dW2acc.assign(p.H * p.R * VS, T(0));
+        db2acc.assign(p.H * VS, T(0));
+      }
+    }
+  }
+};
+
+// Gathers up to kC pairs of row (b, i) that take part (present, inside the
+// window), starting at entry `e`, which it advances past the entries read.
+template <class T>
+void gather_chunk(const SparseParams& sp, int64_t b, int64_t i, int64_t& e, int64_t end,
+                  Scratch<T>& ws) {
+  const dense::FwdParams& p = sp.f;
+  const int64_t* col = sp.col_idx + b * sp.E;
+  const T* lw = sp.log_w ? static_cast<const T*>(sp.log_w) + b * sp.E : nullptr;
+  const int D = p.window.dims;
+  const double* pq = D ? qpos_of(p, b) + i * D : nullptr;
+  const double* kpos = D ? kpos_of(p, b) : nullptr;
+  ws.n = 0;
+  for (; e < end && ws.n < kC; ++e) {
+    const T w = lw ? lw[e] : T(0);
+    if (!pair_present(w)) continue;
+    const int64_t j = col[e];
+    if (D && !pair_in_window(p.window, pq, kpos + j * D)) continue;
+    ws.e[ws.n] = e;
+    ws.j[ws.n] = j;
+    ws.lw[ws.n] = w;
+    ws.orow[ws.n] = p.E ? offset_row(p.window, pq, kpos + j * D) : 0;
+    ++ws.n;
+  }
+}
+
+// Key-side MLP pre-activations of the chunk, transposed: te[r][c].
+template <class T>
+const T* chunk_key_preact(const dense::FwdParams& p, int64_t b, Scratch<T>& ws) {
+  const T* t = static_cast<const T*>(p.tT);  // (B, M, R) with key_tile = 0
+  const T* E = static_cast<const T*>(p.E);
+  if (!t && !E) return nullptr;
+  const int64_t R = p.R;
+  T* te = ws.te.data();
+  for (int64_t c = 0; c < ws.n; ++c) {
+    const T* tj = t ? t + (b * p.M + ws.j[c]) * R : nullptr;
+    const T* Eo = E ? E + ws.orow[c] * R : nullptr;
+    for (int64_t r = 0; r < R; ++r) te[r * kC + c] = (tj ? tj[r] : T(0)) + (Eo ? Eo[r] : T(0));
+  }
+  return te;
+}
+
+// Logits of every head for the chunk's pairs: S[h][c].
+template <class T, Activation A>
+void chunk_logits(const dense::FwdParams& p, int64_t b, int64_t i, Scratch<T>& ws) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  const int64_t n = ws.n, H = p.H;
+  T* S = ws.S.data();
+  for (int64_t h = 0; h < H; ++h) {
+    T* Sh = S + h * kC;
+    if (p.content) {
+      const int64_t bh = b * H + h;
+      const T* qi = static_cast<const T*>(p.q) + (bh * p.N + i) * p.Dk;
+      const T* k = static_cast<const T*>(p.k) + bh * p.M * p.Dk;
+      const T sc = static_cast<T>(p.scale);
+      for (int64_t c = 0; c < n; ++c) Sh[c] = sc * dot(qi, k + ws.j[c] * p.Dk, p.Dk);
+    } else {
+      std::fill_n(Sh, n, T(0));
+    }
+  }
+  if (!p.mlp) return;
+  const int64_t R = p.R;
+  const T* te = chunk_key_preact(p, b, ws);
+  const T* ui = p.u ? static_cast<const T*>(p.u) + (b * p.N + i) * R : nullptr;
+  const T* W2 = static_cast<const T*>(p.W2);
+  const T* b2 = static_cast<const T*>(p.b2);
+  for (int64_t cv = 0; cv < n; cv += VS) {
+    const int64_t cnt = std::min(VS, n - cv);
+    for (int64_t h = 0; h < H; h += 8) {
+      const T* b2h = b2 ? b2 + h : nullptr;
+      T* Sh = S + h * kC + cv;
+      const T* tc = te ? te + cv : nullptr;
+      const bool first = h == 0;
+      switch (std::min<int64_t>(8, H - h)) {
+#define ITNET_CASE(nh) \
+  case nh: mlp_heads<nh, A>(R, ui, tc, kC, cnt, first, ws.hid.data(), W2 + h * R, b2h, Sh, kC); break;
+        ITNET_CASE(1) ITNET_CASE(2) ITNET_CASE(3) ITNET_CASE(4)
+        ITNET_CASE(5) ITNET_CASE(6) ITNET_CASE(7) ITNET_CASE(8)
+#undef ITNET_CASE
+        default: break;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+
+template <class T, Activation A>
+void fwd_row(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
+  const dense::FwdParams& p = sp.f;
+  const int64_t H = p.H, Dv = p.Dv;
+  T* O = ws.O.data();
+  std::fill(ws.O.begin(), ws.O.end(), T(0));
+  std::fill(ws.m.begin(), ws.m.end(), neg_inf<T>());
+  std::fill(ws.l.begin(), ws.l.end(), T(0));
+  const int64_t* rp = sp.row_ptr + b * (p.N + 1);
+  const T* v = static_cast<const T*>(p.v);
+  T w[kC];
+  for (int64_t e = rp[i], end = rp[i + 1]; e < end;) {
+    gather_chunk(sp, b, i, e, end, ws);
+    const int64_t n = ws.n;
+    if (n == 0) continue;
+    chunk_logits<T, A>(p, b, i, ws);
+    if (!p.softmax)
+      for (int64_t c = 0; c < n; ++c) w[c] = pair_weight(ws.lw[c]);
+    for (int64_t h = 0; h < H; ++h) {
+      T* Sh = ws.S.data() + h * kC;
+      T* Oh = O + h * Dv;
+      if (p.softmax) {
+        for (int64_t c = 0; c < n; ++c) Sh[c] += ws.lw[c];
+        T& mh = ws.m[h];
+        const T m_new = std::max(mh, row_max(Sh, n));
+        const T alpha = softmax_rescale(mh, m_new);
+        const T rsum = row_exp_sum(Sh, Sh, n, softmax_shift(m_new));
+        ws.l[h] = ws.l[h] * alpha + rsum;
+        if (alpha != T(1)) row_scale(Oh, alpha, Dv);
+        mh = m_new;
+      } else {
+        for (int64_t c = 0; c < n; ++c) Sh[c] *= w[c];
+      }
+      const T* vh = v + (b * H + h) * p.M * Dv;
+      for (int64_t c = 0; c < n; ++c) axpy(Sh[c], vh + ws.j[c] * Dv, Oh, Dv);
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t row = (b * H + h) * p.N + i;
+    T* out = static_cast<T*>(p.out) + row * Dv;
+    const T* Oh = O + h * Dv;
+    if (p.softmax) {
+      const T inv = softmax_inv_sum(ws.l[h]);
+      for (int64_t d = 0; d < Dv; ++d) out[d] = Oh[d] * inv;
+      static_cast<T*>(p.lse)[row] = softmax_lse(ws.m[h], ws.l[h]);
+    } else {
+      std::copy_n(Oh, Dv, out);
+    }
+  }
+}
+
+template <class T, Activation A>
+void fwd_range(const SparseParams& sp, int64_t begin, int64_t end) {
+  Scratch<T> ws(sp.f, /*backward=*/false);
+  for (int64_t row = begin; row < end; ++row) fwd_row<T, A>(sp, row / sp.f.N, row % sp.f.N, ws);
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+
+// MLP part of the backward of a chunk, given dS (ws.S, H x kC): du of the row
+// (ws.duacc lanes), dt / dE scattered into this thread's buffers, dW2 / db2
+// into the range's lane accumulators.
+template <class T, Activation A>
+void chunk_mlp_backward(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws,
+                        T* dt_t, T* dE_t) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  const dense::FwdParams& p = bp.s.f;
+  const int64_t R = p.R, H = p.H, n = ws.n;
+  const T* te = chunk_key_preact(p, b, ws);
+  const T* ui = p.u ? static_cast<const T*>(p.u) + (b * p.N + i) * R : nullptr;
+  const T* W2 = static_cast<const T*>(p.W2);
+  T* hid = ws.hid.data();
+  T* dact = ws.dact.data();
+  T* dhid = ws.dhid.data();
+  T lanes[V::size()];
+  for (int64_t cv = 0; cv < n; cv += VS) {
+    const int64_t cnt = std::min(VS, n - cv);
+    for (int64_t r = 0; r < R; ++r) {
+      V pre = ui ? V(ui[r]) : V(T(0));
+      if (te) pre = pre + load(te + r * kC + cv, cnt);
+      V d;
+      Act<A, V>::fwd_grad(pre, d).store(hid + r * VS);
+      d.store(dact + r * VS);
+      V(T(0)).store(dhid + r * VS);
+    }
+    // dhid_r = sum_h W2[h, r] dS_h ; dW2[h, r] += dS_h hid_r ; db2[h] += dS_h
+    for (int64_t h = 0; h < H; h += 8) {
+      const T* dSh = ws.S.data() + h * kC + cv;
+      T* dw = ws.dW2acc.data() + h * R * VS;
+      T* db = ws.db2acc.data() + h * VS;
+      switch (std::min<int64_t>(8, H - h)) {
+#define ITNET_CASE(nh) \
+  case nh: mlp_heads_bwd<nh>(R, hid, dhid, W2 + h * R, dSh, kC, cnt, dw, db); break;
+        ITNET_CASE(1) ITNET_CASE(2) ITNET_CASE(3) ITNET_CASE(4)
+        ITNET_CASE(5) ITNET_CASE(6) ITNET_CASE(7) ITNET_CASE(8)
+#undef ITNET_CASE
+        default: break;
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      // masked lanes: dS loaded as 0 there, so dhid and dpre are 0
+      const V dpre = V::loadu(dhid + r * VS) * V::loadu(dact + r * VS);
+      T* du = ws.duacc.data() + r * VS;
+      (V::loadu(du) + dpre).store(du);
+      if (dt_t || dE_t) {
+        dpre.store(lanes);
+        for (int64_t x = 0; x < cnt; ++x) {
+          if (dt_t) dt_t[(b * p.M + ws.j[cv + x]) * R + r] += lanes[x];
+          if (dE_t) dE_t[ws.orow[cv + x] * R + r] += lanes[x];
+        }
+      }
+    }
+  }
+}
+
+template <class T, Activation A>
+void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, int64_t tid) {
+  const SparseParams& sp = bp.s;
+  const dense::FwdParams& p = sp.f;
+  const int64_t H = p.H, Dv = p.Dv, Dk = p.Dk, R = p.R, B = p.B, M = p.M;
+  const int64_t* rp = sp.row_ptr + b * (p.N + 1);
+  const T* v = static_cast<const T*>(p.v);
+  const T* k = static_cast<const T*>(p.k);
+  const T* q = static_cast<const T*>(p.q);
+  const T sc = static_cast<T>(p.scale);
+  T* dv_t = static_cast<T*>(bp.dv) + tid * B * H * M * Dv;
+  T* dk_t = bp.dk ? static_cast<T*>(bp.dk) + tid * B * H * M * Dk : nullptr;
+  T* dt_t = bp.dt ? static_cast<T*>(bp.dt) + tid * B * M * R : nullptr;
+  T* dE_t = bp.dE ? static_cast<T*>(bp.dE) + tid * p.O * R : nullptr;
+  T* dlog_w = bp.dlog_w ? static_cast<T*>(bp.dlog_w) + b * sp.E : nullptr;
+  if (p.mlp) std::fill(ws.duacc.begin(), ws.duacc.end(), T(0));
+  T w[kC];
+  for (int64_t e = rp[i], end = rp[i + 1]; e < end;) {
+    gather_chunk(sp, b, i, e, end, ws);
+    const int64_t n = ws.n;
+    if (n == 0) continue;
+    chunk_logits<T, A>(p, b, i, ws);
+    std::fill_n(ws.dlw.data(), n, T(0));
+    if (!p.softmax)
+      for (int64_t c = 0; c < n; ++c) w[c] = pair_weight(ws.lw[c]);
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t bh = b * H + h;
+      const int64_t row = bh * p.N + i;
+      T* Sh = ws.S.data() + h * kC;
+      const T* dO = static_cast<const T*>(bp.dout) + row * Dv;
+      const T* vh = v + bh * M * Dv;
+      T* dvh = dv_t + bh * M * Dv;
+      const T shift = p.softmax ? softmax_bwd_shift(static_cast<const T*>(bp.lse)[row]) : T(0);
+      const T delta = p.softmax ? static_cast<const T*>(bp.delta)[row] : T(0);
+      for (int64_t c = 0; c < n; ++c) {
+        const int64_t j = ws.j[c];
+        const T dP = dot(dO, vh + j * Dv, Dv);
+        T a, ds;
+        if (p.softmax) {
+          a = Ops<T>::exp(Sh[c] + ws.lw[c] - shift);
+          ds = softmax_logit_grad(a, dP, delta);
+          ws.dlw[c] += ds;
+        } else {
+          a = Sh[c] * w[c];
+          ds = none_logit_grad(w[c], dP);
+          ws.dlw[c] += none_log_weight_grad(Sh[c], w[c], dP);
+        }
+        axpy(a, dO, dvh + j * Dv, Dv);
+        Sh[c] = ds;
+      }
+      if (p.content) {
+        const T* qi = q + row * Dk;
+        T* dqi = static_cast<T*>(bp.dq) + row * Dk;
+        const T* kh = k + bh * M * Dk;
+        T* dkh = dk_t + bh * M * Dk;
+        for (int64_t c = 0; c < n; ++c) {
+          const int64_t j = ws.j[c];
+          axpy(sc * Sh[c], kh + j * Dk, dqi, Dk);
+          axpy(sc * Sh[c], qi, dkh + j * Dk, Dk);
+        }
+      }
+    }
+    if (p.mlp) chunk_mlp_backward<T, A>(bp, b, i, ws, dt_t, dE_t);
+    if (dlog_w)
+      for (int64_t c = 0; c < n; ++c) dlog_w[ws.e[c]] = ws.dlw[c];
+  }
+  if (p.mlp && bp.du) {
+    T* du = static_cast<T*>(bp.du) + (b * p.N + i) * R;
+    const int64_t VS = Vectorized<T>::size();
+    for (int64_t r = 0; r < R; ++r) du[r] = hsum(Vectorized<T>::loadu(ws.duacc.data() + r * VS));
+  }
+}
+
+template <class T, Activation A>
+void bwd_range(const SparseBwdParams& bp, int64_t begin, int64_t end, int64_t tid) {
+  const dense::FwdParams& p = bp.s.f;
+  Scratch<T> ws(p, /*backward=*/true);
+  for (int64_t row = begin; row < end; ++row) bwd_row<T, A>(bp, row / p.N, row % p.N, ws, tid);
+  if (p.mlp) {
+    const int64_t VS = Vectorized<T>::size();
+    T* dW2 = static_cast<T*>(bp.dW2) + tid * p.H * p.R;
+    T* db2 = bp.db2 ? static_cast<T*>(bp.db2) + tid * p.H : nullptr;
+    for (int64_t h = 0; h < p.H; ++h) {
+      if (db2) db2[h] += hsum(Vectorized<T>::loadu(ws.db2acc.data() + h * VS));
+      for (int64_t r = 0; r < p.R; ++r)
+        dW2[h * p.R + r] += hsum(Vectorized<T>::loadu(ws.dW2acc.data() + (h * p.R + r) * VS));
+    }
+  }
+}
+
+// Activation is a template parameter so the pair loops have no branch on it.
+template <class T>
+void fwd_dispatch(const SparseParams& p, int64_t begin, int64_t end) {
+  switch (static_cast<Activation>(p.f.activation)) {
+    case Activation::Relu: return fwd_range<T, Activation::Relu>(p, begin, end);
+    case Activation::Gelu: return fwd_range<T, Activation::Gelu>(p, begin, end);
+    case Activation::Silu: return fwd_range<T, Activation::Silu>(p, begin, end);
+  }
+}
+
+template <class T>
+void bwd_dispatch(const SparseBwdParams& p, int64_t begin, int64_t end, int64_t tid) {
+  switch (static_cast<Activation>(p.s.f.activation)) {
+    case Activation::Relu: return bwd_range<T, Activation::Relu>(p, begin, end, tid);
+    case Activation::Gelu: return bwd_range<T, Activation::Gelu>(p, begin, end, tid);
+    case Activation::Silu: return bwd_range<T, Activation::Silu>(p, begin, end, tid);
+  }
+}
+
+}  // namespace
+
+void fwd_f32(const SparseParams& p, int64_t b, int64_t e) { fwd_dispatch<float>(p, b, e); }
+void fwd_f64(const SparseParams& p, int64_t b, int64_t e) { fwd_dispatch<double>(p, b, e); }
+void bwd_f32(const SparseBwdParams& p, int64_t b, int64_t e, int64_t tid) {
+  bwd_dispatch<float>(p, b, e, tid);
+}
+void bwd_f64(const SparseBwdParams& p, int64_t b, int64_t e, int64_t tid) {
+  bwd_dispatch<double>(p, b, e, tid);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace sparse
+}  // namespace itnet
