@@ -35,7 +35,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_fwd_cpu(
     const c10::optional<at::Tensor>& log_w, at::ArrayRef<double> window_lo,
     at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax) {
   Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr, col_idx,
-                        log_w, window_lo, window_hi, scale, activation, softmax);
+                        log_w, window_lo, window_hi, scale, activation, softmax,
+                        /*key_major=*/true);
   SparseParams& p = pr.params;
   const dense::FwdParams& f = p.f;
   at::Tensor out = at::empty({f.B, f.H, f.N, f.Dv}, v.options());
@@ -59,7 +60,8 @@ GradTuple sparse_bwd_cpu(
     at::ArrayRef<double> window_lo, at::ArrayRef<double> window_hi, double scale,
     int64_t activation, bool softmax) {
   Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr, col_idx,
-                        log_w, window_lo, window_hi, scale, activation, softmax);
+                        log_w, window_lo, window_hi, scale, activation, softmax,
+                        /*key_major=*/true);
   const dense::FwdParams& f = pr.params.f;
   // One buffer of key-side / parameter gradients per thread (at::parallel_for
   // hands each task its thread's id in [0, get_num_threads())).

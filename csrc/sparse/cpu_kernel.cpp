@@ -19,34 +19,73 @@ namespace CPU_CAPABILITY {
 namespace {
 
 using namespace itnet::dense::CPU_CAPABILITY::tile;
+using itnet::dense::CPU_CAPABILITY::gemm;
 using at::vec::Vectorized;
 using itnet::CPU_CAPABILITY::hsum;
 using itnet::CPU_CAPABILITY::load;
 using itnet::CPU_CAPABILITY::store;
 
 constexpr int64_t kC = kCpuPairChunk;
+// whole-vector stores into the (R x kC) chunk buffers need kC % vector width == 0
+static_assert(kC % 16 == 0, "kCpuPairChunk must be a multiple of the widest vector");
 
 template <class T>
 inline T dot(const T* a, const T* b, int64_t n) {
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
-  V acc(T(0));
+  T s = T(0);
   int64_t d = 0;
-  for (; d + VS <= n; d += VS) acc = at::vec::fmadd(V::loadu(a + d), V::loadu(b + d), acc);
-  T s = hsum(acc);
+  if (n >= VS) {  // no horizontal sum for the short rows (Dv, Dk < one vector)
+    V acc(T(0));
+    for (; d + VS <= n; d += VS) acc = at::vec::fmadd(V::loadu(a + d), V::loadu(b + d), acc);
+    s = hsum(acc);
+  }
   for (; d < n; ++d) s += a[d] * b[d];
   return s;
 }
 
-// y += alpha x
+// y += alpha x. Scalar tail: a masked at::vec load / store goes through a
+// temporary buffer, far slower than a few scalars for the small Dv / Dk (1 to
+// 16) of point-cloud problems.
 template <class T>
 inline void axpy(T alpha, const T* x, T* y, int64_t n) {
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
   const V va(alpha);
-  for (int64_t d = 0; d < n; d += VS) {
-    const int64_t cnt = std::min(VS, n - d);
-    store(at::vec::fmadd(va, load(x + d, cnt), load(y + d, cnt)), y + d, cnt);
+  int64_t d = 0;
+  for (; d + VS <= n; d += VS) at::vec::fmadd(va, V::loadu(x + d), V::loadu(y + d)).store(y + d);
+  for (; d < n; ++d) y[d] += alpha * x[d];
+}
+
+// out[0:n) += sum_c a[c] * rows[c][0:n), the rows gathered by the chunk's
+// keys. The sum over c stays in registers (two chains to hide the FMA
+// latency): accumulating into memory pair by pair would make every pair wait
+// for the previous store of the same output, the bottleneck for small n.
+template <class T>
+inline void gather_axpy(const T* a, const int64_t* j, int64_t cnt, const T* base, int64_t ld,
+                        T* out, int64_t n) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  int64_t d = 0;
+  for (; d + VS <= n; d += VS) {
+    V acc0 = V::loadu(out + d), acc1(T(0));
+    int64_t c = 0;
+    for (; c + 1 < cnt; c += 2) {
+      acc0 = at::vec::fmadd(V(a[c]), V::loadu(base + j[c] * ld + d), acc0);
+      acc1 = at::vec::fmadd(V(a[c + 1]), V::loadu(base + j[c + 1] * ld + d), acc1);
+    }
+    if (c < cnt) acc0 = at::vec::fmadd(V(a[c]), V::loadu(base + j[c] * ld + d), acc0);
+    (acc0 + acc1).store(out + d);
+  }
+  for (; d < n; ++d) {
+    T acc0 = out[d], acc1 = T(0);
+    int64_t c = 0;
+    for (; c + 1 < cnt; c += 2) {
+      acc0 += a[c] * base[j[c] * ld + d];
+      acc1 += a[c + 1] * base[j[c + 1] * ld + d];
+    }
+    if (c < cnt) acc0 += a[c] * base[j[c] * ld + d];
+    out[d] = acc0 + acc1;
   }
 }
 
@@ -62,8 +101,10 @@ struct Scratch {
   std::vector<T> hid;       // R lanes
   std::vector<T> O, m, l;   // forward accumulators: H x Dv, H, H
   std::vector<T> dlw;       // backward: d/d log_w of the chunk's pairs
-  std::vector<T> dact, dhid, duacc;  // R lanes each
-  std::vector<T> dW2acc, db2acc;     // H x R lanes, H lanes (whole range)
+  // backward of the pair MLP: the chunk's hidden layer, its derivative and its
+  // gradient (R x kC each), dS transposed (kC x H); du lanes of the row (R
+  // lanes); dW2^T (R x H) and db2 (H) summed over the range
+  std::vector<T> hidC, dactC, dhidC, dST, duacc, dW2T, db2s;
 
   Scratch(const dense::FwdParams& p, bool backward) {
     const int64_t VS = Vectorized<T>::size();
@@ -79,11 +120,13 @@ struct Scratch {
     } else {
       dlw.resize(kC);
       if (p.mlp) {
-        dact.resize(p.R * VS);
-        dhid.resize(p.R * VS);
+        hidC.resize(p.R * kC);
+        dactC.resize(p.R * kC);
+        dhidC.resize(p.R * kC);
+        dST.resize(kC * p.H);
         duacc.resize(p.R * VS);
-        dW2acc.assign(p.H * p.R * VS, T(0));
-        db2acc.assign(p.H * VS, T(0));
+        dW2T.assign(p.R * p.H, T(0));
+        db2s.assign(p.H, T(0));
       }
     }
   }
@@ -114,25 +157,37 @@ void gather_chunk(const SparseParams& sp, int64_t b, int64_t i, int64_t& e, int6
   }
 }
 
-// Key-side MLP pre-activations of the chunk, transposed: te[r][c].
+// Key-side MLP pre-activations of the chunk, transposed: te[r][c]. One
+// contiguous output row per r (the rows of t are gathered).
 template <class T>
 const T* chunk_key_preact(const dense::FwdParams& p, int64_t b, Scratch<T>& ws) {
   const T* t = static_cast<const T*>(p.tT);  // (B, M, R) with key_tile = 0
   const T* E = static_cast<const T*>(p.E);
   if (!t && !E) return nullptr;
-  const int64_t R = p.R;
+  const int64_t R = p.R, n = ws.n;
+  int64_t trow[kC], erow[kC];
+  for (int64_t c = 0; c < n; ++c) {
+    trow[c] = (b * p.M + ws.j[c]) * R;
+    erow[c] = ws.orow[c] * R;
+  }
   T* te = ws.te.data();
-  for (int64_t c = 0; c < ws.n; ++c) {
-    const T* tj = t ? t + (b * p.M + ws.j[c]) * R : nullptr;
-    const T* Eo = E ? E + ws.orow[c] * R : nullptr;
-    for (int64_t r = 0; r < R; ++r) te[r * kC + c] = (tj ? tj[r] : T(0)) + (Eo ? Eo[r] : T(0));
+  for (int64_t r = 0; r < R; ++r) {
+    T* dst = te + r * kC;
+    if (t && E) {
+      for (int64_t c = 0; c < n; ++c) dst[c] = t[trow[c] + r] + E[erow[c] + r];
+    } else if (t) {
+      for (int64_t c = 0; c < n; ++c) dst[c] = t[trow[c] + r];
+    } else {
+      for (int64_t c = 0; c < n; ++c) dst[c] = E[erow[c] + r];
+    }
   }
   return te;
 }
 
 // Logits of every head for the chunk's pairs: S[h][c].
 template <class T, Activation A>
-void chunk_logits(const dense::FwdParams& p, int64_t b, int64_t i, Scratch<T>& ws) {
+void chunk_logits(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
+  const dense::FwdParams& p = sp.f;
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
   const int64_t n = ws.n, H = p.H;
@@ -142,9 +197,10 @@ void chunk_logits(const dense::FwdParams& p, int64_t b, int64_t i, Scratch<T>& w
     if (p.content) {
       const int64_t bh = b * H + h;
       const T* qi = static_cast<const T*>(p.q) + (bh * p.N + i) * p.Dk;
-      const T* k = static_cast<const T*>(p.k) + bh * p.M * p.Dk;
+      const T* k = static_cast<const T*>(sp.k_km) + (b * p.M * H + h) * p.Dk;  // key-major
+      const int64_t ld = H * p.Dk;
       const T sc = static_cast<T>(p.scale);
-      for (int64_t c = 0; c < n; ++c) Sh[c] = sc * dot(qi, k + ws.j[c] * p.Dk, p.Dk);
+      for (int64_t c = 0; c < n; ++c) Sh[c] = sc * dot(qi, k + ws.j[c] * ld, p.Dk);
     } else {
       std::fill_n(Sh, n, T(0));
     }
@@ -186,13 +242,13 @@ void fwd_row(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
   std::fill(ws.m.begin(), ws.m.end(), neg_inf<T>());
   std::fill(ws.l.begin(), ws.l.end(), T(0));
   const int64_t* rp = sp.row_ptr + b * (p.N + 1);
-  const T* v = static_cast<const T*>(p.v);
+  const T* v = static_cast<const T*>(sp.v_km);  // (B, M, H, Dv)
   T w[kC];
   for (int64_t e = rp[i], end = rp[i + 1]; e < end;) {
     gather_chunk(sp, b, i, e, end, ws);
     const int64_t n = ws.n;
     if (n == 0) continue;
-    chunk_logits<T, A>(p, b, i, ws);
+    chunk_logits<T, A>(sp, b, i, ws);
     if (!p.softmax)
       for (int64_t c = 0; c < n; ++c) w[c] = pair_weight(ws.lw[c]);
     for (int64_t h = 0; h < H; ++h) {
@@ -210,8 +266,7 @@ void fwd_row(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
       } else {
         for (int64_t c = 0; c < n; ++c) Sh[c] *= w[c];
       }
-      const T* vh = v + (b * H + h) * p.M * Dv;
-      for (int64_t c = 0; c < n; ++c) axpy(Sh[c], vh + ws.j[c] * Dv, Oh, Dv);
+      gather_axpy(Sh, ws.j, n, v + (b * p.M * H + h) * Dv, H * Dv, Oh, Dv);
     }
   }
   for (int64_t h = 0; h < H; ++h) {
@@ -237,9 +292,11 @@ void fwd_range(const SparseParams& sp, int64_t begin, int64_t end) {
 // ---------------------------------------------------------------------------
 // Backward
 
-// MLP part of the backward of a chunk, given dS (ws.S, H x kC): du of the row
-// (ws.duacc lanes), dt / dE scattered into this thread's buffers, dW2 / db2
-// into the range's lane accumulators.
+// MLP part of the backward of a chunk, given dS (ws.S, H x kC), as two small
+// matrix products over the chunk's pairs (dhid = W2^T dS, dW2^T += hid dS^T):
+// per-(head, hidden unit) register accumulators would not fit in L1 for
+// point-cloud sized MLPs (H = R = 64). du of the row goes to ws.duacc lanes,
+// dt / dE are scattered into this thread's buffers.
 template <class T, Activation A>
 void chunk_mlp_backward(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws,
                         T* dt_t, T* dE_t) {
@@ -250,48 +307,58 @@ void chunk_mlp_backward(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch
   const T* te = chunk_key_preact(p, b, ws);
   const T* ui = p.u ? static_cast<const T*>(p.u) + (b * p.N + i) * R : nullptr;
   const T* W2 = static_cast<const T*>(p.W2);
-  T* hid = ws.hid.data();
-  T* dact = ws.dact.data();
-  T* dhid = ws.dhid.data();
-  T lanes[V::size()];
-  for (int64_t cv = 0; cv < n; cv += VS) {
-    const int64_t cnt = std::min(VS, n - cv);
-    for (int64_t r = 0; r < R; ++r) {
-      V pre = ui ? V(ui[r]) : V(T(0));
-      if (te) pre = pre + load(te + r * kC + cv, cnt);
+  const T* dS = ws.S.data();
+  T* hid = ws.hidC.data();
+  T* dact = ws.dactC.data();
+  T* dhid = ws.dhidC.data();
+  // hidden layer and its derivative, lanes over pairs (kC is a multiple of the
+  // vector width: whole vectors are stored, lanes past n are never used)
+  for (int64_t r = 0; r < R; ++r) {
+    const V ur = ui ? V(ui[r]) : V(T(0));
+    for (int64_t cv = 0; cv < n; cv += VS) {
+      const int64_t cnt = std::min(VS, n - cv);
+      const V pre = te ? ur + load(te + r * kC + cv, cnt) : ur;
       V d;
-      Act<A, V>::fwd_grad(pre, d).store(hid + r * VS);
-      d.store(dact + r * VS);
-      V(T(0)).store(dhid + r * VS);
-    }
-    // dhid_r = sum_h W2[h, r] dS_h ; dW2[h, r] += dS_h hid_r ; db2[h] += dS_h
-    for (int64_t h = 0; h < H; h += 8) {
-      const T* dSh = ws.S.data() + h * kC + cv;
-      T* dw = ws.dW2acc.data() + h * R * VS;
-      T* db = ws.db2acc.data() + h * VS;
-      switch (std::min<int64_t>(8, H - h)) {
-#define ITNET_CASE(nh) \
-  case nh: mlp_heads_bwd<nh>(R, hid, dhid, W2 + h * R, dSh, kC, cnt, dw, db); break;
-        ITNET_CASE(1) ITNET_CASE(2) ITNET_CASE(3) ITNET_CASE(4)
-        ITNET_CASE(5) ITNET_CASE(6) ITNET_CASE(7) ITNET_CASE(8)
-#undef ITNET_CASE
-        default: break;
-      }
-    }
-    for (int64_t r = 0; r < R; ++r) {
-      // masked lanes: dS loaded as 0 there, so dhid and dpre are 0
-      const V dpre = V::loadu(dhid + r * VS) * V::loadu(dact + r * VS);
-      T* du = ws.duacc.data() + r * VS;
-      (V::loadu(du) + dpre).store(du);
-      if (dt_t || dE_t) {
-        dpre.store(lanes);
-        for (int64_t x = 0; x < cnt; ++x) {
-          if (dt_t) dt_t[(b * p.M + ws.j[cv + x]) * R + r] += lanes[x];
-          if (dE_t) dE_t[ws.orow[cv + x] * R + r] += lanes[x];
-        }
-      }
+      Act<A, V>::fwd_grad(pre, d).store(hid + r * kC + cv);
+      d.store(dact + r * kC + cv);
     }
   }
+  // dhid (R x n) = W2^T (R x H) dS (H x n)
+  gemm<T>(R, n, H, T(1), W2, 1, R, dS, kC, false, dhid, kC);
+  // dpre = dhid * act'(pre): du (row sums), dt and dE (scattered per pair)
+  for (int64_t r = 0; r < R; ++r) {
+    T* dr = dhid + r * kC;
+    V acc(T(0));
+    for (int64_t cv = 0; cv < n; cv += VS) {
+      const int64_t cnt = std::min(VS, n - cv);
+      const V dpre = V::set(V(T(0)), V::loadu(dr + cv) * V::loadu(dact + r * kC + cv), cnt);
+      dpre.store(dr + cv);
+      acc = acc + dpre;
+    }
+    T* du = ws.duacc.data() + r * VS;
+    (V::loadu(du) + acc).store(du);
+  }
+  // one contiguous row of dt / dE per pair (dpre read across the L1-resident chunk)
+  for (int64_t c = 0; c < n; ++c) {
+    T* dtj = dt_t ? dt_t + (b * p.M + ws.j[c]) * R : nullptr;
+    T* dEo = dE_t ? dE_t + ws.orow[c] * R : nullptr;
+    for (int64_t r = 0; r < R; ++r) {
+      const T g = dhid[r * kC + c];
+      if (dtj) dtj[r] += g;
+      if (dEo) dEo[r] += g;
+    }
+  }
+  // dW2^T (R x H) += hid (R x n) dS^T (n x H); db2 += row sums of dS
+  T* dST = ws.dST.data();
+  for (int64_t h = 0; h < H; ++h) {
+    T s = T(0);
+    for (int64_t c = 0; c < n; ++c) {
+      dST[c * H + h] = dS[h * kC + c];
+      s += dS[h * kC + c];
+    }
+    ws.db2s[h] += s;
+  }
+  gemm<T>(R, H, n, T(1), hid, kC, 1, dST, H, true, ws.dW2T.data(), H);
 }
 
 template <class T, Activation A>
@@ -300,12 +367,13 @@ void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, in
   const dense::FwdParams& p = sp.f;
   const int64_t H = p.H, Dv = p.Dv, Dk = p.Dk, R = p.R, B = p.B, M = p.M;
   const int64_t* rp = sp.row_ptr + b * (p.N + 1);
-  const T* v = static_cast<const T*>(p.v);
-  const T* k = static_cast<const T*>(p.k);
+  // key-major key-side tensors and buffers: (B, M, H, D)
+  const T* v = static_cast<const T*>(sp.v_km);
+  const T* k = static_cast<const T*>(sp.k_km);
   const T* q = static_cast<const T*>(p.q);
   const T sc = static_cast<T>(p.scale);
-  T* dv_t = static_cast<T*>(bp.dv) + tid * B * H * M * Dv;
-  T* dk_t = bp.dk ? static_cast<T*>(bp.dk) + tid * B * H * M * Dk : nullptr;
+  T* dv_t = static_cast<T*>(bp.dv) + tid * B * M * H * Dv;
+  T* dk_t = bp.dk ? static_cast<T*>(bp.dk) + tid * B * M * H * Dk : nullptr;
   T* dt_t = bp.dt ? static_cast<T*>(bp.dt) + tid * B * M * R : nullptr;
   T* dE_t = bp.dE ? static_cast<T*>(bp.dE) + tid * p.O * R : nullptr;
   T* dlog_w = bp.dlog_w ? static_cast<T*>(bp.dlog_w) + b * sp.E : nullptr;
@@ -315,7 +383,7 @@ void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, in
     gather_chunk(sp, b, i, e, end, ws);
     const int64_t n = ws.n;
     if (n == 0) continue;
-    chunk_logits<T, A>(p, b, i, ws);
+    chunk_logits<T, A>(sp, b, i, ws);
     std::fill_n(ws.dlw.data(), n, T(0));
     if (!p.softmax)
       for (int64_t c = 0; c < n; ++c) w[c] = pair_weight(ws.lw[c]);
@@ -324,13 +392,13 @@ void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, in
       const int64_t row = bh * p.N + i;
       T* Sh = ws.S.data() + h * kC;
       const T* dO = static_cast<const T*>(bp.dout) + row * Dv;
-      const T* vh = v + bh * M * Dv;
-      T* dvh = dv_t + bh * M * Dv;
+      const T* vh = v + (b * M * H + h) * Dv;  // key j at vh + j * H * Dv
+      T* dvh = dv_t + (b * M * H + h) * Dv;
       const T shift = p.softmax ? softmax_bwd_shift(static_cast<const T*>(bp.lse)[row]) : T(0);
       const T delta = p.softmax ? static_cast<const T*>(bp.delta)[row] : T(0);
       for (int64_t c = 0; c < n; ++c) {
         const int64_t j = ws.j[c];
-        const T dP = dot(dO, vh + j * Dv, Dv);
+        const T dP = dot(dO, vh + j * H * Dv, Dv);
         T a, ds;
         if (p.softmax) {
           a = Ops<T>::exp(Sh[c] + ws.lw[c] - shift);
@@ -341,19 +409,20 @@ void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, in
           ds = none_logit_grad(w[c], dP);
           ws.dlw[c] += none_log_weight_grad(Sh[c], w[c], dP);
         }
-        axpy(a, dO, dvh + j * Dv, Dv);
+        axpy(a, dO, dvh + j * H * Dv, Dv);
         Sh[c] = ds;
       }
       if (p.content) {
         const T* qi = q + row * Dk;
         T* dqi = static_cast<T*>(bp.dq) + row * Dk;
-        const T* kh = k + bh * M * Dk;
-        T* dkh = dk_t + bh * M * Dk;
+        const T* kh = k + (b * M * H + h) * Dk;
+        T* dkh = dk_t + (b * M * H + h) * Dk;
+        T sds[kC];
         for (int64_t c = 0; c < n; ++c) {
-          const int64_t j = ws.j[c];
-          axpy(sc * Sh[c], kh + j * Dk, dqi, Dk);
-          axpy(sc * Sh[c], qi, dkh + j * Dk, Dk);
+          sds[c] = sc * Sh[c];
+          axpy(sds[c], qi, dkh + ws.j[c] * H * Dk, Dk);
         }
+        gather_axpy(sds, ws.j, n, kh, H * Dk, dqi, Dk);
       }
     }
     if (p.mlp) chunk_mlp_backward<T, A>(bp, b, i, ws, dt_t, dE_t);
@@ -373,13 +442,11 @@ void bwd_range(const SparseBwdParams& bp, int64_t begin, int64_t end, int64_t ti
   Scratch<T> ws(p, /*backward=*/true);
   for (int64_t row = begin; row < end; ++row) bwd_row<T, A>(bp, row / p.N, row % p.N, ws, tid);
   if (p.mlp) {
-    const int64_t VS = Vectorized<T>::size();
     T* dW2 = static_cast<T*>(bp.dW2) + tid * p.H * p.R;
     T* db2 = bp.db2 ? static_cast<T*>(bp.db2) + tid * p.H : nullptr;
     for (int64_t h = 0; h < p.H; ++h) {
-      if (db2) db2[h] += hsum(Vectorized<T>::loadu(ws.db2acc.data() + h * VS));
-      for (int64_t r = 0; r < p.R; ++r)
-        dW2[h * p.R + r] += hsum(Vectorized<T>::loadu(ws.dW2acc.data() + (h * p.R + r) * VS));
+      if (db2) db2[h] += ws.db2s[h];
+      for (int64_t r = 0; r < p.R; ++r) dW2[h * p.R + r] += ws.dW2T[r * p.H + h];
     }
   }
 }

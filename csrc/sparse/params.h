@@ -20,6 +20,11 @@ struct SparseParams {
   const int64_t* col_idx = nullptr;  // (B, E), keys in [0, M) where the pair is present
   const void* log_w = nullptr;       // (B, E) or null (= 0); -inf = absent pair
   int64_t E = 0;
+  // Key-major copies (prepare(..., key_major = true), the CPU kernels): every
+  // head of one key in one contiguous block, so that gathering a pair's key
+  // reads H * D contiguous values instead of H scattered rows.
+  const void* k_km = nullptr;  // (B, M, H, Dk)
+  const void* v_km = nullptr;  // (B, M, H, Dv)
 };
 
 struct SparseBwdParams {
@@ -34,6 +39,7 @@ struct SparseBwdParams {
   void* dlog_w = nullptr;  // (B, E); absent pairs and padding entries get 0
   // Key-side and parameter gradients: `copies` buffers (CPU: one per thread,
   // summed by the entry point; CUDA: one, with atomics), base pointers.
+  // (dk, dv key-major, (copies, B, M, H, D), when prepared key-major)
   void* dk = nullptr;      // (copies, B, H, M, Dk)
   void* dv = nullptr;      // (copies, B, H, M, Dv)
   void* dt = nullptr;      // (copies, B, M, R)

@@ -65,7 +65,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
                  const at::Tensor& row_ptr, const at::Tensor& col_idx,
                  const c10::optional<at::Tensor>& log_w, at::ArrayRef<double> window_lo,
-                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax) {
+                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
+                 bool key_major) {
   TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
               "v: expected dtype float32 or float64 (the sparse op's kernels), got ",
               v.scalar_type());
@@ -111,6 +112,16 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   p.row_ptr = static_cast<const int64_t*>(keep(row_ptr));
   p.col_idx = static_cast<const int64_t*>(keep(col_idx));
   if (log_w.has_value()) p.log_w = keep(*log_w);
+  if (key_major) {
+    // from the prepared (padding-free, contiguous) tensors the params point into
+    const dense::FwdParams& f = p.f;
+    auto km = [&](const void* ptr, int64_t D) {
+      at::Tensor x = at::from_blob(const_cast<void*>(ptr), {f.B, f.H, f.M, D}, v.options());
+      return keep(x.transpose(1, 2));
+    };
+    p.v_km = km(f.v, f.Dv);
+    if (f.content) p.k_km = km(f.k, f.Dk);
+  }
   return pr;
 }
 
@@ -147,8 +158,14 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   bw.dq = make(p.content, {p.B, p.H, p.N, p.Dk}, false);
   bw.du = make(mlp && u.has_value(), {p.B, p.N, p.R}, false);
   bw.dlog_w = make(log_w.has_value(), {p.B, fwd.params.E}, false);
-  bw.dk = make(p.content, {p.B, p.H, p.M, p.Dk}, true);
-  bw.dv = make(true, {p.B, p.H, p.M, p.Dv}, true);
+  bw.key_major = fwd.params.v_km != nullptr;
+  if (bw.key_major) {
+    bw.dk = make(p.content, {p.B, p.M, p.H, p.Dk}, true);
+    bw.dv = make(true, {p.B, p.M, p.H, p.Dv}, true);
+  } else {
+    bw.dk = make(p.content, {p.B, p.H, p.M, p.Dk}, true);
+    bw.dv = make(true, {p.B, p.H, p.M, p.Dv}, true);
+  }
   bw.dt = make(mlp && t.has_value(), {p.B, p.M, p.R}, true);
   bw.dW2 = make(mlp, {p.H, p.R}, true);
   bw.db2 = make(mlp && b2.has_value(), {p.H}, true);
@@ -173,7 +190,12 @@ GradTuple Backward::finish(const c10::optional<at::Tensor>& u,
   at::Tensor gdu = du, gdt = total(dt);
   if (u.has_value() && du.dim() > 1) gdu = dense::reduce_to(gdu, *u);
   if (t.has_value() && dt.dim() > 1) gdt = dense::reduce_to(gdt, *t);
-  return {dq, total(dk), total(dv), gdu, gdt, total(dW2), total(db2), total(dE), dlog_w};
+  at::Tensor gdk = total(dk), gdv = total(dv);
+  if (key_major) {  // (B, M, H, D) -> the inputs' (B, H, M, D), contiguous
+    if (gdk.dim() == 4) gdk = gdk.transpose(1, 2).contiguous();
+    gdv = gdv.transpose(1, 2).contiguous();
+  }
+  return {dq, gdk, gdv, gdu, gdt, total(dW2), total(db2), total(dE), dlog_w};
 }
 
 }  // namespace sparse

@@ -30,7 +30,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
                  const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
                  const at::Tensor& row_ptr, const at::Tensor& col_idx,
                  const c10::optional<at::Tensor>& log_w, at::ArrayRef<double> window_lo,
-                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax);
+                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
+                 bool key_major = false);
 
 using GradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -39,6 +40,7 @@ using GradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
 // parameter gradients get a leading dim of `copies` (CPU: threads, CUDA: 1).
 struct Backward {
   SparseBwdParams params;
+  bool key_major = false;  // dk / dv buffers (copies, B, M, H, D), transposed by finish()
   std::vector<at::Tensor> keep_alive;
   at::Tensor dq, dk, dv, du, dt, dW2, db2, dE, dlog_w;
   // Gradients in sparse_bwd's output order (q, k, v, u, t, W2, b2,
