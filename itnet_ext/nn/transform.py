@@ -12,8 +12,10 @@ with the logit ``l_h(i, j)`` the sum of the enabled terms
 ``u_i = A [f_i; p_i] + b1`` and ``t_j = B [f_j; p_j]`` are the first layer of
 the pair MLP split by linearity (see ``shared/DESIGN.md`` section 1). The
 projections live here; the per-pair work is done by
-:func:`itnet_ext.functional.integral_transform` (looked up at call time, so the
-reference / fused backends are interchangeable).
+:func:`itnet_ext.functional.integral_transform` (``method="dense"``) or
+:func:`itnet_ext.functional.sparse_integral_transform` (``"sampled"``,
+``"neighbors"``; the pair lists are built in ``_sparse_layer``), both looked up at call
+time, so the reference / fused backends are interchangeable.
 """
 from __future__ import annotations
 
@@ -26,9 +28,13 @@ from torch.nn import functional as TF
 
 from .. import functional as _functional
 from .._validate import ACTIVATIONS, NORMALIZATIONS, offset_layout
+from . import _sparse_layer as _sparse
 from ._inputs import batch_first_inputs, convert_masks, layer_window
 
 __all__ = ["IntegralTransform"]
+
+
+_KEEP = object()  # evaluate_with: "leave this setting as it is"
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -61,6 +67,43 @@ class IntegralTransform(nn.Module):
         kdim, vdim: key / value feature sizes (default ``embed_dim``).
         batch_first: ``(B, N, E)`` inputs/outputs instead of ``(N, B, E)``.
 
+        method: how the kernel is evaluated (DESIGN section 2), with the same parameters:
+            ``"dense"`` (exact, every key of the support; the default), ``"sampled"``
+            (importance-weighted Monte Carlo: ``samples`` keys per query drawn from
+            ``proposal``) or ``"neighbors"`` (the pairs of a neighbourhood passed to
+            ``forward(..., neighbors=...)``).
+        samples: keys drawn per query by ``method="sampled"`` (an int >= 1; required there).
+            For ``"stratified"`` the number of far-field draws.
+        proposal: the sampling distribution q(j | i) of ``method="sampled"``, over the
+            support of query i (keys not padded, ``j <= i`` when causal, inside ``window``):
+            ``"uniform"`` (default); ``"local"``: a discretized Gaussian
+            exp(-|p_j - p_i|^2 / (2 sigma^2)) around the query position (needs ``sigma``);
+            ``"saliency"``: q(j | i) = softmax over the support of a per-key score passed as
+            ``forward(..., key_scores=...)``; ``"stratified"``: every key inside
+            ``near_window`` exactly (weight 1) plus ``samples`` uniform draws from the rest of
+            the support (needs ``near_window``). The far field is drawn from the keys that
+            are not padded (and ``j <= i`` when causal) outside ``near_window``, ignoring
+            ``window``: draws outside ``window`` are dropped (still unbiased, but wasted).
+        sigma: the ``"local"`` proposal's standard deviation in position units: a number or
+            ``pos_dim`` numbers (> 0).
+        near_window: the ``"stratified"`` proposal's exact near field, in the forms of
+            ``window`` (offsets ``p_j - p_i``); it splits the support, it does not restrict it.
+
+    Estimators (``method="sampled"``): with draws j_1..j_S ~ q(. | i),
+    ``normalize="none"`` gives the unbiased (1/S) sum_s l(i, j_s) v_{j_s} / q(j_s | i), i.e.
+    per-pair log-weight -log q - log S; ``"softmax"`` the self-normalized
+    sum_s rho_s v_{j_s} / sum_s rho_s with rho_s = exp(l(i, j_s)) / q(j_s | i) (consistent,
+    bias O(1/S)). Gradients are pathwise (through kernel values and values, not through the
+    draws). A query with an empty support outputs ``out_proj.bias`` as in the dense method.
+
+    Switching the method of a trained layer: the methods add no parameters or buffers, so a
+    state dict moves freely between layers that differ only in these settings, and
+    :meth:`evaluate_with` changes them in place (``layer.evaluate_with(method="sampled",
+    samples=64)``; settings not named are kept; returns the layer). ``method``, ``samples``,
+    ``proposal``, ``sigma`` and ``near_window`` are also properties; assigning one is
+    ``evaluate_with`` with that one setting (checked against the others). They are
+    configuration, like ``batch_first``, and are not part of the state dict.
+
     Parameters (names as in ``nn.MultiheadAttention`` so state dicts are exchangeable):
     ``in_proj_weight`` / ``in_proj_bias`` (or ``q_proj_weight``, ``k_proj_weight``,
     ``v_proj_weight`` when kdim/vdim differ from embed_dim), ``out_proj``. With
@@ -69,6 +112,13 @@ class IntegralTransform(nn.Module):
     R x kdim with ``relative_positions``), ``kernel_W2`` (H x R), ``kernel_b2`` (H),
     ``offset_table`` (window volume x R).
     """
+
+    # evaluation settings (class defaults: modules pickled before these existed stay dense)
+    _method = "dense"
+    _samples = None
+    _proposal = "uniform"
+    _sigma = None
+    _near_window = None
 
     def __init__(
         self,
@@ -89,6 +139,12 @@ class IntegralTransform(nn.Module):
         batch_first: bool = False,
         device=None,
         dtype=None,
+        *,
+        method: str = "dense",
+        samples: Optional[int] = None,
+        proposal: str = "uniform",
+        sigma=None,
+        near_window=None,
     ) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
@@ -123,6 +179,8 @@ class IntegralTransform(nn.Module):
                 raise ValueError(f"offset_embedding=True requires integer window bounds, got {window}")
         if relative_positions and kernel_hidden == 0:
             raise ValueError("relative_positions=True needs the MLP term (kernel_hidden > 0)")
+        self._method, self._samples, self._proposal, self._sigma, self._near_window = \
+            _sparse.check_method_config(method, samples, proposal, sigma, near_window, pos_dim)
 
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -216,6 +274,76 @@ class IntegralTransform(nn.Module):
 
     reset_parameters = _reset_parameters
 
+    # ----------------------------------------------------------------------------------
+    # evaluation method (configuration, not state)
+    # ----------------------------------------------------------------------------------
+    def evaluate_with(
+        self,
+        method=_KEEP,
+        *,
+        samples=_KEEP,
+        proposal=_KEEP,
+        sigma=_KEEP,
+        near_window=_KEEP,
+    ) -> "IntegralTransform":
+        """Set how ``forward`` evaluates the kernel; settings not given are kept.
+
+        Same arguments as the constructor (``method``, ``samples``, ``proposal``, ``sigma``,
+        ``near_window``), checked together: e.g. ``method="sampled"`` needs ``samples``.
+        Parameters are untouched. Returns ``self`` (``layer.evaluate_with(method="sampled",
+        samples=32)(x)``, like ``.eval()``). On a bad argument nothing changes."""
+        cur = (self._method, self._samples, self._proposal, self._sigma, self._near_window)
+        new = tuple(c if n is _KEEP else n for c, n in zip(
+            cur, (method, samples, proposal, sigma, near_window)))
+        (self._method, self._samples, self._proposal, self._sigma,
+         self._near_window) = _sparse.check_method_config(*new, self.pos_dim)
+        return self
+
+    @property
+    def method(self) -> str:
+        """``"dense"``, ``"sampled"`` or ``"neighbors"``; assignable (see :meth:`evaluate_with`)."""
+        return self._method
+
+    @method.setter
+    def method(self, value) -> None:
+        self.evaluate_with(method=value)
+
+    @property
+    def samples(self) -> Optional[int]:
+        """Keys drawn per query by ``method="sampled"``; assignable."""
+        return self._samples
+
+    @samples.setter
+    def samples(self, value) -> None:
+        self.evaluate_with(samples=value)
+
+    @property
+    def proposal(self) -> str:
+        """The proposal of ``method="sampled"``; assignable."""
+        return self._proposal
+
+    @proposal.setter
+    def proposal(self, value) -> None:
+        self.evaluate_with(proposal=value)
+
+    @property
+    def sigma(self):
+        """The ``"local"`` proposal's standard deviation per position dim (a tuple); assignable."""
+        return self._sigma
+
+    @sigma.setter
+    def sigma(self, value) -> None:
+        self.evaluate_with(sigma=value)
+
+    @property
+    def near_window(self):
+        """The ``"stratified"`` proposal's near field (``pos_dim`` pairs); assignable."""
+        return self._near_window
+
+    @near_window.setter
+    def near_window(self, value) -> None:
+        self.evaluate_with(near_window=value)
+
     def extra_repr(self) -> str:
         s = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
         if self.kernel_hidden:
@@ -235,6 +363,14 @@ class IntegralTransform(nn.Module):
             s += f", kdim={self.kdim}, vdim={self.vdim}"
         if self.batch_first:
             s += ", batch_first=True"
+        if self._method != "dense":
+            s += f", method={self._method!r}"
+        if self._method == "sampled":
+            s += f", samples={self._samples}, proposal={self._proposal!r}"
+            if self._proposal == "local":
+                s += f", sigma={self._sigma}"
+            if self._proposal == "stratified":
+                s += f", near_window={self._near_window}"
         return s
 
     # ----------------------------------------------------------------------------------
@@ -343,17 +479,31 @@ class IntegralTransform(nn.Module):
         attn_mask: Optional[Tensor],
         causal: bool,
         projected=None,
+        sparse: Optional[dict] = None,
     ) -> Tensor:
         """Core on batch-first (B, L, C) tensors; masks already in the functional's convention.
 
-        Returns the head outputs (B, H, N, Dh).
+        ``sparse`` (methods "sampled" / "neighbors"): the forward's ``generator``,
+        ``neighbors``, ``key_scores``, ``is_batched`` and ``key_bias`` (a float
+        key_padding_mask's finite part, (B, M)); ``attn_mask`` must then be None (the
+        padding is in ``key_padding_mask``). Returns the head outputs (B, H, N, Dh).
         """
         B, N, _ = query.shape
         M = key.shape[1]
+        sparse_method = self._method != "dense"
+        if sparse_method and attn_mask is not None:
+            raise ValueError(
+                f"attn_mask is not supported by method={self._method!r} (nor a float "
+                "key_padding_mask folded into it); use causal / is_causal, window, a bool "
+                "key_padding_mask, or method='dense'")
         q, k, v = self._in_projection(query, key, value) if projected is None else projected
         need_pos = self.kernel_hidden > 0 or self.window is not None or self.offset_table is not None
+        # the sampler needs the positions for a window, a local or stratified proposal
+        sampler_pos = self._method == "sampled" and (
+            self.window is not None or self._proposal in ("local", "stratified"))
+        default_pos = query_pos is None and key_pos is None
         p_q = p_k = None
-        if need_pos:
+        if need_pos or sampler_pos:
             p_q = self._positions(query_pos, "query_pos", B, N, query)
             if key_pos is None and self_attention and query_pos is not None:
                 p_k = p_q
@@ -363,6 +513,26 @@ class IntegralTransform(nn.Module):
         if self.kernel_hidden > 0:
             u, t = self._mlp_inputs(query, key, p_q, p_k)
         use_pos = self.window is not None or self.offset_table is not None
+        if sparse_method:
+            pairs = self._pairs(
+                dict(sparse or {}), B=B, N=N, M=M, causal=causal, key_padding_mask=key_padding_mask,
+                p_q=None if default_pos else p_q, p_k=None if default_pos else p_k, v=v)
+            return _functional.sparse_integral_transform(
+                q,
+                k,
+                v,
+                **pairs,
+                u=u,
+                t=t,
+                W2=self.kernel_W2,
+                b2=self.kernel_b2,
+                activation=self.activation,
+                offset_table=self.offset_table,
+                q_pos=p_q if use_pos else None,
+                k_pos=p_k if use_pos else None,
+                window=self.window,
+                normalize=self.normalize,
+            )
         return _functional.integral_transform(
             q,
             k,
@@ -381,6 +551,46 @@ class IntegralTransform(nn.Module):
             key_padding_mask=key_padding_mask,
             attn_mask=attn_mask,
         )
+
+    def _pairs(self, sparse: dict, *, B, N, M, causal, key_padding_mask, p_q, p_k, v) -> dict:
+        """The pair-list arguments of the sparse op for the current method."""
+        generator = sparse.get("generator")
+        neighbors = sparse.get("neighbors")
+        key_scores = sparse.get("key_scores")
+        is_batched = sparse.get("is_batched", True)
+        key_bias = sparse.get("key_bias")
+        if key_bias is not None and self.normalize == "none":
+            raise ValueError(
+                "key_padding_mask: a float (additive) mask with finite non-zero entries is not "
+                "supported by the sparse methods with normalize='none' (only 0 / -inf); pass a "
+                "bool mask")
+        if self._method == "neighbors":
+            if key_scores is not None:
+                raise ValueError("key_scores is only used by method='sampled' with "
+                                 "proposal='saliency'")
+            return _sparse.neighbor_pairs(
+                neighbors, B=B, N=N, M=M, is_batched=is_batched, causal=causal,
+                padding=key_padding_mask, key_bias=key_bias, device=v.device, dtype=v.dtype)
+        # sampled
+        if neighbors is not None:
+            raise ValueError(f"neighbors is only used by method='neighbors' (this layer's "
+                             f"method is {self._method!r})")
+        if self._proposal == "saliency":
+            if key_scores is None:
+                raise ValueError(
+                    "key_scores is required with proposal='saliency': a per-key log-score "
+                    "(B, M) ((M,) unbatched); keys are drawn with q(j | i) = softmax over the "
+                    "support of the scores")
+            key_scores = _sparse.check_key_scores(key_scores, B, M, is_batched, v.device)
+        elif key_scores is not None:
+            raise ValueError(f"key_scores is only used by proposal='saliency' (this layer's "
+                             f"proposal is {self._proposal!r})")
+        return dict(zip(("idx", "log_w"), _sparse.sampled_pairs(
+            proposal=self._proposal, samples=self._samples, sigma=self._sigma,
+            near_window=self._near_window, normalize=self.normalize, B=B, N=N, M=M,
+            causal=causal, window=self.window, padding=key_padding_mask, key_bias=key_bias,
+            q_pos=p_q, k_pos=p_k, key_scores=key_scores, generator=generator,
+            device=v.device, dtype=v.dtype)))
 
     def _out(self, heads: Tensor, is_batched: bool) -> Tensor:
         B, H, N, Dh = heads.shape
@@ -401,6 +611,9 @@ class IntegralTransform(nn.Module):
         key_padding_mask: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
         is_causal: bool = False,
+        generator: Optional[torch.Generator] = None,
+        neighbors=None,
+        key_scores: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Apply the transform.
 
@@ -416,6 +629,28 @@ class IntegralTransform(nn.Module):
                 additive (``nn.MultiheadAttention`` conventions).
             is_causal: apply the causal mask (``j > i`` dropped) in this call, in addition to
                 ``attn_mask`` and to the constructor's ``causal``.
+            generator: ``method="sampled"``: the CPU ``torch.Generator`` the keys are drawn from
+                (the same seed gives the same output, on every device); None uses the global
+                CPU generator. Ignored by the other methods.
+            neighbors: ``method="neighbors"`` (required there, rejected otherwise): the pairs,
+                batch-major whatever ``batch_first`` (unbatched: without the B dim): padded
+                ``idx`` (B, N, S) int64 or ``(idx, log_w)``, or CSR ``(row_ptr, col_idx)`` /
+                ``(row_ptr, col_idx, log_w)`` with row_ptr (B, N + 1), col_idx (B, E), as
+                returned by :func:`~itnet_ext.nn.radius_graph` / :func:`~itnet_ext.nn.knn_graph`
+                (layout: ``itnet_ext._validate_sparse``). ``log_w`` (default 0; -inf = absent
+                pair) is a per-pair log-weight: softmax weights exp(l + log_w), none weights
+                l * exp(log_w) (a quadrature weight). Pairs with a padded key, and with j > i
+                when causal, are dropped; pairs outside ``window`` too.
+            key_scores: ``proposal="saliency"`` (required there, rejected otherwise): per-key
+                log-scores (B, M) or (1, M) ((M,) unbatched), e.g. a learned or heuristic
+                relevance; keys are drawn with q(j | i) proportional to exp(score_j) over the
+                support of query i. Detached: the estimate is unbiased (none) / consistent
+                (softmax) whatever the scores; they only change its variance.
+
+        With ``method="sampled"`` / ``"neighbors"``, ``attn_mask`` is not supported (a
+        ValueError); the support comes from ``key_padding_mask`` (bool, or float with
+        only 0 / -inf entries, or any finite additive values in softmax mode), ``causal`` /
+        ``is_causal`` and ``window``.
 
         Returns:
             the output, same layout as ``query``. A query with no admissible key outputs
@@ -427,9 +662,28 @@ class IntegralTransform(nn.Module):
         if value is None:
             value = key
         q_in, k_in, v_in, is_batched = batch_first_inputs(self, query, key, value)
-        kpm, am = convert_masks(
-            key_padding_mask, attn_mask, q_in, k_in, num_heads=self.num_heads, is_batched=is_batched
-        )
+        sparse = None
+        if self._method == "dense":
+            if neighbors is not None:
+                raise ValueError("neighbors is only used by method='neighbors' (this layer's method "
+                                 "is 'dense'; see evaluate_with)")
+            if key_scores is not None:
+                raise ValueError("key_scores is only used by method='sampled' with "
+                                 "proposal='saliency' (this layer's method is 'dense')")
+            kpm, am = convert_masks(
+                key_padding_mask, attn_mask, q_in, k_in, num_heads=self.num_heads, is_batched=is_batched
+            )
+        else:
+            if attn_mask is not None:
+                raise ValueError(
+                    f"attn_mask is not supported by method={self._method!r}: the sparse methods "
+                    "take the support from key_padding_mask, causal / is_causal and window; use "
+                    "method='dense' (evaluate_with) for an arbitrary attn_mask")
+            kpm, key_bias = _sparse.key_masks(
+                key_padding_mask, q_in.shape[0], k_in.shape[1], is_batched, q_in.dtype)
+            am = None
+            sparse = dict(generator=generator, neighbors=neighbors, key_scores=key_scores,
+                          is_batched=is_batched, key_bias=key_bias)
         heads = self._transform(
             q_in,
             k_in,
@@ -440,5 +694,6 @@ class IntegralTransform(nn.Module):
             key_padding_mask=kpm,
             attn_mask=am,
             causal=self.causal or bool(is_causal),
+            sparse=sparse,
         )
         return self._out(heads, is_batched)
