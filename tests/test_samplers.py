@@ -490,3 +490,39 @@ def test_same_sample_on_cuda():
 def test_bad_input(call, name):
     with pytest.raises(ValueError, match=rf"^{name}:"):
         call()
+
+
+def test_stratified_support_window():
+    """support_window restricts near and far field alike: every far draw inside it (none
+    wasted), and with a near field covering it the estimate is the dense op with that window."""
+    B, N, M, S = 2, 30, 40, 12
+    kpm = _kpm(B, M, 5)
+    kw = dict(window=(-2, 1), causal=True, key_padding_mask=kpm, support_window=(-9, 0))
+    idx, lw = samplers.stratified(B, N, M, S, generator=gen(8), **kw)
+    sup = support_mask(B, N, M, causal=True, kpm=kpm,
+                       window=(torch.tensor([-9.0]), torch.tensor([0.0])))
+    near = sup & support_mask(B, N, M, causal=True, kpm=kpm,
+                              window=(torch.tensor([-2.0]), torch.tensor([1.0])))
+    K = idx.shape[2] - S
+    far_seen = 0
+    for b in range(B):
+        for i in range(N):
+            fk = idx[b, i, K:]
+            n_far = int((sup[b, i] & ~near[b, i]).sum())
+            if n_far:
+                assert bool((sup[b, i, fk] & ~near[b, i, fk]).all())
+                torch.testing.assert_close(lw[b, i, K:], torch.full((S,), math.log(n_far / S),
+                                                                     dtype=F64))
+                far_seen += 1
+            else:
+                assert bool((fk == -1).all())
+    assert far_seen > N  # the test exercises far draws
+    # near field covering the support window: exact
+    idx2, lw2 = samplers.stratified(B, N, M, S, generator=gen(9),
+                                    **dict(kw, window=(-9, 0)))
+    assert bool((lw2[..., -S:] == -INF).all())
+    near2 = idx2[..., :-S]
+    for b in range(B):
+        for i in range(N):
+            row = near2[b, i]
+            assert row[row >= 0].tolist() == torch.nonzero(sup[b, i])[:, 0].tolist()

@@ -159,13 +159,14 @@ def sampled_pairs(*, proposal: str, samples: int, sigma, near_window, normalize:
     over the support (padding, causal, window), log_w = -log q (softmax, self-normalized)
     or -log q - log S (none, unbiased). ``stratified``: every support key inside
     ``near_window`` once (weight 1) plus ``samples`` uniform draws from the rest of the
-    support (padding, causal; the layer's window is applied by the op), weight n_far / S.
+    support (padding, causal, window), weight n_far / S.
     ``key_bias`` (softmax only) is added to the log-weight of each pair."""
     common = dict(causal=causal, key_padding_mask=padding, q_pos=q_pos, k_pos=k_pos,
                   generator=generator, device=device)
     S = samples
     if proposal == "stratified":
-        idx, log_w = _samplers.stratified(B, N, M, S, window=near_window, dtype=dtype, **common)
+        idx, log_w = _samplers.stratified(B, N, M, S, window=near_window, support_window=window,
+                                          dtype=dtype, **common)
     else:
         if proposal == "uniform":
             idx, log_q = _samplers.uniform(B, N, M, S, window=window, **common)

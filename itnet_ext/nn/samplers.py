@@ -361,7 +361,8 @@ def saliency(scores, N, S, *, causal=False, window=None, key_padding_mask=None, 
 
 
 def stratified(B, N, M, S, *, window, causal=False, key_padding_mask=None, q_pos=None,
-               k_pos=None, key_weight=None, generator=None, device=None, dtype=torch.float64):
+               k_pos=None, key_weight=None, support_window=None, generator=None, device=None,
+               dtype=torch.float64):
     """The window exactly plus Monte Carlo for the far field; nothing is counted twice.
 
     The support of row i (padding, causal) splits into the near field (keys with
@@ -381,6 +382,8 @@ def stratified(B, N, M, S, *, window, causal=False, key_padding_mask=None, q_pos
     does not cancel here, because the near field carries no 1/S. With a window that covers
     the whole support the far field is empty and the result is the dense op exactly.
     Do not pass this ``window`` to the op: it is a split of the support, not a restriction.
+    ``support_window`` (same forms) is the op's own window, when it has one: it restricts the
+    support (near and far field alike), so that no far draw lands outside it and is wasted.
     Cost O(B N M) (near and far masks per query block)."""
     B, N, M = (_check_count(n, x, 0) for n, x in (("B", B), ("N", N), ("M", M)))
     S = _check_count("S", S, 1)
@@ -389,9 +392,9 @@ def stratified(B, N, M, S, *, window, causal=False, key_padding_mask=None, q_pos
         raise ValueError("window: stratified needs the near-field window (lo, hi) (per position "
                          "dim); without one use uniform")
     device = _pick_device(device, key_padding_mask, q_pos, k_pos, key_weight)
-    # The support has no window; the window only splits it.
-    sup = _Support(B, N, M, causal=causal, window=None, key_padding_mask=key_padding_mask,
-                   q_pos=q_pos, k_pos=k_pos, device=device)
+    # The support's window is the op's (support_window); `window` only splits the support.
+    sup = _Support(B, N, M, causal=causal, window=support_window,
+                   key_padding_mask=key_padding_mask, q_pos=q_pos, k_pos=k_pos, device=device)
     win = normalize_window(window, sup.D, broadcast=True)
     lohi = tuple(torch.tensor(b, dtype=_F64, device=device) for b in zip(*win))  # (lo, hi)
     u = _uniforms(B, N, S, generator, device)
@@ -401,7 +404,7 @@ def stratified(B, N, M, S, *, window, causal=False, key_padding_mask=None, q_pos
     ar = torch.arange(M, device=device)
     for s, e in sup.blocks(M):
         full = sup.block(s, e).expand(B, -1, -1)
-        inside = sup.block(s, e, window=lohi).expand(B, -1, -1)   # support & window
+        inside = full & sup.block(s, e, window=lohi)                # support & window
         far = full & ~inside
         # near keys in ascending order: key j goes to slot (number of near keys < j); keys
         # outside go to a dump slot M that is cut off.

@@ -81,9 +81,8 @@ class IntegralTransform(nn.Module):
             ``"saliency"``: q(j | i) = softmax over the support of a per-key score passed as
             ``forward(..., key_scores=...)``; ``"stratified"``: every key inside
             ``near_window`` exactly (weight 1) plus ``samples`` uniform draws from the rest of
-            the support (needs ``near_window``). The far field is drawn from the keys that
-            are not padded (and ``j <= i`` when causal) outside ``near_window``, ignoring
-            ``window``: draws outside ``window`` are dropped (still unbiased, but wasted).
+            the support (needs ``near_window``): the far field is the support (padding,
+            causal, ``window``) outside ``near_window``.
         sigma: the ``"local"`` proposal's standard deviation in position units: a number or
             ``pos_dim`` numbers (> 0).
         near_window: the ``"stratified"`` proposal's exact near field, in the forms of
