@@ -23,6 +23,7 @@ struct SparseParams {
   // Key-major copies (prepare(..., key_major = true), the CPU kernels): every
   // head of one key in one contiguous block, so that gathering a pair's key
   // reads H * D contiguous values instead of H scattered rows.
+  bool key_major = false;
   const void* k_km = nullptr;  // (B, M, H, Dk)
   const void* v_km = nullptr;  // (B, M, H, Dv)
 };

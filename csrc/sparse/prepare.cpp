@@ -112,6 +112,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   p.row_ptr = static_cast<const int64_t*>(keep(row_ptr));
   p.col_idx = static_cast<const int64_t*>(keep(col_idx));
   if (log_w.has_value()) p.log_w = keep(*log_w);
+  p.key_major = key_major;
   if (key_major) {
     // from the prepared (padding-free, contiguous) tensors the params point into
     const dense::FwdParams& f = p.f;
@@ -158,7 +159,8 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   bw.dq = make(p.content, {p.B, p.H, p.N, p.Dk}, false);
   bw.du = make(mlp && u.has_value(), {p.B, p.N, p.R}, false);
   bw.dlog_w = make(log_w.has_value(), {p.B, fwd.params.E}, false);
-  bw.key_major = fwd.params.v_km != nullptr;
+  // the flag, not the pointer: a zero-size tensor (Dv = 0) has a null data pointer
+  bw.key_major = fwd.params.key_major;
   if (bw.key_major) {
     bw.dk = make(p.content, {p.B, p.M, p.H, p.Dk}, true);
     bw.dv = make(true, {p.B, p.M, p.H, p.Dv}, true);
