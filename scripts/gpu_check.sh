@@ -11,8 +11,8 @@
 #              from torch.cuda.get_device_capability(), ITNET_FORCE_CUDA=1, MAX_JOBS=nproc)
 #              and torch.ops.itnet.cuda_kernels_compiled()
 #   diag       scripts/flash_diag.py: per-case error table, flash vs exact vs torch  -> diag.json
-#   tests      pytest tests/test_dense_cuda*.py tests/test_scan_cuda.py (+ test_lowp_reference.py,
-#              the half tests' yardstick)                               -> tests.xml (junit)
+#   tests      pytest tests/test_dense_cuda*.py tests/test_scan_cuda.py tests/test_sparse_cuda.py
+#              (+ test_lowp_reference.py, the half tests' yardstick)    -> tests.xml (junit)
 #   memcheck   compute-sanitizer --tool memcheck  on scripts/sanitize_cases.py --set all
 #   racecheck  compute-sanitizer --tool racecheck on scripts/sanitize_cases.py --set race
 #   bench      python3 -m itnet_ext.bench --cuda                        -> bench_cuda.json
@@ -202,9 +202,9 @@ else
 fi
 
 # ------------------------------------------------------------------------------------------
-# c. CUDA tests: the dense op and the decay scan (tests/test_dense_ops.py has no CUDA part;
-#    test_lowp_reference.py checks the yardstick of the half-precision tests on CPU in a few
-#    seconds)
+# c. CUDA tests: the dense op, the decay scan and the sparse op (tests/test_dense_ops.py has
+#    no CUDA part; test_lowp_reference.py checks the yardstick of the half-precision tests on
+#    CPU in a few seconds)
 # ------------------------------------------------------------------------------------------
 if ! q "$PY" -c 'import pytest' >/dev/null; then
   record tests "FAILED" 0 "pytest is not installed for $PY: no tests run"
@@ -213,13 +213,15 @@ else
   # with kernels present, a skipped CUDA test is a failure (tests/cuda_helpers.py)
   [[ $HAVE_KERNELS == 1 ]] && export ITNET_REQUIRE_CUDA=1
   run_step tests 150 140 "$PY" -m pytest tests/test_dense_cuda.py tests/test_dense_cuda_half.py \
-    tests/test_scan_cuda.py tests/test_lowp_reference.py -q -p no:cacheprovider -rfE \
+    tests/test_scan_cuda.py tests/test_sparse_cuda.py tests/test_lowp_reference.py -q \
+    -p no:cacheprovider -rfE \
     --durations=10 \
     --junitxml="$OUT/tests.xml"
 fi
 
 # ------------------------------------------------------------------------------------------
-# d. compute-sanitizer: memcheck on every kernel path, racecheck on the flash kernels
+# d. compute-sanitizer: memcheck on every kernel path, racecheck on the flash, decay-scan and
+#    sparse kernels
 # ------------------------------------------------------------------------------------------
 find_sanitizer() {
   local c

@@ -1,5 +1,5 @@
-"""Every CUDA kernel path of the dense op and of the decay scan once, on tiny inputs, for
-compute-sanitizer.
+"""Every CUDA kernel path of the dense op, of the decay scan and of the sparse op once, on tiny
+inputs, for compute-sanitizer.
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python3 scripts/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/sanitize_cases.py --set race
@@ -16,9 +16,14 @@ Sets:
          decay scan (float32, bfloat16; float16 / float64 once): every log-decay form,
          the three block sizes (T <= 128, <= 512, longer), backward checkpoints (T > 1024),
          several forward chunks (T > 2048), groups with atomics / plain stores, the
-         deterministic mode, Rk = 300.
+         deterministic mode, Rk = 300;
+         sparse (pair-list) op (float32, float64): CSR and padded pair lists with absent
+         pairs, empty rows and CSR padding, content / MLP + offset table + window / MLP only
+         on a fractional window, `none` mode with H = 9 (several register head groups) and
+         rows of up to 70 pairs (several chunks), the deterministic mode (key-owned pass),
+         inference-only forward.
   flash  only the flash cases of `all`.
-  race   a small subset of the flash cases and of the decay-scan cases (racecheck is slow).
+  race   a small subset of the flash, decay-scan and sparse cases (racecheck is slow).
 Each case runs forward and backward; the script checks that nothing is NaN, prints one line
 per case and exits with status 1 if any case raised.
 """
@@ -184,6 +189,120 @@ def scan_cases(which):
     return out
 
 
+SPARSE_DIFF = DIFF + ("log_w",)
+
+
+def sparse_problem(dtype, *, B=2, H=3, N=40, M=50, S=12, Dk=16, Dv=16, R=16, content=True,
+                   mlp=False, table=False, window=None, normalize="softmax", form="csr",
+                   seed=0):
+    """Keyword arguments of sparse_integral_transform on CUDA: S keys per query drawn
+    uniformly (repeats included), log-weights ~ N(0, 0.5), a fifth of the pairs absent
+    (log_w = -inf, key -1), row 0 without any present pair; CSR: the present pairs only,
+    variable row lengths, padding past row_ptr[b, N] with out-of-range keys and NaN
+    log-weights. Differentiable inputs require grad."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(dtype)
+
+    kw = dict(v=rnd(B, H, M, Dv), normalize=normalize)
+    if content:
+        kw.update(q=rnd(B, H, N, Dk), k=rnd(B, H, M, Dk))
+    if mlp:
+        kw.update(W2=rnd(H, R, scale=R ** -0.5), b2=rnd(H), u=rnd(B, N, R), t=rnd(B, M, R),
+                  activation="gelu")
+    if table:
+        window = window or (-6, 5)
+        kw["offset_table"] = rnd(window[1] - window[0] + 1, R, scale=0.5)
+    if window is not None:
+        kw["window"] = window
+    keys = torch.randint(0, M, (B, N, S), generator=g, device="cuda")
+    lw = rnd(B, N, S, scale=0.5)
+    absent = torch.rand(B, N, S, generator=g, device="cuda") < 0.2
+    absent[:, 0] = True
+    keys = keys.masked_fill(absent, -1)
+    lw = lw.masked_fill(absent, float("-inf"))
+    if form == "padded":
+        kw.update(idx=keys, log_w=lw)
+    else:
+        present = ~absent
+        counts = present.sum(-1)                                   # (B, N)
+        row_ptr = torch.zeros(B, N + 1, dtype=torch.long, device="cuda")
+        row_ptr[:, 1:] = counts.cumsum(-1)
+        E = int(row_ptr[:, -1].max()) + 3
+        col = torch.full((B, E), M + 5, dtype=torch.long, device="cuda")
+        lwc = torch.full((B, E), float("nan"), dtype=dtype, device="cuda")
+        for b in range(B):
+            n = int(row_ptr[b, -1])
+            col[b, :n] = keys[b][present[b]]
+            lwc[b, :n] = lw[b][present[b]]
+        kw.update(row_ptr=row_ptr, col_idx=col, log_w=lwc)
+    for n in SPARSE_DIFF:
+        if kw.get(n) is not None:
+            kw[n].requires_grad_()
+    return kw
+
+
+def run_sparse_case(kw, *, backward=True, deterministic=False):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        softmax = kw["normalize"] == "softmax"
+        if not backward:
+            with torch.no_grad():
+                out = functional.sparse_integral_transform(**kw)
+            torch.cuda.synchronize()
+            assert not torch.isnan(out).any(), "NaN in out"
+            return
+        res = functional.sparse_integral_transform(**kw, return_lse=softmax)
+        res = res if isinstance(res, tuple) else (res,)
+        leaves = [kw[n] for n in SPARSE_DIFF if kw.get(n) is not None]
+        # no cotangent on the lse = -inf of the rows without pairs
+        cot = [torch.where(torch.isfinite(r), torch.randn_like(r), torch.zeros_like(r))
+               for r in res]
+        grads = torch.autograd.grad(res, leaves, cot, allow_unused=True)
+        torch.cuda.synchronize()
+        assert not torch.isnan(res[0]).any(), "NaN in out"
+        for n, gr in zip([n for n in SPARSE_DIFF if kw.get(n) is not None], grads):
+            # (log_w's CSR padding holds NaN; its gradient there is 0)
+            assert gr is None or not torch.isnan(gr).any(), f"NaN in the gradient of {n}"
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def sparse_cases(which):
+    """(name, sparse_problem kwargs, run_sparse_case kwargs)."""
+    out = []
+    if which == "all":
+        for dt in (torch.float32, torch.float64):
+            n = str(dt)[6:]
+            out += [
+                (f"sparse {n} content csr", dict(dtype=dt), {}),
+                (f"sparse {n} mlp+table+window padded", dict(dtype=dt, mlp=True, table=True,
+                                                             form="padded"), {}),
+                (f"sparse {n} none H=9 S=70 mlp+content", dict(dtype=dt, mlp=True, H=9, S=70,
+                                                               normalize="none"), {}),
+                (f"sparse {n} mlp only R=40 frac window", dict(dtype=dt, content=False,
+                                                               mlp=True, R=40,
+                                                               window=(-4.5, 3.25)), {}),
+                (f"sparse {n} deterministic mlp+table+content", dict(dtype=dt, mlp=True,
+                                                                    table=True, S=40),
+                 dict(deterministic=True)),
+            ]
+        out.append(("sparse float32 forward only", dict(dtype=torch.float32, mlp=True,
+                                                        table=True), dict(backward=False)))
+    if which == "race":
+        small = dict(N=20, M=25, S=40)
+        out += [
+            ("race sparse float32 mlp+table+content", dict(dtype=torch.float32, mlp=True,
+                                                           table=True, H=9, **small), {}),
+            ("race sparse float32 deterministic mlp+table", dict(dtype=torch.float32, mlp=True,
+                                                                 table=True, **small),
+             dict(deterministic=True)),
+        ]
+    return out
+
+
 def cases(which):
     """(name, problem kwargs, run kwargs)."""
     out = []
@@ -257,6 +376,8 @@ def main():
     todo = [(name, problem, run_case, pkw, rkw) for name, pkw, rkw in cases(args.set)]
     todo += [(name, scan_problem, run_scan_case, pkw, rkw)
              for name, pkw, rkw in scan_cases(args.set)]
+    todo += [(name, sparse_problem, run_sparse_case, pkw, rkw)
+             for name, pkw, rkw in sparse_cases(args.set)]
     if args.list:
         print("\n".join(name for name, *_ in todo))
         return 0
