@@ -17,6 +17,7 @@ from .cases import B, CONV_CH, CONV_K, DH, H, R, _attn_inputs, _conv_fns, _forwa
 from .measure import _Runner
 from .report import _cpu_seconds, _default_out, _metadata, _rows, _targets, format_table, write_json
 from .scan import main_scan
+from .sparse import main_sparse
 
 
 # ======================================================================================
@@ -47,7 +48,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
                    help="smoke test: --sizes 32,64 --big 128 --repeats 1, no inner loops "
-                        "(with --scan: T=32,96, D=64, 1 repeat)")
+                        "(with --scan: T=32,96, D=64, 1 repeat; with --sparse: N=256,512, S=4,8,16, GNO 512 points)")
     p.add_argument("--out", default=None,
                    help="JSON output path (default bench/results/<device>_<date>_<time>.json)")
     p.add_argument("--no-print", action="store_true", help="do not print the table")
@@ -73,6 +74,22 @@ def build_parser():
     g.add_argument("--scan-dense-max-t", type=int, default=4096, help="skip dense above this T (O(T^2))")
     g.add_argument("--scan-call-limit-s", type=float, default=120.0,
                    help="skip a baseline whose call the previous T predicts to exceed this (default 120)")
+    g = p.add_argument_group("sparse / sampled section (--sparse; see itnet_ext/bench/sparse.py)")
+    g.add_argument("--sparse", action="store_true",
+                   help="run the sparse benchmark instead: Monte Carlo sparse_integral_transform vs the dense op "
+                        "(time and error vs S), and the GNO point-cloud layer, fused vs neuraloperator's "
+                        "formulation in PyTorch")
+    g.add_argument("--sparse-part", default="all", help="all, mc or gno (default all)")
+    g.add_argument("--sparse-sizes", default=None, help="mc: comma list of N (default 4096,16384)")
+    g.add_argument("--sparse-s", default=None, help="mc: comma list of samples per query S (default 8,...,256)")
+    g.add_argument("--sparse-seeds", type=int, default=3, help="mc: samples averaged for the error (default 3)")
+    g.add_argument("--sparse-targets", default=None,
+                   help="mc: comma list of relative errors for the equal-error comparison (default 0.05,0.01)")
+    g.add_argument("--sparse-call-limit-s", type=float, default=20.0,
+                   help="mc: skip an equal-error measurement whose call is predicted to exceed this (default 20)")
+    g.add_argument("--sparse-gno-n", type=int, default=None, help="gno: number of points (default 4096)")
+    g.add_argument("--sparse-gno-degree", type=float, default=None, help="gno: mean degree (default 50)")
+    g.add_argument("--sparse-gno-r", default=None, help="gno: comma list of kernel MLP widths R (default 64,32)")
     return p
 
 
@@ -194,6 +211,8 @@ def main(argv=None):
         return main_cuda(args, parser)
     if args.scan:
         return main_scan(args, parser)
+    if args.sparse:
+        return main_sparse(args, parser)
     result = run(args)
     out = Path(args.out) if args.out else _default_out(torch.device(args.device))
     path = write_json(result, out)
