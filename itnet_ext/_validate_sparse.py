@@ -71,27 +71,43 @@ def _index_tensor(name: str, x, ndim: int, layout: str) -> None:
         raise ValueError(f"{name}: expected dtype torch.int64 {layout}, got {x.dtype}")
 
 
-def _check_log_w_values(log_w: torch.Tensor, active: torch.Tensor) -> None:
-    """NaN / +inf are errors where ``active`` (entries that are read)."""
-    lw = log_w[active]
-    if bool(torch.isnan(lw).any()):
+def _check_log_w_values(log_w: torch.Tensor, active) -> None:
+    """NaN / +inf are errors where ``active`` (entries that are read; None = all). Masked
+    reductions, no boolean indexing: no copy of the pair list."""
+    nan = torch.isnan(log_w)
+    pinf = log_w == float("inf")
+    if active is not None:
+        nan &= active
+        pinf &= active
+    if bool(nan.any()):
         raise ValueError("log_w: contains NaN (expected finite log-weights, or -inf for an "
                          "absent pair)")
-    if bool((lw == float("inf")).any()):
+    if bool(pinf.any()):
         raise ValueError("log_w: contains +inf (expected finite log-weights, or -inf for an "
                          "absent pair)")
 
 
-def _check_key_values(name: str, keys: torch.Tensor, present: torch.Tensor,
-                      listed: torch.Tensor, M: int) -> None:
-    """Keys of present pairs in [0, M); keys of absent (log_w = -inf) listed pairs in [-1, M)."""
+def _check_key_values(name: str, keys: torch.Tensor, log_w, listed, M: int) -> None:
+    """Keys of present pairs in [0, M); keys of absent (log_w = -inf) listed pairs in [-1, M).
+    ``listed`` None = every entry. One pass for the common case (every key in range); the
+    offending value is only searched for when there is one."""
+    lo = -1 if log_w is not None else 0
+    if keys.numel() == 0 or (int(keys.min()) >= lo and int(keys.max()) < M):
+        if log_w is None or lo == 0 or not bool(((keys == -1) & (log_w != float("-inf"))
+                                                 ).any()):
+            return
+    present = listed if log_w is None else (log_w != float("-inf")) if listed is None \
+        else listed & (log_w != float("-inf"))
+    if present is None:
+        present = torch.ones_like(keys, dtype=torch.bool)
     bad_present = present & ((keys < 0) | (keys >= M))
     if bool(bad_present.any()):
         val = int(keys[bad_present][0])
         hint = " (-1 is only allowed where log_w is -inf)" if val == -1 else ""
         raise ValueError(
             f"{name}: expected key indices in [0, M) = [0, {M}){hint}, got {val}")
-    bad_absent = listed & ~present & ((keys < -1) | (keys >= M))
+    listed_all = torch.ones_like(keys, dtype=torch.bool) if listed is None else listed
+    bad_absent = listed_all & ~present & ((keys < -1) | (keys >= M))
     if bool(bad_absent.any()):
         val = int(keys[bad_absent][0])
         raise ValueError(
@@ -195,7 +211,7 @@ def check_sparse_inputs(
     # ---- values (device sync) ------------------------------------------------------------------
     if check_values:
         if form == "padded":
-            listed = torch.ones(pair_shape, dtype=torch.bool, device=device)
+            listed = None  # every slot
             keys = idx
         else:
             rp = row_ptr
@@ -216,13 +232,11 @@ def check_sparse_inputs(
                     raise ValueError(f"row_ptr: expected row_ptr[b, N] <= E = {S} (the width "
                                      f"of col_idx), got {int(rp[b, -1])} for b = {b}")
             # entries past row_ptr[b, N] are padding: never read, not checked
-            listed = torch.arange(S, device=device)[None, :] < rp[:, -1:]
+            full = B == 0 or bool((rp[:, -1] == S).all())
+            listed = None if full else torch.arange(S, device=device)[None, :] < rp[:, -1:]
             keys = col_idx
         if log_w is not None:
             _check_log_w_values(log_w, listed)
-            present = listed & (log_w != float("-inf"))
-        else:
-            present = listed
-        _check_key_values("idx" if form == "padded" else "col_idx", keys, present, listed, M)
+        _check_key_values("idx" if form == "padded" else "col_idx", keys, log_w, listed, M)
 
     return SparseProblem(kernel=kern, form=form, S=S, has_log_w=log_w is not None)

@@ -37,6 +37,14 @@ void check_pair_values(const at::Tensor& row_ptr, const at::Tensor& col_idx,
   const at::Tensor last = row_ptr.select(1, row_ptr.size(1) - 1);
   TORCH_CHECK(!(last > E).any().item<bool>(), "row_ptr: expected row_ptr[b, N] <= E = ", E,
               " (the width of col_idx)");
+  if (E == 0) return;
+  // Fast paths, one pass each and no pair-sized temporaries: every log-weight below +inf
+  // (max is NaN if any is NaN) and every key in [0, M) (or -1 only where log_w is -inf).
+  // The exact checks below, restricted to the listed entries, only run otherwise.
+  const bool lw_ok = !log_w.has_value() || log_w->max().item<double>() < pos_inf<double>();
+  const auto mm = at::aminmax(col_idx);
+  const int64_t kmin = std::get<0>(mm).item<int64_t>(), kmax = std::get<1>(mm).item<int64_t>();
+  if (lw_ok && kmin >= 0 && kmax < M) return;
   const at::Tensor listed = at::arange(E, row_ptr.options()).unsqueeze(0) < last.unsqueeze(1);
   at::Tensor present = listed;
   if (log_w.has_value()) {
