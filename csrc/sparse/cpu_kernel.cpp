@@ -105,6 +105,9 @@ struct Scratch {
   // gradient (R x kC each), dS transposed (kC x H); du lanes of the row (R
   // lanes); dW2^T (R x H) and db2 (H) summed over the range
   std::vector<T> hidC, dactC, dhidC, dST, duacc, dW2T, db2s;
+  // backward, per row: dO of every head (H x Dv), the softmax shift and delta per head;
+  // per pair: the heads' logits / dS, dP and weights (H each)
+  std::vector<T> dOr, shiftH, deltaH, hS, hP, hA;
 
   Scratch(const dense::FwdParams& p, bool backward) {
     const int64_t VS = Vectorized<T>::size();
@@ -119,6 +122,12 @@ struct Scratch {
       l.resize(p.H);
     } else {
       dlw.resize(kC);
+      dOr.resize(p.H * p.Dv);
+      shiftH.resize(p.H);
+      deltaH.resize(p.H);
+      hS.resize(p.H);
+      hP.resize(p.H);
+      hA.resize(p.H);
       if (p.mlp) {
         hidC.resize(p.R * kC);
         dactC.resize(p.R * kC);
@@ -292,7 +301,8 @@ void fwd_range(const SparseParams& sp, int64_t begin, int64_t end) {
 // ---------------------------------------------------------------------------
 // Backward
 
-// MLP part of the backward of a chunk, given dS (ws.S, H x kC), as two small
+// MLP part of the backward of a chunk, given dS (ws.S, H x kC, and transposed in
+// ws.dST, kC x H), as two small
 // matrix products over the chunk's pairs (dhid = W2^T dS, dW2^T += hid dS^T):
 // per-(head, hidden unit) register accumulators would not fit in L1 for
 // point-cloud sized MLPs (H = R = 64). du of the row goes to ws.duacc lanes,
@@ -348,17 +358,56 @@ void chunk_mlp_backward(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch
       if (dEo) dEo[r] += g;
     }
   }
-  // dW2^T (R x H) += hid (R x n) dS^T (n x H); db2 += row sums of dS
-  T* dST = ws.dST.data();
+  // dW2^T (R x H) += hid (R x n) dS^T (n x H) (dS^T: ws.dST, written by bwd_row);
+  // db2 += row sums of dS
   for (int64_t h = 0; h < H; ++h) {
     T s = T(0);
-    for (int64_t c = 0; c < n; ++c) {
-      dST[c * H + h] = dS[h * kC + c];
-      s += dS[h * kC + c];
-    }
+    for (int64_t c = 0; c < n; ++c) s += dS[h * kC + c];
     ws.db2s[h] += s;
   }
-  gemm<T>(R, H, n, T(1), hid, kC, 1, dST, H, true, ws.dW2T.data(), H);
+  gemm<T>(R, H, n, T(1), hid, kC, 1, ws.dST.data(), H, true, ws.dW2T.data(), H);
+}
+
+// Weights and logit gradients of one pair for every head, vectorized over the
+// heads: a = exp(l + lw - shift) and dS = a (dP - delta) (softmax), or a = l w
+// and dS = w dP (`none`). s holds the logits l on entry and dS on return; the
+// result is d/d log_w of the pair (summed over heads).
+template <class T>
+T pair_head_grads(bool softmax, T* s, const T* dP, T lw, T w, const T* shift, const T* delta,
+                  T* a, int64_t H) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  V acc(T(0));
+  int64_t h = 0;
+  for (; h + VS <= H; h += VS) {
+    const V l = V::loadu(s + h), dp = V::loadu(dP + h);
+    V av, ds;
+    if (softmax) {
+      av = Ops<V>::exp(l + V(lw) - V::loadu(shift + h));
+      ds = softmax_logit_grad(av, dp, V::loadu(delta + h));
+      acc = acc + ds;
+    } else {
+      av = l * V(w);
+      ds = none_logit_grad(V(w), dp);
+      acc = acc + none_log_weight_grad(l, V(w), dp);
+    }
+    av.store(a + h);
+    ds.store(s + h);
+  }
+  T dlw = h ? hsum(acc) : T(0);
+  for (; h < H; ++h) {
+    const T l = s[h];
+    if (softmax) {
+      a[h] = Ops<T>::exp(l + lw - shift[h]);
+      s[h] = softmax_logit_grad(a[h], dP[h], delta[h]);
+      dlw += s[h];
+    } else {
+      a[h] = l * w;
+      s[h] = none_logit_grad(w, dP[h]);
+      dlw += none_log_weight_grad(l, w, dP[h]);
+    }
+  }
+  return dlw;
 }
 
 template <class T, Activation A>
@@ -378,52 +427,59 @@ void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, in
   T* dE_t = bp.dE ? static_cast<T*>(bp.dE) + tid * p.O * R : nullptr;
   T* dlog_w = bp.dlog_w ? static_cast<T*>(bp.dlog_w) + b * sp.E : nullptr;
   if (p.mlp) std::fill(ws.duacc.begin(), ws.duacc.end(), T(0));
-  T w[kC];
+  T* dOr = ws.dOr.data();
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t row = (b * H + h) * p.N + i;
+    std::copy_n(static_cast<const T*>(bp.dout) + row * Dv, Dv, dOr + h * Dv);
+    ws.shiftH[h] = p.softmax ? softmax_bwd_shift(static_cast<const T*>(bp.lse)[row]) : T(0);
+    ws.deltaH[h] = p.softmax ? static_cast<const T*>(bp.delta)[row] : T(0);
+  }
   for (int64_t e = rp[i], end = rp[i + 1]; e < end;) {
     gather_chunk(sp, b, i, e, end, ws);
     const int64_t n = ws.n;
     if (n == 0) continue;
     chunk_logits<T, A>(sp, b, i, ws);
-    std::fill_n(ws.dlw.data(), n, T(0));
-    if (!p.softmax)
-      for (int64_t c = 0; c < n; ++c) w[c] = pair_weight(ws.lw[c]);
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t bh = b * H + h;
-      const int64_t row = bh * p.N + i;
-      T* Sh = ws.S.data() + h * kC;
-      const T* dO = static_cast<const T*>(bp.dout) + row * Dv;
-      const T* vh = v + (b * M * H + h) * Dv;  // key j at vh + j * H * Dv
-      T* dvh = dv_t + (b * M * H + h) * Dv;
-      const T shift = p.softmax ? softmax_bwd_shift(static_cast<const T*>(bp.lse)[row]) : T(0);
-      const T delta = p.softmax ? static_cast<const T*>(bp.delta)[row] : T(0);
+    // pair by pair, every head at once: the pair's key block of v / dv is contiguous
+    // (key-major), and the per-head work is vectorized over the heads
+    T* S = ws.S.data();
+    for (int64_t c = 0; c < n; ++c) {
+      const int64_t j = ws.j[c];
+      const T* vj = v + (b * M + j) * H * Dv;
+      T* dvj = dv_t + (b * M + j) * H * Dv;
+      T* hs = ws.hS.data();
+      T* dP = ws.hP.data();
+      T* a = ws.hA.data();
+      for (int64_t h = 0; h < H; ++h) hs[h] = S[h * kC + c];
+      if (Dv == 1) {
+        for (int64_t h = 0; h < H; ++h) dP[h] = dOr[h] * vj[h];
+      } else {
+        for (int64_t h = 0; h < H; ++h) dP[h] = dot(dOr + h * Dv, vj + h * Dv, Dv);
+      }
+      const T w = p.softmax ? T(1) : pair_weight(ws.lw[c]);
+      ws.dlw[c] = pair_head_grads(p.softmax, hs, dP, ws.lw[c], w, ws.shiftH.data(),
+                                  ws.deltaH.data(), a, H);
+      if (Dv == 1) {
+        for (int64_t h = 0; h < H; ++h) dvj[h] += a[h] * dOr[h];
+      } else {
+        for (int64_t h = 0; h < H; ++h) axpy(a[h], dOr + h * Dv, dvj + h * Dv, Dv);
+      }
+      for (int64_t h = 0; h < H; ++h) S[h * kC + c] = hs[h];  // dS
+      if (p.mlp) std::copy_n(hs, H, ws.dST.data() + c * H);
+    }
+    // content term: dq_i += s dS k_j (register sums over the pairs), dk_j += s dS q_i
+    for (int64_t h = 0; h < H && p.content; ++h) {
+      const int64_t row = (b * H + h) * p.N + i;
+      const T* Sh = S + h * kC;
+      const T* qi = q + row * Dk;
+      T* dqi = static_cast<T*>(bp.dq) + row * Dk;
+      const T* kh = k + (b * M * H + h) * Dk;
+      T* dkh = dk_t + (b * M * H + h) * Dk;
+      T sds[kC];
       for (int64_t c = 0; c < n; ++c) {
-        const int64_t j = ws.j[c];
-        const T dP = dot(dO, vh + j * H * Dv, Dv);
-        T a, ds;
-        if (p.softmax) {
-          a = Ops<T>::exp(Sh[c] + ws.lw[c] - shift);
-          ds = softmax_logit_grad(a, dP, delta);
-          ws.dlw[c] += ds;
-        } else {
-          a = Sh[c] * w[c];
-          ds = none_logit_grad(w[c], dP);
-          ws.dlw[c] += none_log_weight_grad(Sh[c], w[c], dP);
-        }
-        axpy(a, dO, dvh + j * H * Dv, Dv);
-        Sh[c] = ds;
+        sds[c] = sc * Sh[c];
+        axpy(sds[c], qi, dkh + ws.j[c] * H * Dk, Dk);
       }
-      if (p.content) {
-        const T* qi = q + row * Dk;
-        T* dqi = static_cast<T*>(bp.dq) + row * Dk;
-        const T* kh = k + (b * M * H + h) * Dk;
-        T* dkh = dk_t + (b * M * H + h) * Dk;
-        T sds[kC];
-        for (int64_t c = 0; c < n; ++c) {
-          sds[c] = sc * Sh[c];
-          axpy(sds[c], qi, dkh + ws.j[c] * H * Dk, Dk);
-        }
-        gather_axpy(sds, ws.j, n, kh, H * Dk, dqi, Dk);
-      }
+      gather_axpy(sds, ws.j, n, kh, H * Dk, dqi, Dk);
     }
     if (p.mlp) chunk_mlp_backward<T, A>(bp, b, i, ws, dt_t, dE_t);
     if (dlog_w)
