@@ -16,8 +16,8 @@ import itnet_ext  # noqa: F401  (registers torch.ops.itnet)
 from itnet_ext import functional, reference
 
 from conftest import diff_inputs, make_problem, rel_err, run_with_grads, with_grad
-from sparse_helpers import (KERNEL_DIFF, MEDIUM, NEG_INF, SMALL, _seed, dense_support,
-                            list_pairs, sparse_fn, sparse_problem)
+from sparse_helpers import (KERNEL_DIFF, NEG_INF, SMALL, _seed, assert_listed_equals_dense,
+                            dense_support, list_pairs, sparse_fn)
 
 F64 = torch.float64
 CAPS = ["DEFAULT", "AVX2", "AVX512"]
@@ -50,22 +50,8 @@ def _compare(kw, skw, names, seed, tol=1e-10):
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
 @pytest.mark.parametrize("terms", ["content", "mlp", "both", "offset"])
 def test_listed_support_equals_dense(terms, normalize, form, causal):
-    seed = _seed("op", terms, normalize, form, causal)
-    kw, skw = sparse_problem(seed, form, terms, normalize, causal)
-    names = list(diff_inputs(kw, KERNEL_DIFF))
-    kwg = with_grad(kw, names)
-    res_d, g_d = run_with_grads(functional.integral_transform, kwg, names, seed=seed)
-    res_s, g_s = run_with_grads(sparse_fn(skw, functional.sparse_integral_transform), kwg, names,
-                                seed=seed)
-    counts = dense_support(kw).sum(-1)
-    assert int(counts.sum()) >= 10 * counts.shape[0] and int(counts.max()) >= 3
-    for a, b in zip(res_s, res_d):
-        assert rel_err(a, b) <= 1e-10
-    for n in names:
-        if g_d[n] is None:
-            assert g_s[n] is None or not g_s[n].any(), n
-        else:
-            assert rel_err(g_s[n], g_d[n]) <= 1e-10, n
+    assert_listed_equals_dense(functional.integral_transform, functional.sparse_integral_transform,
+                               _seed("op", terms, normalize, form, causal), terms, normalize, form, causal)
 
 
 def test_fuzz_against_reference():

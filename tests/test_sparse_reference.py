@@ -6,18 +6,16 @@ pair lists; and the argument errors of ``_validate_sparse.check_sparse_inputs``.
 """
 import math
 import random
-import zlib
 
 import pytest
 import torch
 
 from itnet_ext import reference
-from itnet_ext._validate import normalize_window
 from itnet_ext._validate_sparse import check_sparse_inputs
 
 from conftest import diff_inputs, make_problem, rel_err, run_with_grads, with_grad
 
-from sparse_helpers import (DENSE_ONLY, F64, KERNEL_DIFF, MEDIUM, NEG_INF, SMALL, _seed,
+from sparse_helpers import (F64, KERNEL_DIFF, NEG_INF, SMALL, _seed, assert_listed_equals_dense,
                             dense_support, list_pairs, sparse_fn, sparse_problem)
 
 
@@ -29,21 +27,8 @@ from sparse_helpers import (DENSE_ONLY, F64, KERNEL_DIFF, MEDIUM, NEG_INF, SMALL
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
 @pytest.mark.parametrize("terms", ["content", "mlp", "both", "offset"])
 def test_listed_support_equals_dense(terms, normalize, form, causal):
-    seed = _seed(terms, normalize, form, causal)
-    kw, skw = sparse_problem(seed, form, terms, normalize, causal)
-    names = [n for n in diff_inputs(kw, KERNEL_DIFF)]
-    kwg = with_grad(kw, names)
-    res_d, g_d = run_with_grads(reference.integral_transform, kwg, names, seed=seed)
-    res_s, g_s = run_with_grads(sparse_fn(skw), kwg, names, seed=seed)
-    counts = dense_support(kw).sum(-1)                       # (B, N) pairs per row
-    assert int(counts.sum()) >= 10 * counts.shape[0] and int(counts.max()) >= 3
-    for a, b in zip(res_s, res_d):
-        assert rel_err(a, b) <= 1e-10
-    for n in names:
-        if g_d[n] is None:
-            assert g_s[n] is None or not g_s[n].any(), n
-        else:
-            assert rel_err(g_s[n], g_d[n]) <= 1e-10, n
+    assert_listed_equals_dense(reference.integral_transform, None,
+                               _seed(terms, normalize, form, causal), terms, normalize, form, causal)
 
 
 def test_listed_support_fuzz():
