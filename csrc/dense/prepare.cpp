@@ -65,6 +65,13 @@ at::Tensor key_tiles_transposed(const at::Tensor& x, int64_t tile) {
 
 }  // namespace
 
+at::Tensor softmax_delta(const at::Tensor& grad_out, const at::Tensor& out,
+                         const c10::optional<at::Tensor>& grad_lse) {
+  at::Tensor delta = (grad_out * out).sum(-1);
+  if (grad_lse.has_value() && grad_lse->defined()) delta = delta - *grad_lse;
+  return delta;
+}
+
 at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& like) {
   at::Tensor g = grad;
   for (int64_t d = 0; d < like.dim(); ++d)
@@ -342,12 +349,8 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   };
   bp.dout = keep(grad_out.contiguous());
   if (softmax) {
-    // FlashAttention's D = rowsum(dO * O). A gradient g on lse adds P * g to
-    // the logit gradient P * (dP - D), i.e. it shifts D by -g.
-    at::Tensor delta = (grad_out * out).sum(-1);
-    if (grad_lse.has_value() && grad_lse->defined()) delta = delta - *grad_lse;
     bp.lse = keep(lse.contiguous());
-    bp.delta = keep(delta.contiguous());
+    bp.delta = keep(softmax_delta(grad_out, out, grad_lse).contiguous());
   }
 
   const auto opts = v.options();

@@ -66,6 +66,12 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
                           const c10::optional<at::Tensor>& key_weight, bool softmax,
                           int64_t copies);
 
+// FlashAttention's D = rowsum(dO * O) of the softmax backward (B, H, N). A
+// gradient g on the lse output adds P * g to the logit gradient P * (dP - D),
+// i.e. it shifts D by -g.
+at::Tensor softmax_delta(const at::Tensor& grad_out, const at::Tensor& out,
+                         const c10::optional<at::Tensor>& grad_lse);
+
 // Sums a gradient computed at the full batch size over the dims where the
 // input was broadcast (size 1), giving the input's shape.
 at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& like);

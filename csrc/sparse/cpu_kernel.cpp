@@ -9,6 +9,10 @@
 // products over Dk, the pair MLP with the dense kernel's register blocks,
 // vectorized over the pairs of the chunk. Softmax rows use the online
 // softmax across chunks, exactly as the dense forward does across key tiles.
+// k, v and the key-side gradient buffers are key-major (B, M, H, D): a pair's
+// heads are one contiguous block. The backward recomputes the chunk's logits,
+// then walks the pairs with every head at once (weights, dS, dv, dlog_w), and
+// does the MLP part as two small matrix products over the chunk.
 #include "dense/cpu_tile.h"
 #include "sparse/cpu_kernel.h"
 #include "sparse/pair.h"

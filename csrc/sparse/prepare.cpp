@@ -151,11 +151,8 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   };
   bp.dout = keep(grad_out.contiguous());
   if (softmax) {
-    // FlashAttention's D = rowsum(dO * O); a gradient g on lse shifts it by -g
-    at::Tensor delta = (grad_out * out).sum(-1);
-    if (grad_lse.has_value() && grad_lse->defined()) delta = delta - *grad_lse;
     bp.lse = keep(lse.contiguous());
-    bp.delta = keep(delta.contiguous());
+    bp.delta = keep(dense::softmax_delta(grad_out, out, grad_lse).contiguous());
   }
   const auto opts = v.options();
   auto make = [&](bool given, std::vector<int64_t> shape, bool per_copy) {
