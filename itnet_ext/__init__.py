@@ -5,3 +5,4 @@ from . import reference  # noqa: F401
 from . import functional  # noqa: F401
 from . import recurrence  # noqa: F401
 from .nn import IntegralTransform  # noqa: F401,E402
+from . import lowrank  # noqa: F401,E402

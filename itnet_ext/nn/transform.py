@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import functional as _functional
+from .. import reference as _reference
 from .._validate import ACTIVATIONS, NORMALIZATIONS, offset_layout
 from . import _sparse_layer as _sparse
 from ._inputs import batch_first_inputs, convert_masks, layer_window
@@ -70,8 +71,11 @@ class IntegralTransform(nn.Module):
         method: how the kernel is evaluated (DESIGN section 2), with the same parameters:
             ``"dense"`` (exact, every key of the support; the default), ``"sampled"``
             (importance-weighted Monte Carlo: ``samples`` keys per query drawn from
-            ``proposal``) or ``"neighbors"`` (the pairs of a neighbourhood passed to
-            ``forward(..., neighbors=...)``).
+            ``proposal``), ``"neighbors"`` (the pairs of a neighbourhood passed to
+            ``forward(..., neighbors=...)``) or ``"lowrank"`` (learned factorization, needs
+            ``rank``; see below).
+        rank: ``method="lowrank"`` only (required there): features per head F.
+        lowrank_hidden: ``method="lowrank"`` only: hidden width of the feature MLPs.
         samples: keys drawn per query by ``method="sampled"`` (an int >= 1; required there).
             For ``"stratified"`` the number of far-field draws.
         proposal: the sampling distribution q(j | i) of ``method="sampled"``, over the
@@ -103,6 +107,30 @@ class IntegralTransform(nn.Module):
     ``evaluate_with`` with that one setting (checked against the others). They are
     configuration, like ``batch_first``, and are not part of the state dict.
 
+    Low-rank factorization (``method="lowrank"``, DESIGN section 2): the kernel is
+    a_h(i, j) ∝ phi_i^h . psi_j^h with learned feature maps phi = ``lowrank_phi([f_i; p_i])``
+    and psi = ``lowrank_psi([f_j; p_j])`` (:class:`itnet_ext.lowrank.FeatureMLP`: one hidden
+    layer plus a linear skip, ``rank`` features per head, hidden width ``lowrank_hidden``,
+    default max(32, 2 rank)). ``normalize="softmax"``: positive features exp(z - c) with a
+    detached stabilizer that cancels, y_i = sum_j (phi_i.psi_j) v_j / sum_j phi_i.psi_j;
+    ``"none"``: features of any sign, y_i = sum_j (phi_i.psi_j) v_j. Cost O((N + M) rank Dh).
+    Honors ``causal`` / ``is_causal`` (j <= i, prefix sums) and a bool ``key_padding_mask``
+    (psi of padded keys = 0; a float mask only with 0 / -inf entries). ``window`` and
+    ``offset_embedding`` are rejected at construction, ``attn_mask`` in forward (ValueError).
+    Evaluated by :func:`itnet_ext.reference.lowrank_integral_transform` (looked up at call
+    time: there is no fused low-rank op yet). The value and output projections are the
+    layer's usual ones; the q/k projections and the pair MLP are still built (same names and
+    shapes as the dense layer) but unused by the low-rank forward (no gradient reaches them;
+    ``evaluate_with(method="dense")`` evaluates them exactly, e.g. the teacher kept by
+    :func:`itnet_ext.lowrank.fit`, and ``evaluate_with(method="lowrank")`` switches back).
+    State dicts: a low-rank layer holds every key of the dense layer with the same
+    configuration plus ``lowrank_phi.*`` / ``lowrank_psi.*``. So
+    ``lowrank.load_state_dict(dense.state_dict(), strict=False)`` loads all shared
+    parameters and reports exactly the ``lowrank_*`` keys as missing, and
+    ``dense.load_state_dict(lowrank.state_dict(), strict=False)`` reports exactly them as
+    unexpected; strict loading between the two fails (as for any architecture change).
+    With DDP, freeze the unused dense parameters or pass ``find_unused_parameters=True``.
+
     Parameters (names as in ``nn.MultiheadAttention`` so state dicts are exchangeable):
     ``in_proj_weight`` / ``in_proj_bias`` (or ``q_proj_weight``, ``k_proj_weight``,
     ``v_proj_weight`` when kdim/vdim differ from embed_dim), ``out_proj``. With
@@ -118,6 +146,9 @@ class IntegralTransform(nn.Module):
     _proposal = "uniform"
     _sigma = None
     _near_window = None
+    # method="lowrank" only: features per head (the feature maps are the submodules
+    # lowrank_phi / lowrank_psi, None on other layers)
+    rank = None
 
     def __init__(
         self,
@@ -144,6 +175,8 @@ class IntegralTransform(nn.Module):
         proposal: str = "uniform",
         sigma=None,
         near_window=None,
+        rank: Optional[int] = None,
+        lowrank_hidden: Optional[int] = None,
     ) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
@@ -178,8 +211,27 @@ class IntegralTransform(nn.Module):
                 raise ValueError(f"offset_embedding=True requires integer window bounds, got {window}")
         if relative_positions and kernel_hidden == 0:
             raise ValueError("relative_positions=True needs the MLP term (kernel_hidden > 0)")
+        lowrank = method == "lowrank"
+        if lowrank:
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise ValueError(f"rank must be a positive int (features per head) with "
+                                 f"method='lowrank', got {rank!r}")
+            if lowrank_hidden is not None and (isinstance(lowrank_hidden, bool) or not isinstance(
+                    lowrank_hidden, int) or lowrank_hidden < 1):
+                raise ValueError(f"lowrank_hidden must be None or a positive int, got {lowrank_hidden!r}")
+            if offset_embedding:
+                raise ValueError("offset_embedding is not supported by method='lowrank'")
+            if window is not None:
+                raise ValueError("window is not supported by method='lowrank' (the factorized "
+                                 "kernel has global support); use method='dense' or 'sampled'")
+        elif rank is not None or lowrank_hidden is not None:
+            raise ValueError(f"rank / lowrank_hidden are only used by method='lowrank' (got "
+                             f"method={method!r})")
         self._method, self._samples, self._proposal, self._sigma, self._near_window = \
-            _sparse.check_method_config(method, samples, proposal, sigma, near_window, pos_dim)
+            _sparse.check_method_config("dense" if lowrank else method, samples, proposal, sigma,
+                                        near_window, pos_dim)
+        if lowrank:
+            self._method = "lowrank"
 
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -246,6 +298,17 @@ class IntegralTransform(nn.Module):
         else:
             self.register_parameter("offset_table", None)
 
+        # --- learned low-rank feature maps (method="lowrank") ---
+        if lowrank:
+            from ..lowrank.feature_mlp import FeatureMLP
+
+            hid = lowrank_hidden if lowrank_hidden is not None else max(32, 2 * rank)
+            self.rank = rank
+            self.lowrank_phi = FeatureMLP(E, D, num_heads, rank, hid, **factory_kwargs)
+            self.lowrank_psi = FeatureMLP(kdim, D, num_heads, rank, hid, **factory_kwargs)
+        else:
+            self.lowrank_phi = self.lowrank_psi = None
+
         self._reset_parameters()
 
     # ----------------------------------------------------------------------------------
@@ -270,6 +333,9 @@ class IntegralTransform(nn.Module):
             nn.init.zeros_(self.kernel_b2)
         if self.offset_table is not None:
             nn.init.normal_(self.offset_table, std=0.02)
+        if getattr(self, "lowrank_phi", None) is not None:
+            self.lowrank_phi.reset_parameters()
+            self.lowrank_psi.reset_parameters()
 
     reset_parameters = _reset_parameters
 
@@ -294,13 +360,24 @@ class IntegralTransform(nn.Module):
         cur = (self._method, self._samples, self._proposal, self._sigma, self._near_window)
         new = tuple(c if n is _KEEP else n for c, n in zip(
             cur, (method, samples, proposal, sigma, near_window)))
+        lowrank = new[0] == "lowrank"
+        if lowrank and getattr(self, "lowrank_phi", None) is None:
+            raise ValueError("method='lowrank' needs the learned feature maps: build the layer "
+                             "with IntegralTransform(..., method='lowrank', rank=F) or use "
+                             "itnet_ext.lowrank.fit(dense_layer, ...)")
+        checked = _sparse.check_method_config("dense" if lowrank else new[0], *new[1:],
+                                              self.pos_dim)
         (self._method, self._samples, self._proposal, self._sigma,
-         self._near_window) = _sparse.check_method_config(*new, self.pos_dim)
+         self._near_window) = checked
+        if lowrank:
+            self._method = "lowrank"
         return self
 
     @property
     def method(self) -> str:
-        """``"dense"``, ``"sampled"`` or ``"neighbors"``; assignable (see :meth:`evaluate_with`)."""
+        """``"dense"``, ``"sampled"``, ``"neighbors"`` or ``"lowrank"`` (only on a layer built
+        with ``method="lowrank"``, which holds the feature maps); assignable (see
+        :meth:`evaluate_with`)."""
         return self._method
 
     @method.setter
@@ -364,6 +441,8 @@ class IntegralTransform(nn.Module):
             s += ", batch_first=True"
         if self._method != "dense":
             s += f", method={self._method!r}"
+        if getattr(self, "lowrank_phi", None) is not None:
+            s += f", rank={self.rank}"
         if self._method == "sampled":
             s += f", samples={self._samples}, proposal={self._proposal!r}"
             if self._proposal == "local":
@@ -591,6 +670,73 @@ class IntegralTransform(nn.Module):
             q_pos=p_q, k_pos=p_k, key_scores=key_scores, generator=generator,
             device=v.device, dtype=v.dtype)))
 
+    # ----------------------------------------------------------------------------------
+    # method="lowrank"
+    # ----------------------------------------------------------------------------------
+    def _value_projection(self, value: Tensor) -> Tensor:
+        """v (B, H, M, Dh) from batch-first values (the value part of the in projection)."""
+        if self.content:
+            b = self.in_proj_bias
+            bv = None if b is None else b.chunk(3)[2]
+            wv = self.in_proj_weight.chunk(3)[2] if self._qkv_same_embed_dim else self.v_proj_weight
+        else:
+            wv, bv = self.v_proj_weight, self.v_proj_bias
+        v = TF.linear(value, wv, bv)
+        return v.view(v.shape[0], v.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _lowrank_features(self, query: Tensor, key: Tensor, p_q: Tensor, p_k: Tensor,
+                          padding: Optional[Tensor]):
+        """phi (B, H, N, F), psi (B, H, M, F) of batch-first inputs and positions; padded keys
+        (``padding`` (B, M) bool) get psi = 0. Softmax mode: stabilized exp features."""
+        from ..lowrank.feature_mlp import positive_features
+
+        phi = self.lowrank_phi(query, p_q)
+        psi = self.lowrank_psi(key, p_k)
+        if self.normalize == "softmax":
+            phi = positive_features(phi, is_query=True)
+            psi = positive_features(psi, is_query=False, padding=padding)
+        if padding is not None:
+            psi = psi.masked_fill(padding[:, None, :, None], 0.0)
+        return phi, psi
+
+    def _lowrank_forward(self, query, key, value, *, query_pos, key_pos, self_attention,
+                         key_padding_mask, attn_mask, causal, neighbors, key_scores, is_batched):
+        """Head outputs (B, H, N, Dh) of ``method="lowrank"``:
+        y_i = sum_j (phi_i . psi_j) v_j [/ sum_j phi_i . psi_j] over the support (j <= i when
+        causal; padded keys have psi_j = 0).
+
+        Evaluated by :func:`itnet_ext.reference.lowrank_integral_transform` (float32 compute
+        for float32 / half inputs, float64 for float64), looked up at call time: there is no
+        fused low-rank op yet, and a later one can replace the reference there."""
+        if attn_mask is not None:
+            raise ValueError("attn_mask is not supported by method='lowrank' (the factorized "
+                             "kernel cannot drop arbitrary pairs); use causal / is_causal, a "
+                             "bool key_padding_mask, or method='dense'")
+        if neighbors is not None:
+            raise ValueError("neighbors is only used by method='neighbors' (this layer's method "
+                             "is 'lowrank')")
+        if key_scores is not None:
+            raise ValueError("key_scores is only used by method='sampled' with "
+                             "proposal='saliency' (this layer's method is 'lowrank')")
+        B, N, _ = query.shape
+        M = key.shape[1]
+        padding, key_bias = _sparse.key_masks(key_padding_mask, B, M, is_batched, query.dtype)
+        if key_bias is not None:
+            raise ValueError("key_padding_mask: a float (additive) mask with finite non-zero "
+                             "entries is not supported by method='lowrank' (only 0 / -inf); "
+                             "pass a bool mask")
+        p_q = self._positions(query_pos, "query_pos", B, N, query)
+        if key_pos is None and self_attention and query_pos is not None:
+            p_k = p_q
+        else:
+            p_k = self._positions(key_pos, "key_pos", B, M, query)
+        phi, psi = self._lowrank_features(query, key, p_q, p_k, padding)
+        v = self._value_projection(value)
+        phi, psi = phi.to(v.dtype), psi.to(v.dtype)
+        # looked up at call time: a fused low-rank op can replace the reference here
+        return _reference.lowrank_integral_transform(
+            phi, psi, v, feature_map="identity", normalize=self.normalize, causal=causal)
+
     def _out(self, heads: Tensor, is_batched: bool) -> Tensor:
         B, H, N, Dh = heads.shape
         y = self.out_proj(heads.transpose(1, 2).reshape(B, N, H * Dh))
@@ -662,6 +808,12 @@ class IntegralTransform(nn.Module):
             value = key
         q_in, k_in, v_in, is_batched = batch_first_inputs(self, query, key, value)
         sparse = None
+        if self._method == "lowrank":
+            return self._out(self._lowrank_forward(
+                q_in, k_in, v_in, query_pos=query_pos, key_pos=key_pos,
+                self_attention=self_attention, key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask, causal=self.causal or bool(is_causal), neighbors=neighbors,
+                key_scores=key_scores, is_batched=is_batched), is_batched)
         if self._method == "dense":
             if neighbors is not None:
                 raise ValueError("neighbors is only used by method='neighbors' (this layer's method "
