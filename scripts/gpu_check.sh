@@ -18,6 +18,9 @@
 #   bench      python3 -m itnet_ext.bench --cuda                        -> bench_cuda.json
 #   bench_scan python3 -m itnet_ext.bench --scan --device cuda (T = 1024, 4096)
 #                                                                       -> bench_scan_cuda.json
+#   bench_sparse python3 -m itnet_ext.bench --sparse --device cuda --sparse-part gno (the GNO
+#              layer: fused sparse op vs the per-edge MLP + segment_reduce baseline)
+#                                                                       -> bench_sparse_cuda.json
 # then OUTDIR/summary.md (scripts/gpu_check_summary.py), printed at the end, and copies
 # ready for bench/results/ in OUTDIR/results/ (cuda_<card>_<date>.json, gpu_check_<card>_<date>.md).
 #
@@ -265,10 +268,17 @@ if grep -q "^CUDA section skipped" "$OUT/bench.log" 2>/dev/null; then
 fi
 # the decay scan on the GPU: fused scan vs loop / chunked SSD / dense, T = 1024 and 4096
 if [[ $HAVE_KERNELS == 1 ]]; then
-  run_step bench_scan 45 10 "$PY" -m itnet_ext.bench --scan --device cuda \
+  run_step bench_scan 45 40 "$PY" -m itnet_ext.bench --scan --device cuda \
     --scan-sizes 1024,4096 --budget-s 3 --scan-call-limit-s 5 --out "$OUT/bench_scan_cuda.json"
 else
   record bench_scan "skipped" 0 "no GPU or no CUDA kernels"
+fi
+# the sparse op on the GPU: the GNO layer (issue 5's 10x time / 5x memory targets)
+if [[ $HAVE_KERNELS == 1 ]]; then
+  run_step bench_sparse 40 10 "$PY" -m itnet_ext.bench --sparse --device cuda --sparse-part gno \
+    --out "$OUT/bench_sparse_cuda.json"
+else
+  record bench_sparse "skipped" 0 "no GPU or no CUDA kernels"
 fi
 
 # ------------------------------------------------------------------------------------------
@@ -291,6 +301,8 @@ STAMP="$(date -u +%Y-%m-%d_%H%M%S)"
 [[ -f "$OUT/bench_cuda.json" ]] && cp "$OUT/bench_cuda.json" "$OUT/results/cuda_${CARD}_${STAMP}.json"
 [[ -f "$OUT/bench_scan_cuda.json" ]] &&
   cp "$OUT/bench_scan_cuda.json" "$OUT/results/scan_cuda_${CARD}_${STAMP}.json"
+[[ -f "$OUT/bench_sparse_cuda.json" ]] &&
+  cp "$OUT/bench_sparse_cuda.json" "$OUT/results/sparse_cuda_${CARD}_${STAMP}.json"
 cp "$OUT/summary.md" "$OUT/results/gpu_check_${CARD}_${STAMP}.md"
 
 if [[ -s "$OUT/diag.log" ]]; then

@@ -150,6 +150,10 @@ def main(out):
     if scan:
         md += ["", "## Decay-scan benchmark (python -m itnet_ext.bench --scan --device cuda)", "",
                "```", *scan[-40:], "```"]
+    sparse = (read(out / "bench_sparse.log") or "").strip().splitlines()
+    if sparse:
+        md += ["", "## Sparse-op GNO benchmark (python -m itnet_ext.bench --sparse --device cuda "
+               "--sparse-part gno)", "", "```", *sparse[-30:], "```"]
     text = "\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text
