@@ -81,21 +81,9 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
 
   for (int64_t row = gw; row < p.B * N; row += total_warps) {
     const int64_t b = row / N, i = row % N;
-    const int64_t* col = sp.col_idx + b * sp.E;
-    const T* logw = sp.log_w ? cptr<T>(sp.log_w) + b * sp.E : nullptr;
     T* dlog_w = bp.dlog_w ? static_cast<T*>(bp.dlog_w) + b * sp.E : nullptr;
-    const int D = p.window.dims;
-    const double* pq = D ? p.qpos + b * p.qpos_bstride + i * D : nullptr;
-    const double* kpos_b = D ? p.kpos + b * p.kpos_bstride : nullptr;
 
-    auto fetch = [&](int64_t e, PairRec<T>& rec) -> bool {
-      rec.lw = logw ? logw[e] : T(0);
-      if (!pair_present(rec.lw)) return false;
-      rec.i = i;
-      rec.j = col[e];
-      rec.e = e;
-      return pair_takes_part(p, rec.lw, rec.j, pq, kpos_b, rec.o);
-    };
+    RowFetch<T> fetch(sp, b, i);
 
     auto process = [&](int n) {
       const bool active = lane < n;

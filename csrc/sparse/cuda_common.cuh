@@ -183,6 +183,36 @@ __device__ __forceinline__ bool pair_takes_part(const FwdParams& p, T lw, int64_
   return true;
 }
 
+// walk_pairs' fetch over the entries of query row (b, i): entry e is a pair
+// that takes part (pair_takes_part); an absent pair's key is never read.
+template <class T>
+struct RowFetch {
+  const FwdParams& p;
+  const int64_t* col;
+  const T* logw;
+  const double* pq;
+  const double* kpos_b;
+  int64_t i;
+
+  __device__ __forceinline__ RowFetch(const SparseParams& sp, int64_t b, int64_t i_)
+      : p(sp.f),
+        col(sp.col_idx + b * sp.E),
+        logw(sp.log_w ? cptr<T>(sp.log_w) + b * sp.E : nullptr),
+        pq(sp.f.window.dims ? sp.f.qpos + b * sp.f.qpos_bstride + i_ * sp.f.window.dims
+                            : nullptr),
+        kpos_b(sp.f.window.dims ? sp.f.kpos + b * sp.f.kpos_bstride : nullptr),
+        i(i_) {}
+
+  __device__ __forceinline__ bool operator()(int64_t e, PairRec<T>& rec) const {
+    rec.lw = logw ? logw[e] : T(0);
+    if (!pair_present(rec.lw)) return false;
+    rec.i = i;
+    rec.j = col[e];
+    rec.e = e;
+    return pair_takes_part(p, rec.lw, rec.j, pq, kpos_b, rec.o);
+  }
+};
+
 // The rows the logit of one pair (b, i, j, o) reads (null when absent).
 template <class T>
 struct PairRows {

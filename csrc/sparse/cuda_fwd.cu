@@ -42,22 +42,10 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
   }
   __syncwarp();
 
-  const int64_t* col = sp.col_idx + b * sp.E;
-  const T* logw = sp.log_w ? cptr<T>(sp.log_w) + b * sp.E : nullptr;
-  const int D = p.window.dims;
-  const double* pq = D ? p.qpos + b * p.qpos_bstride + i * D : nullptr;
-  const double* kpos_b = D ? p.kpos + b * p.kpos_bstride : nullptr;
   T* out_b = static_cast<T*>(p.out) + (b * H * N + i) * Dv;  // head h at + h N Dv
   const T* v_b = cptr<T>(p.v) + b * H * M * Dv;             // head h at + h M Dv
 
-  auto fetch = [&](int64_t e, PairRec<T>& rec) -> bool {
-    rec.lw = logw ? logw[e] : T(0);
-    if (!pair_present(rec.lw)) return false;  // (an absent pair's key is never read)
-    rec.i = i;
-    rec.j = col[e];
-    rec.e = e;
-    return pair_takes_part(p, rec.lw, rec.j, pq, kpos_b, rec.o);
-  };
+  RowFetch<T> fetch(sp, b, i);
 
   auto process = [&](int n) {
     const bool active = lane < n;

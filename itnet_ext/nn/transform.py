@@ -38,6 +38,13 @@ __all__ = ["IntegralTransform"]
 _KEEP = object()  # evaluate_with: "leave this setting as it is"
 
 
+def _setting(name: str, doc: str) -> property:
+    """An evaluation setting of IntegralTransform: reads ``_<name>``; assigning it is
+    ``evaluate_with(<name>=value)`` (checked against the other settings)."""
+    return property(lambda self: getattr(self, "_" + name),
+                    lambda self, value: self.evaluate_with(**{name: value}), doc=doc)
+
+
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -373,52 +380,16 @@ class IntegralTransform(nn.Module):
             self._method = "lowrank"
         return self
 
-    @property
-    def method(self) -> str:
-        """``"dense"``, ``"sampled"``, ``"neighbors"`` or ``"lowrank"`` (only on a layer built
-        with ``method="lowrank"``, which holds the feature maps); assignable (see
-        :meth:`evaluate_with`)."""
-        return self._method
-
-    @method.setter
-    def method(self, value) -> None:
-        self.evaluate_with(method=value)
-
-    @property
-    def samples(self) -> Optional[int]:
-        """Keys drawn per query by ``method="sampled"``; assignable."""
-        return self._samples
-
-    @samples.setter
-    def samples(self, value) -> None:
-        self.evaluate_with(samples=value)
-
-    @property
-    def proposal(self) -> str:
-        """The proposal of ``method="sampled"``; assignable."""
-        return self._proposal
-
-    @proposal.setter
-    def proposal(self, value) -> None:
-        self.evaluate_with(proposal=value)
-
-    @property
-    def sigma(self):
-        """The ``"local"`` proposal's standard deviation per position dim (a tuple); assignable."""
-        return self._sigma
-
-    @sigma.setter
-    def sigma(self, value) -> None:
-        self.evaluate_with(sigma=value)
-
-    @property
-    def near_window(self):
-        """The ``"stratified"`` proposal's near field (``pos_dim`` pairs); assignable."""
-        return self._near_window
-
-    @near_window.setter
-    def near_window(self, value) -> None:
-        self.evaluate_with(near_window=value)
+    # each evaluation setting reads as a property; assigning one is evaluate_with(name=value)
+    method = _setting("method", '''``"dense"``, ``"sampled"``, ``"neighbors"`` or ``"lowrank"``
+        (only on a layer built with ``method="lowrank"``, which holds the feature maps);
+        assignable (see :meth:`evaluate_with`).''')
+    samples = _setting("samples", "Keys drawn per query by ``method=\"sampled\"``; assignable.")
+    proposal = _setting("proposal", "The proposal of ``method=\"sampled\"``; assignable.")
+    sigma = _setting("sigma", "The ``\"local\"`` proposal's standard deviation per position dim "
+                     "(a tuple); assignable.")
+    near_window = _setting("near_window", "The ``\"stratified\"`` proposal's near field "
+                           "(``pos_dim`` pairs); assignable.")
 
     def extra_repr(self) -> str:
         s = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
