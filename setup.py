@@ -31,7 +31,7 @@ CSRC = os.path.join(ROOT, "csrc")
 
 # Sources compiled once per CPU capability, with these defines / flags.
 MULTI_ARCH_SOURCES = ["csrc/dense/cpu_fwd.cpp", "csrc/dense/cpu_bwd.cpp", "csrc/scan/cpu_kernel.cpp",
-                      "csrc/sparse/cpu_kernel.cpp"]
+                      "csrc/sparse/cpu_kernel.cpp", "csrc/lowrank/cpu_kernel.cpp"]
 CPU_CAPABILITIES = {
     "DEFAULT": [],
     "AVX2": ["-mavx2", "-mfma", "-mbmi2", "-mf16c"],

@@ -71,6 +71,26 @@ TORCH_LIBRARY(itnet, m) {
   m.def("sparse_bwd(Tensor grad_out, Tensor out, Tensor lse, Tensor? grad_lse, "
         ITNET_SPARSE_ARGS ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor du, Tensor dt, "
         "Tensor dW2, Tensor db2, Tensor doffset_table, Tensor dlog_w)");
+  // Low-rank integral transform (DESIGN section 2, lowrank), non-causal, with
+  // the feature map applied in the kernel (feature_map: 0 identity, 1 elu+1,
+  // 2 relu, 3 favor+ with its (F, Dk) projection): out_i = phi_i^T S
+  // [/ phi_i^T z] with S = sum_j psi_j v_j^T, z = sum_j psi_j; rows with
+  // |den| <= eps output 0. Accumulates in float32 for half inputs; out in
+  // v's dtype. See itnet_ext.functional.lowrank_integral_transform.
+  m.def("lowrank_fwd(Tensor q, Tensor k, Tensor v, Tensor? projection, int feature_map, "
+        "bool softmax, float eps) -> Tensor");
+  // Gradients w.r.t. (q, k, v); the projection gets none (a random buffer).
+  // Recomputes the features and sums; nothing of the forward is saved.
+  m.def("lowrank_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? projection, "
+        "int feature_map, bool softmax, float eps) -> (Tensor dq, Tensor dk, Tensor dv)");
+  // The feature map alone, x (..., n, Dk) -> phi (..., n, F) in the compute
+  // dtype (float32 for half x): the causal path's features, whose prefix sums
+  // the decay scan evaluates. stabilize (favor+ only): 0 none, 1 per row
+  // (queries), 2 one constant per (..., n, F) slice (keys).
+  m.def("lowrank_features(Tensor x, Tensor? projection, int feature_map, int stabilize) -> "
+        "Tensor");
+  m.def("lowrank_features_bwd(Tensor grad_phi, Tensor x, Tensor? projection, int feature_map, "
+        "int stabilize) -> Tensor");
   m.def("cpu_capability() -> str", &itnet::dense::cpu_capability_in_use);
   m.def("cuda_kernels_compiled() -> bool", &itnet::cuda_kernels_compiled);
 }

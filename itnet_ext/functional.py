@@ -10,10 +10,12 @@ import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.itnet.*)
 from ._validate import ACTIVATIONS, check_inputs
+from ._validate_lowrank import check_lowrank_inputs
 from ._validate_scan import check_scan_inputs
 from ._validate_sparse import check_sparse_inputs
 
-__all__ = ["integral_transform", "sparse_integral_transform", "decay_scan", "decay_scan_step"]
+__all__ = ["integral_transform", "sparse_integral_transform", "lowrank_integral_transform",
+           "decay_scan", "decay_scan_step"]
 
 
 def integral_transform(
@@ -259,3 +261,153 @@ def decay_scan_step(x_t, log_decay_t, phi_t, psi_t, state, *, skip=None):
     if skip is not None:
         y = y + skip.to(cd) * xc
     return y.to(x_t.dtype), new.to(state.dtype)
+
+
+# ---- low-rank ------------------------------------------------------------------------------------
+
+def _kernel_feature_map(arg_name, fm, Dk):
+    """(code, projection) of a feature map the kernels apply, or None for another callable
+    (applied in PyTorch). Raises for anything else."""
+    from .nn import feature_maps as fmaps
+    from .ops.lowrank import FEATURE_MAP_CODES
+
+    if isinstance(fm, str):
+        if fm == "favor+":
+            raise ValueError(
+                f"{arg_name}: 'favor+' holds a random projection; pass a module, e.g. "
+                f"itnet_ext.nn.feature_maps.PositiveRandomFeatures(dim, num_features)")
+        if fm not in FEATURE_MAP_CODES:
+            raise ValueError(f"{arg_name}: expected one of ('identity', 'elu+1', 'relu'), a "
+                             f"PositiveRandomFeatures module or a callable, got {fm!r}")
+        return FEATURE_MAP_CODES[fm], None
+    if isinstance(fm, fmaps.PositiveRandomFeatures):
+        if fm.dim != Dk:
+            raise ValueError(f"{arg_name}: PositiveRandomFeatures has dim = {fm.dim}, but the "
+                             f"queries and keys have Dk = {Dk}")
+        if fm.projection.requires_grad:
+            raise ValueError(f"{arg_name}: the fused op does not differentiate the FAVOR+ "
+                             f"projection (a random buffer); detach it, or use "
+                             f"itnet_ext.reference.lowrank_integral_transform")
+        return FEATURE_MAP_CODES["favor+"], fm.projection
+    named = {fmaps.identity: "identity", fmaps.elu_plus_one: "elu+1", fmaps.relu: "relu"}
+    if fm in named:
+        return FEATURE_MAP_CODES[named[fm]], None
+    if not callable(fm):
+        raise ValueError(f"{arg_name}: expected a name or a callable, got {type(fm).__name__}")
+    return None
+
+
+def _lowrank_features(arg_name, fm, kernel_map, x, *, is_query, softmax, cdt):
+    """phi = fm(x) (B, H, n, F) in the compute dtype: by the features op for the kernels'
+    maps (FAVOR+ stabilized per query row / per key slice in softmax mode, where it
+    cancels), else by calling fm."""
+    from .ops import lowrank as lr
+
+    if kernel_map is not None:
+        code, projection = kernel_map
+        stab = lr.STABILIZE_NONE
+        if code == lr.FEATURE_MAP_CODES["favor+"] and softmax:
+            stab = lr.STABILIZE_ROW if is_query else lr.STABILIZE_SLICE
+        if projection is not None:
+            projection = projection.to(device=x.device)
+        return torch.ops.itnet.lowrank_features(x, projection, code, stab)
+    phi = fm(x)
+    B, H, n = x.shape[:3]
+    if not isinstance(phi, torch.Tensor) or phi.dim() != 4 or tuple(phi.shape[:3]) != (B, H, n):
+        got = tuple(phi.shape) if isinstance(phi, torch.Tensor) else type(phi).__name__
+        raise ValueError(f"{arg_name}: expected features of shape (B, H, n, F) = "
+                         f"({B}, {H}, {n}, F), got {got}")
+    return phi.to(cdt)
+
+
+def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="none",
+                               causal=False, key_feature_map=None, eps=0.0):
+    r"""Fused low-rank integral transform (DESIGN section 2, lowrank): the kernel
+    l(i, j) ~= phi_i . psi_j with phi_i = feature_map(q_i), psi_j = (key_feature_map or
+    feature_map)(k_j),
+
+        none:    y_i = phi_i^T (sum_j psi_j v_j^T)
+        softmax: y_i = phi_i^T (sum_j psi_j v_j^T) / (phi_i^T sum_j psi_j)
+
+    over j <= i when ``causal``. Same arguments and semantics as
+    :func:`itnet_ext.reference.lowrank_integral_transform` (its float64 oracle), O(N F Dv).
+
+    Args:
+        q (B, H, N, Dk), k (B, H, M, Dk), v (B, H, M, Dv): one dtype (float16, bfloat16,
+            float32, float64), one device.
+        feature_map: "identity", "elu+1", "relu", a
+            :class:`~itnet_ext.nn.feature_maps.PositiveRandomFeatures` module (FAVOR+,
+            orthogonal or not; redrawn once per call when it asks to be), or any callable
+            (B, H, n, Dk) -> (B, H, n, F), applied in PyTorch.
+        key_feature_map: a different map for the keys (same forms), default the same.
+        normalize: "none" or "softmax".
+        causal: key j is visible to query i iff j <= i.
+        eps: softmax mode: rows with |den| <= eps output 0 with zero gradient (never NaN).
+
+    Evaluation. Non-causal: one fused op (``itnet::lowrank_fwd``), the feature map applied
+    inside the kernel to rows as they are read, the (F x Dv) key sum S and the normalization
+    in the same passes; the backward recomputes features and sums, so nothing but the
+    inputs is saved. Causal: the features op (``itnet::lowrank_features``, the same map
+    code) then the prefix sums by :func:`decay_scan` with zero decay (its channels are v's
+    plus a ones channel for the denominator): one scan, not a second implementation of it.
+    Both accumulate in float32 for float16 / bfloat16 inputs (float64 for float64), so
+    long sequences do not overflow half precision: the output is cast back to v's dtype.
+    The FAVOR+ projection gets no gradient.
+
+    Returns y (B, H, N, Dv) in v's dtype.
+    """
+    from .ops.lowrank import compute_dtype
+
+    B, H, N, M, Dk, Dv = check_lowrank_inputs(q, k, v, normalize, causal, eps)
+    softmax = normalize == "softmax"
+    eps = float(eps)
+    kq = _kernel_feature_map("feature_map", feature_map, Dk)
+    same = key_feature_map is None or key_feature_map is feature_map or (
+        isinstance(key_feature_map, str) and key_feature_map == feature_map)
+    fk = feature_map if same else key_feature_map
+    kk = kq if same else _kernel_feature_map("key_feature_map", key_feature_map, Dk)
+    for fm in {id(feature_map): feature_map, id(fk): fk}.values():  # once per distinct module
+        if hasattr(fm, "maybe_redraw"):
+            fm.maybe_redraw()
+    if same and kq is not None and not causal:
+        code, projection = kq
+        if projection is not None:
+            projection = projection.to(device=v.device)
+        return torch.ops.itnet.lowrank_fwd(q, k, v, projection, code, softmax, eps)
+
+    cdt = compute_dtype(v.dtype)
+    phi = _lowrank_features("feature_map", feature_map, kq, q, is_query=True, softmax=softmax,
+                            cdt=cdt)
+    psi = _lowrank_features("key_feature_map" if not same else "feature_map", fk, kk, k,
+                            is_query=False, softmax=softmax, cdt=cdt)
+    if phi.shape[3] != psi.shape[3]:
+        raise ValueError(f"key_feature_map: query features have F = {phi.shape[3]} but key "
+                         f"features have F = {psi.shape[3]}")
+    vc = v.to(cdt)
+    if not causal:
+        return torch.ops.itnet.lowrank_fwd(phi, psi, vc, None, 0, softmax, eps).to(v.dtype)
+
+    # Causal: key j visible to query i iff j <= i, so keys j >= N are never seen and for
+    # M < N zero features / values pad the missing keys (they add nothing).
+    Fd = phi.shape[3]
+    if M >= N:
+        psi, vc = psi[:, :, :N], vc[:, :, :N]
+    else:
+        psi = torch.cat([psi, psi.new_zeros(B, H, N - M, Fd)], 2)
+        vc = torch.cat([vc, vc.new_zeros(B, H, N - M, Dv)], 2)
+    if softmax:  # a ones channel carries the denominator phi_i . sum_{j<=i} psi_j
+        vc = torch.cat([vc, vc.new_ones(B, H, N, 1)], 3)
+    D = vc.shape[3]
+    if B * H * N == 0 or Fd == 0:
+        y = vc.new_zeros(B, H, N, D)
+    else:
+        y = decay_scan(vc.reshape(B * H, N, D), vc.new_zeros(1, 1, D, 1),
+                       phi.reshape(B * H, N, Fd), psi.reshape(B * H, N, Fd)).reshape(B, H, N, D)
+    if not softmax:
+        return y.to(v.dtype)
+    num, den = y[..., :Dv], y[..., Dv]
+    ok = den.abs() > eps
+    den_safe = torch.where(ok, den, torch.ones((), dtype=cdt, device=den.device))
+    out = torch.where(ok[..., None], num / den_safe[..., None],
+                      torch.zeros((), dtype=cdt, device=num.device))
+    return out.to(v.dtype)

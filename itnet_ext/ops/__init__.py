@@ -7,3 +7,4 @@ schemas and the CPU / CUDA kernels under torch.ops.itnet.
 from . import dense  # noqa: F401
 from . import scan  # noqa: F401
 from . import sparse  # noqa: F401
+from . import lowrank  # noqa: F401

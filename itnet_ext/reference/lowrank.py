@@ -113,34 +113,10 @@ def lowrank_integral_transform(
     Returns y (B, H, N, Dv) in v's dtype; computed in float64 for float64 v, else float32.
     Differentiable by autograd w.r.t. q, k, v (and the maps' parameters).
     """
-    from .._validate import NORMALIZATIONS, _require_dim, _require_tensor
+    from .._validate_lowrank import check_lowrank_inputs
 
     # ---- arguments -------------------------------------------------------------------------
-    _require_tensor("v", v, 4, "(B, H, M, Dv)")
-    if not v.is_floating_point():
-        raise ValueError(f"v: expected a floating-point tensor, got dtype {v.dtype}")
-    B, H, M, Dv = v.shape
-    _require_tensor("q", q, 4, "(B, H, N, Dk)")
-    _require_tensor("k", k, 4, "(B, H, M, Dk)")
-    for name, x in (("q", q), ("k", k)):
-        if x.dtype != v.dtype:
-            raise ValueError(f"{name}: expected dtype {v.dtype} (same as v), got {x.dtype}")
-        if x.device != v.device:
-            raise ValueError(f"{name}: expected all tensors on the same device as v "
-                             f"({v.device}), got {x.device}")
-    _require_dim("q", q, 0, B, "B (from v)", "(B, H, N, Dk)")
-    _require_dim("q", q, 1, H, "H (from v)", "(B, H, N, Dk)")
-    _require_dim("k", k, 0, B, "B (from v)", "(B, H, M, Dk)")
-    _require_dim("k", k, 1, H, "H (from v)", "(B, H, M, Dk)")
-    _require_dim("k", k, 2, M, "M (from v)", "(B, H, M, Dk)")
-    N, Dk = q.shape[2], q.shape[3]
-    _require_dim("k", k, 3, Dk, "Dk (from q)", "(B, H, M, Dk)")
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
-    if not isinstance(causal, bool):
-        raise ValueError(f"causal: expected a bool, got {type(causal).__name__}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps: expected a real number >= 0, got {eps!r}")
+    B, H, N, M, Dk, Dv = check_lowrank_inputs(q, k, v, normalize, causal, eps)
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: expected None or a positive int, got {chunk_size!r}")

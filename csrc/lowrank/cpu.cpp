@@ -1,0 +1,226 @@
+// CPU entry points of the low-rank op (lowrank_fwd / lowrank_bwd) and of its
+// features op (lowrank_features / lowrank_features_bwd, the causal path):
+// checks and compute-dtype copies (lowrank/prepare.cpp), the parallel passes
+// over (slice, row range) work items (cpu_kernel.h) and the fixed-order merges
+// of their partial sums.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "dense/info.h"
+#include "lowrank/cpu_kernel.h"
+#include "lowrank/prepare.h"
+
+namespace itnet {
+namespace lowrank {
+namespace {
+
+CpuKernelTable kernel_table() {
+#if defined(__x86_64__) || defined(_M_X64)
+  const std::string cap = dense::cpu_capability_in_use();
+  if (cap == "AVX512") return AVX512::kernel_table();
+  if (cap == "AVX2") return AVX2::kernel_table();
+#endif
+  return DEFAULT::kernel_table();
+}
+
+template <class T>
+const CpuKernels<T>& kernels();
+template <>
+const CpuKernels<float>& kernels<float>() {
+  static const CpuKernelTable t = kernel_table();
+  return t.f32;
+}
+template <>
+const CpuKernels<double>& kernels<double>() {
+  static const CpuKernelTable t = kernel_table();
+  return t.f64;
+}
+
+// Runs fn(slice, split, begin, end) over `splits` row ranges of every slice.
+template <class Fn>
+void for_ranges(int64_t slices, int64_t rows, int64_t splits, const Fn& fn) {
+  at::parallel_for(0, slices * splits, 1, [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t sl = it / splits, s = it % splits;
+      const int64_t r0 = split_begin(rows, splits, s), r1 = split_begin(rows, splits, s + 1);
+      if (r1 > r0) fn(sl, s, r0, r1);
+    }
+  });
+}
+
+// S, z and the key stabilizer c of every slice (the forward's key pass; the
+// backward runs it again rather than saving S).
+template <class T>
+KeyState key_state(const LowRankParams& p, const at::TensorOptions& opts) {
+  const int64_t BH = p.slices();
+  const int64_t ns = row_splits(BH, p.M, at::get_num_threads());
+  at::Tensor S = at::zeros({BH, ns, p.F, p.Dv}, opts);
+  at::Tensor z = at::zeros({BH, ns, p.F}, opts);
+  // a split without keys keeps m = -inf (stabilized) or 0 and contributes 0
+  at::Tensor m = at::full({BH, ns}, p.key_stabilizer() == Stabilizer::Slice
+                                        ? -std::numeric_limits<double>::infinity() : 0.0, opts);
+  T* Sp = S.data_ptr<T>();
+  T* zp = z.data_ptr<T>();
+  T* mp = m.data_ptr<T>();
+  const auto& K = kernels<T>();
+  for_ranges(BH, p.M, ns, [&](int64_t bh, int64_t s, int64_t j0, int64_t j1) {
+    const int64_t part = bh * ns + s;
+    K.keys(p, bh, j0, j1, Sp + part * p.F * p.Dv, zp + part * p.F, mp + part);
+  });
+  return merge_key_state(S, z, m);
+}
+
+template <class T>
+void forward(LowRankParams& p, at::Tensor& out) {
+  const KeyState st = key_state<T>(p, out.options());
+  const int64_t BH = p.slices();
+  const T* S = st.S.data_ptr<T>();
+  const T* z = st.z.data_ptr<T>();
+  const auto& K = kernels<T>();
+  for_ranges(BH, p.N, row_splits(BH, p.N, at::get_num_threads()),
+             [&](int64_t bh, int64_t, int64_t i0, int64_t i1) {
+               K.queries(p, bh, i0, i1, S + bh * p.F * p.Dv, z + bh * p.F);
+             });
+}
+
+at::Tensor lowrank_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const c10::optional<at::Tensor>& projection, int64_t feature_map,
+                           bool softmax, double eps) {
+  Prepared pr = prepare(q, k, v, projection, feature_map, softmax, eps, "lowrank_fwd");
+  LowRankParams& p = pr.params;
+  at::Tensor out = at::empty({p.B, p.H, p.N, p.Dv}, pr.v.options());
+  p.out = out.data_ptr();
+  if (out.numel() > 0) {
+    if (pr.compute == at::kDouble) forward<double>(p, out);
+    else forward<float>(p, out);
+  }
+  return out.to(v.scalar_type());
+}
+
+template <class T>
+void backward(LowRankBwdParams& p, const at::TensorOptions& opts) {
+  const KeyState st = key_state<T>(p, opts);
+  const int64_t BH = p.slices(), F = p.F, Dv = p.Dv;
+  const auto& K = kernels<T>();
+  // queries: dq, and dS, dz per query range
+  const int64_t nq = row_splits(BH, p.N, at::get_num_threads());
+  at::Tensor dS = at::zeros({BH, nq, F, Dv}, opts);
+  at::Tensor dz = at::zeros({BH, nq, F}, opts);
+  {
+    const T* S = st.S.data_ptr<T>();
+    const T* z = st.z.data_ptr<T>();
+    T* dSp = dS.data_ptr<T>();
+    T* dzp = dz.data_ptr<T>();
+    for_ranges(BH, p.N, nq, [&](int64_t bh, int64_t s, int64_t i0, int64_t i1) {
+      const int64_t part = bh * nq + s;
+      K.queries_bwd(p, bh, i0, i1, S + bh * F * Dv, z + bh * F, dSp + part * F * Dv,
+                    dzp + part * F);
+    });
+  }
+  const at::Tensor dS_sum = dS.sum(1), dz_sum = dz.sum(1);  // fixed order
+  const T* dSs = dS_sum.data_ptr<T>();
+  const T* dzs = dz_sum.data_ptr<T>();
+  const T* c = st.c.data_ptr<T>();
+  for_ranges(BH, p.M, row_splits(BH, p.M, at::get_num_threads()),
+             [&](int64_t bh, int64_t, int64_t j0, int64_t j1) {
+               K.keys_bwd(p, bh, j0, j1, c[bh], dSs + bh * F * Dv, dzs + bh * F);
+             });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lowrank_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& projection, int64_t feature_map, bool softmax, double eps) {
+  Prepared pr = prepare(q, k, v, projection, feature_map, softmax, eps, "lowrank_bwd");
+  const at::Tensor dout = prepare_grad_out(grad_out, pr, "lowrank_bwd");
+  LowRankBwdParams p;
+  static_cast<LowRankParams&>(p) = pr.params;
+  // every row of dq / dk / dv is written by the passes; zeros for the empty cases
+  at::Tensor dq = at::zeros_like(pr.q), dk = at::zeros_like(pr.k), dv = at::zeros_like(pr.v);
+  p.dout = dout.data_ptr();
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  if (p.slices() > 0 && (p.N > 0 || p.M > 0)) {
+    if (pr.compute == at::kDouble) backward<double>(p, pr.v.options());
+    else backward<float>(p, pr.v.options());
+  }
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};
+}
+
+// ---- features op ----------------------------------------------------------------------------------
+
+// The stabilizer c of every slice (Slice mode; 0 otherwise, with -inf -> 0).
+template <class T>
+at::Tensor slice_stabilizer(const FeatureParams& p, const at::TensorOptions& opts) {
+  if (p.stab != Stabilizer::Slice || p.fmap != FeatureMap::Favor)
+    return at::zeros({p.slices}, opts);
+  const int64_t ns = row_splits(p.slices, p.n, at::get_num_threads());
+  at::Tensor m = at::full({p.slices, ns}, -std::numeric_limits<double>::infinity(), opts);
+  T* mp = m.data_ptr<T>();
+  const auto& K = kernels<T>();
+  for_ranges(p.slices, p.n, ns, [&](int64_t sl, int64_t s, int64_t r0, int64_t r1) {
+    mp[sl * ns + s] = K.exponent_max(p, sl, r0, r1);
+  });
+  at::Tensor c = std::get<0>(m.max(1));
+  return at::where(c == -std::numeric_limits<double>::infinity(), at::zeros({}, opts), c);
+}
+
+template <class T>
+void features_pass(const FeatureParams& p, const at::TensorOptions& opts, bool backward) {
+  const at::Tensor c = slice_stabilizer<T>(p, opts);
+  const T* cp = c.data_ptr<T>();
+  const auto& K = kernels<T>();
+  for_ranges(p.slices, p.n, row_splits(p.slices, p.n, at::get_num_threads()),
+             [&](int64_t sl, int64_t, int64_t r0, int64_t r1) {
+               if (backward) K.features_bwd(p, sl, r0, r1, cp[sl]);
+               else K.features(p, sl, r0, r1, cp[sl]);
+             });
+}
+
+at::Tensor lowrank_features_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& projection,
+                                int64_t feature_map, int64_t stabilize) {
+  PreparedFeatures pr = prepare_features(x, projection, feature_map, stabilize, "lowrank_features");
+  at::Tensor phi = at::empty(pr.out_shape, pr.x.options());
+  pr.params.phi = phi.data_ptr();
+  if (phi.numel() > 0) {
+    if (pr.compute == at::kDouble) features_pass<double>(pr.params, pr.x.options(), false);
+    else features_pass<float>(pr.params, pr.x.options(), false);
+  }
+  return phi;
+}
+
+at::Tensor lowrank_features_bwd_cpu(const at::Tensor& grad_phi, const at::Tensor& x,
+                                    const c10::optional<at::Tensor>& projection,
+                                    int64_t feature_map, int64_t stabilize) {
+  PreparedFeatures pr =
+      prepare_features(x, projection, feature_map, stabilize, "lowrank_features_bwd");
+  TORCH_CHECK(grad_phi.sizes() == at::IntArrayRef(pr.out_shape), "lowrank_features_bwd: ",
+              "grad_phi: expected shape ", at::IntArrayRef(pr.out_shape), ", got ",
+              grad_phi.sizes());
+  TORCH_CHECK(grad_phi.device() == x.device(), "lowrank_features_bwd: grad_phi: expected a ",
+              "tensor on ", x.device(), ", got ", grad_phi.device());
+  const at::Tensor g = grad_phi.to(pr.x.options()).contiguous();
+  at::Tensor dx = at::zeros_like(pr.x);
+  pr.params.dphi = g.data_ptr();
+  pr.params.dx = dx.data_ptr();
+  if (dx.numel() > 0 && g.numel() > 0) {
+    if (pr.compute == at::kDouble) features_pass<double>(pr.params, pr.x.options(), true);
+    else features_pass<float>(pr.params, pr.x.options(), true);
+  }
+  return dx.to(x.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(itnet, CPU, m) {
+  m.impl("lowrank_fwd", &lowrank_fwd_cpu);
+  m.impl("lowrank_bwd", &lowrank_bwd_cpu);
+  m.impl("lowrank_features", &lowrank_features_cpu);
+  m.impl("lowrank_features_bwd", &lowrank_features_bwd_cpu);
+}
+
+}  // namespace lowrank
+}  // namespace itnet

@@ -1,0 +1,90 @@
+// The low-rank transform's per-element math, written once for the CPU
+// kernels and the CUDA kernels (__host__ __device__ via ITNET_HD): the
+// feature maps and their derivatives, the FAVOR+ exponent, and the softmax
+// normalization with its cut of empty rows.
+//
+// FAVOR+ (Choromanski et al. 2021; itnet_ext/nn/feature_maps.py has the
+// derivation): with x' = x Dk^(-1/4) and the projection rows W_r,
+//   e_r(x) = W_r . x' - |x'|^2 / 2,   phi_r(x) = exp(e_r(x) - c) / sqrt(F).
+// The stabilizer c is a constant of the forward (detached): a factor
+// exp(-c_i) on a query row cancels between numerator and denominator, and a
+// factor on all keys of a (b, h) slice cancels too, so softmax mode may use
+// c_i = max_r e_r(q_i) per query row and c = max over the slice's keys and
+// features; `none` mode uses c = 0. Gradient (c detached):
+//   d e_r / d x' = W_r - x',  so  dx = Dk^(-1/4) (sum_r g_r W_r - x' sum_r g_r),
+// with g_r = dphi_r * phi_r (d phi_r / d e_r = phi_r).
+#pragma once
+
+#include <cmath>
+
+#include "common/macros.h"
+#include "common/math.h"
+#include "lowrank/params.h"
+
+namespace itnet {
+namespace lowrank {
+
+// phi(x) for the elementwise maps (Identity, EluPlusOne, Relu).
+template <class T>
+ITNET_HD T elementwise_feature(FeatureMap fm, T x) {
+  switch (fm) {
+    case FeatureMap::EluPlusOne:
+      return x > T(0) ? x + T(1) : Ops<T>::exp(x);  // elu(x) + 1 = exp(x) for x <= 0
+    case FeatureMap::Relu:
+      return x > T(0) ? x : T(0);
+    default:
+      return x;
+  }
+}
+
+// d phi / d x of the elementwise maps (torch's conventions at 0: relu'(0) = 0,
+// elu'(0) = exp(0) = 1).
+template <class T>
+ITNET_HD T elementwise_feature_grad(FeatureMap fm, T x) {
+  switch (fm) {
+    case FeatureMap::EluPlusOne:
+      return x > T(0) ? T(1) : Ops<T>::exp(x);
+    case FeatureMap::Relu:
+      return x > T(0) ? T(1) : T(0);
+    default:
+      return T(1);
+  }
+}
+
+// Dk^(-1/4): the FAVOR+ input scale.
+template <class T>
+ITNET_HD T favor_input_scale(int64_t Dk) {
+  return T(1) / ::sqrt(::sqrt(T(Dk)));
+}
+
+// 1 / sqrt(F): the FAVOR+ feature normalization.
+template <class T>
+ITNET_HD T favor_feature_scale(int64_t F) {
+  return T(1) / ::sqrt(T(F));
+}
+
+// phi_r from the exponent e_r and the stabilizer c.
+template <class T>
+ITNET_HD T favor_feature(T e, T c, T feature_scale) {
+  return Ops<T>::exp(e - c) * feature_scale;
+}
+
+// Softmax normalization: 1 / den, or 0 for a row whose |den| <= eps (an
+// empty row, or a relu feature row of zeros): such a row outputs exactly 0
+// and passes no gradient, never NaN.
+template <class T>
+ITNET_HD T inverse_denominator(T den, T eps) {
+  return (den > eps || den < -eps) ? T(1) / den : T(0);
+}
+
+// Backward of out = num * inv (inv = 1 / den or 0): with g = dL/d out,
+//   dL/d num = g * inv,   dL/d den = -(g . out) * inv,
+// so the row's feature gradient is dphi = S (g inv) + z dden. `g_dot_out`
+// is g . out with out = num * inv.
+template <class T>
+ITNET_HD T denominator_grad(T g_dot_out, T inv) {
+  return -g_dot_out * inv;
+}
+
+}  // namespace lowrank
+}  // namespace itnet
