@@ -397,12 +397,13 @@ def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="no
         vc = torch.cat([vc, vc.new_zeros(B, H, N - M, Dv)], 2)
     if softmax:  # a ones channel carries the denominator phi_i . sum_{j<=i} psi_j
         vc = torch.cat([vc, vc.new_ones(B, H, N, 1)], 3)
+    if Fd == 0:  # no feature: the scan needs a state, a zero one keeps the graph connected
+        phi = torch.cat([phi, phi.new_zeros(B, H, N, 1)], 3)
+        psi = torch.cat([psi, psi.new_zeros(B, H, N, 1)], 3)
+        Fd = 1
     D = vc.shape[3]
-    if B * H * N == 0 or Fd == 0:
-        y = vc.new_zeros(B, H, N, D)
-    else:
-        y = decay_scan(vc.reshape(B * H, N, D), vc.new_zeros(1, 1, D, 1),
-                       phi.reshape(B * H, N, Fd), psi.reshape(B * H, N, Fd)).reshape(B, H, N, D)
+    y = decay_scan(vc.reshape(B * H, N, D), vc.new_zeros(1, 1, D, 1),
+                   phi.reshape(B * H, N, Fd), psi.reshape(B * H, N, Fd)).reshape(B, H, N, D)
     if not softmax:
         return y.to(v.dtype)
     num, den = y[..., :Dv], y[..., Dv]

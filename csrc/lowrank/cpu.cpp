@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
 #include <tuple>
 
 #include "dense/info.h"
@@ -39,10 +41,18 @@ const CpuKernels<double>& kernels<double>() {
   return t.f64;
 }
 
-// Runs fn(slice, split, begin, end) over `splits` row ranges of every slice.
+// Below this many multiply-adds a pass runs on the calling thread: waking the
+// pool costs more than a small problem (tens of microseconds, milliseconds
+// on a loaded machine).
+constexpr int64_t kSerialWork = int64_t(1) << 18;
+
+// Runs fn(slice, split, begin, end) over `splits` row ranges of every slice;
+// row_cost: multiply-adds per row, for the serial cutoff.
 template <class Fn>
-void for_ranges(int64_t slices, int64_t rows, int64_t splits, const Fn& fn) {
-  at::parallel_for(0, slices * splits, 1, [&](int64_t b, int64_t e) {
+void for_ranges(int64_t slices, int64_t rows, int64_t splits, int64_t row_cost, const Fn& fn) {
+  const int64_t items = slices * splits;
+  const int64_t grain = slices * rows * row_cost < kSerialWork ? std::max<int64_t>(items, 1) : 1;
+  at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       const int64_t sl = it / splits, s = it % splits;
       const int64_t r0 = split_begin(rows, splits, s), r1 = split_begin(rows, splits, s + 1);
@@ -51,38 +61,49 @@ void for_ranges(int64_t slices, int64_t rows, int64_t splits, const Fn& fn) {
   });
 }
 
-// S, z and the key stabilizer c of every slice (the forward's key pass; the
-// backward runs it again rather than saving S).
+// Multiply-adds per row of a pass: the features (FAVOR+: the projection) and
+// the (F, Dv + 1) contraction.
+int64_t row_cost(const LowRankParams& p) {
+  return p.F * (p.Dv + 1) + (p.fmap == FeatureMap::Favor ? p.F * p.Dk : p.Dk);
+}
+
+// The merged key sums Sx = [S | z] (slices, F, Dv + 1) and the key stabilizer
+// c (slices) of every slice (the forward's key pass; the backward runs it again
+// rather than saving anything).
+struct KeySums {
+  at::Tensor Sx, c;
+};
+
 template <class T>
-KeyState key_state(const LowRankParams& p, const at::TensorOptions& opts) {
-  const int64_t BH = p.slices();
+KeySums key_sums(const LowRankParams& p, const at::TensorOptions& opts) {
+  const int64_t BH = p.slices(), E = p.Dv + 1;
   const int64_t ns = row_splits(BH, p.M, at::get_num_threads());
-  at::Tensor S = at::zeros({BH, ns, p.F, p.Dv}, opts);
-  at::Tensor z = at::zeros({BH, ns, p.F}, opts);
+  at::Tensor Sx = at::zeros({BH, ns, p.F, E}, opts);
   // a split without keys keeps m = -inf (stabilized) or 0 and contributes 0
   at::Tensor m = at::full({BH, ns}, p.key_stabilizer() == Stabilizer::Slice
                                         ? -std::numeric_limits<double>::infinity() : 0.0, opts);
-  T* Sp = S.data_ptr<T>();
-  T* zp = z.data_ptr<T>();
+  T* Sp = Sx.data_ptr<T>();
   T* mp = m.data_ptr<T>();
   const auto& K = kernels<T>();
-  for_ranges(BH, p.M, ns, [&](int64_t bh, int64_t s, int64_t j0, int64_t j1) {
+  for_ranges(BH, p.M, ns, row_cost(p), [&](int64_t bh, int64_t s, int64_t j0, int64_t j1) {
     const int64_t part = bh * ns + s;
-    K.keys(p, bh, j0, j1, Sp + part * p.F * p.Dv, zp + part * p.F, mp + part);
+    K.keys(p, bh, j0, j1, Sp + part * p.F * E, mp + part);
   });
-  return merge_key_state(S, z, m);
+  using at::indexing::Slice;
+  const KeyState st = merge_key_state(Sx.index({Slice(), Slice(), Slice(), Slice(0, p.Dv)}),
+                                      Sx.select(3, p.Dv), m);
+  return {at::cat({st.S, st.z.unsqueeze(-1)}, -1).contiguous(), st.c};
 }
 
 template <class T>
-void forward(LowRankParams& p, at::Tensor& out) {
-  const KeyState st = key_state<T>(p, out.options());
-  const int64_t BH = p.slices();
-  const T* S = st.S.data_ptr<T>();
-  const T* z = st.z.data_ptr<T>();
+void forward(LowRankParams& p, const at::TensorOptions& opts) {
+  const KeySums ks = key_sums<T>(p, opts);
+  const int64_t BH = p.slices(), E = p.Dv + 1;
+  const T* Sx = ks.Sx.data_ptr<T>();
   const auto& K = kernels<T>();
-  for_ranges(BH, p.N, row_splits(BH, p.N, at::get_num_threads()),
+  for_ranges(BH, p.N, row_splits(BH, p.N, at::get_num_threads()), row_cost(p),
              [&](int64_t bh, int64_t, int64_t i0, int64_t i1) {
-               K.queries(p, bh, i0, i1, S + bh * p.F * p.Dv, z + bh * p.F);
+               K.queries(p, bh, i0, i1, Sx + bh * p.F * E);
              });
 }
 
@@ -94,39 +115,37 @@ at::Tensor lowrank_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor out = at::empty({p.B, p.H, p.N, p.Dv}, pr.v.options());
   p.out = out.data_ptr();
   if (out.numel() > 0) {
-    if (pr.compute == at::kDouble) forward<double>(p, out);
-    else forward<float>(p, out);
+    if (pr.compute == at::kDouble) forward<double>(p, out.options());
+    else forward<float>(p, out.options());
   }
   return out.to(v.scalar_type());
 }
 
 template <class T>
 void backward(LowRankBwdParams& p, const at::TensorOptions& opts) {
-  const KeyState st = key_state<T>(p, opts);
-  const int64_t BH = p.slices(), F = p.F, Dv = p.Dv;
+  const KeySums ks = key_sums<T>(p, opts);
+  const int64_t BH = p.slices(), F = p.F, E = p.Dv + 1;
   const auto& K = kernels<T>();
-  // queries: dq, and dS, dz per query range
+  // queries: dq, and dSx = [dS | dz] per query range
   const int64_t nq = row_splits(BH, p.N, at::get_num_threads());
-  at::Tensor dS = at::zeros({BH, nq, F, Dv}, opts);
-  at::Tensor dz = at::zeros({BH, nq, F}, opts);
+  at::Tensor dSx = at::zeros({BH, nq, F, E}, opts);
   {
-    const T* S = st.S.data_ptr<T>();
-    const T* z = st.z.data_ptr<T>();
-    T* dSp = dS.data_ptr<T>();
-    T* dzp = dz.data_ptr<T>();
-    for_ranges(BH, p.N, nq, [&](int64_t bh, int64_t s, int64_t i0, int64_t i1) {
-      const int64_t part = bh * nq + s;
-      K.queries_bwd(p, bh, i0, i1, S + bh * F * Dv, z + bh * F, dSp + part * F * Dv,
-                    dzp + part * F);
+    const at::Tensor Sxt = ks.Sx.transpose(1, 2).contiguous();
+    const T* Sx = ks.Sx.data_ptr<T>();
+    const T* St = Sxt.data_ptr<T>();
+    T* dp = dSx.data_ptr<T>();
+    for_ranges(BH, p.N, nq, 2 * row_cost(p), [&](int64_t bh, int64_t s, int64_t i0, int64_t i1) {
+      K.queries_bwd(p, bh, i0, i1, Sx + bh * F * E, St + bh * F * E, dp + (bh * nq + s) * F * E);
     });
   }
-  const at::Tensor dS_sum = dS.sum(1), dz_sum = dz.sum(1);  // fixed order
-  const T* dSs = dS_sum.data_ptr<T>();
-  const T* dzs = dz_sum.data_ptr<T>();
-  const T* c = st.c.data_ptr<T>();
-  for_ranges(BH, p.M, row_splits(BH, p.M, at::get_num_threads()),
+  const at::Tensor dSum = dSx.sum(1);  // fixed order
+  const at::Tensor dSumT = dSum.transpose(1, 2).contiguous();
+  const T* dS = dSum.data_ptr<T>();
+  const T* dSt = dSumT.data_ptr<T>();
+  const T* c = ks.c.data_ptr<T>();
+  for_ranges(BH, p.M, row_splits(BH, p.M, at::get_num_threads()), 2 * row_cost(p),
              [&](int64_t bh, int64_t, int64_t j0, int64_t j1) {
-               K.keys_bwd(p, bh, j0, j1, c[bh], dSs + bh * F * Dv, dzs + bh * F);
+               K.keys_bwd(p, bh, j0, j1, c[bh], dS + bh * F * E, dSt + bh * F * E);
              });
 }
 
@@ -161,7 +180,7 @@ at::Tensor slice_stabilizer(const FeatureParams& p, const at::TensorOptions& opt
   at::Tensor m = at::full({p.slices, ns}, -std::numeric_limits<double>::infinity(), opts);
   T* mp = m.data_ptr<T>();
   const auto& K = kernels<T>();
-  for_ranges(p.slices, p.n, ns, [&](int64_t sl, int64_t s, int64_t r0, int64_t r1) {
+  for_ranges(p.slices, p.n, ns, p.F * p.Dk, [&](int64_t sl, int64_t s, int64_t r0, int64_t r1) {
     mp[sl * ns + s] = K.exponent_max(p, sl, r0, r1);
   });
   at::Tensor c = std::get<0>(m.max(1));
@@ -173,7 +192,7 @@ void features_pass(const FeatureParams& p, const at::TensorOptions& opts, bool b
   const at::Tensor c = slice_stabilizer<T>(p, opts);
   const T* cp = c.data_ptr<T>();
   const auto& K = kernels<T>();
-  for_ranges(p.slices, p.n, row_splits(p.slices, p.n, at::get_num_threads()),
+  for_ranges(p.slices, p.n, row_splits(p.slices, p.n, at::get_num_threads()), p.F * p.Dk,
              [&](int64_t sl, int64_t, int64_t r0, int64_t r1) {
                if (backward) K.features_bwd(p, sl, r0, r1, cp[sl]);
                else K.features(p, sl, r0, r1, cp[sl]);

@@ -24,31 +24,30 @@
 namespace itnet {
 namespace lowrank {
 
-// phi(x) for the elementwise maps (Identity, EluPlusOne, Relu).
+// phi(x) for the elementwise maps (Identity, EluPlusOne, Relu). T is a scalar
+// or a CPU SIMD lane (common/math.h's Ops<T>), so the formulas are branch-free:
+// elu(x) + 1 is x + 1 for x > 0 and exp(x) for x <= 0, and exp is taken of
+// min(x, 0) = x - relu(x) so that no lane overflows.
 template <class T>
 ITNET_HD T elementwise_feature(FeatureMap fm, T x) {
-  switch (fm) {
-    case FeatureMap::EluPlusOne:
-      return x > T(0) ? x + T(1) : Ops<T>::exp(x);  // elu(x) + 1 = exp(x) for x <= 0
-    case FeatureMap::Relu:
-      return x > T(0) ? x : T(0);
-    default:
-      return x;
+  if (fm == FeatureMap::EluPlusOne) {
+    const T s = Ops<T>::step(x);
+    return s * (x + T(1)) + (T(1) - s) * Ops<T>::exp(x - Ops<T>::relu(x));
   }
+  if (fm == FeatureMap::Relu) return Ops<T>::relu(x);
+  return x;
 }
 
 // d phi / d x of the elementwise maps (torch's conventions at 0: relu'(0) = 0,
 // elu'(0) = exp(0) = 1).
 template <class T>
 ITNET_HD T elementwise_feature_grad(FeatureMap fm, T x) {
-  switch (fm) {
-    case FeatureMap::EluPlusOne:
-      return x > T(0) ? T(1) : Ops<T>::exp(x);
-    case FeatureMap::Relu:
-      return x > T(0) ? T(1) : T(0);
-    default:
-      return T(1);
+  if (fm == FeatureMap::EluPlusOne) {
+    const T s = Ops<T>::step(x);
+    return s + (T(1) - s) * Ops<T>::exp(x - Ops<T>::relu(x));
   }
+  if (fm == FeatureMap::Relu) return Ops<T>::step(x);
+  return T(1);
 }
 
 // Dk^(-1/4): the FAVOR+ input scale.

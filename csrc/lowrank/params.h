@@ -42,8 +42,9 @@ struct LowRankParams {
   const void* q = nullptr;  // (B, H, N, Dk)
   const void* k = nullptr;  // (B, H, M, Dk)
   const void* v = nullptr;  // (B, H, M, Dv)
-  const void* W = nullptr;  // (F, Dk), Favor only
-  void* out = nullptr;      // (B, H, N, Dv)
+  const void* W = nullptr;   // (F, Dk), Favor only
+  const void* Wt = nullptr;  // W transposed, (Dk, F) contiguous, Favor only
+  void* out = nullptr;       // (B, H, N, Dv)
 
   int64_t slices() const { return B * H; }
   // Favor features are stabilized only in softmax mode, where c cancels.
@@ -72,8 +73,9 @@ struct FeatureParams {
   FeatureMap fmap = FeatureMap::Identity;
   Stabilizer stab = Stabilizer::None;
   const void* x = nullptr;  // (slices, n, Dk)
-  const void* W = nullptr;  // (F, Dk), Favor only
-  void* phi = nullptr;      // (slices, n, F)
+  const void* W = nullptr;   // (F, Dk), Favor only
+  const void* Wt = nullptr;  // (Dk, F), Favor only
+  void* phi = nullptr;       // (slices, n, F)
   // backward: dx from dphi
   const void* dphi = nullptr;
   void* dx = nullptr;

@@ -81,7 +81,10 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   pr.q = q.to(opts).contiguous();
   pr.k = k.to(opts).contiguous();
   pr.v = v.to(opts).contiguous();
-  if (fm == FeatureMap::Favor) pr.W = projection->to(opts).contiguous();
+  if (fm == FeatureMap::Favor) {
+    pr.W = projection->to(opts).contiguous();
+    pr.Wt = pr.W.t().contiguous();
+  }
   LowRankParams& p = pr.params;
   p.B = B;
   p.H = H;
@@ -97,6 +100,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   p.k = pr.k.data_ptr();
   p.v = pr.v.data_ptr();
   p.W = pr.W.defined() ? pr.W.data_ptr() : nullptr;
+  p.Wt = pr.Wt.defined() ? pr.Wt.data_ptr() : nullptr;
   return pr;
 }
 
@@ -129,7 +133,10 @@ PreparedFeatures prepare_features(const at::Tensor& x, const c10::optional<at::T
   pr.compute = compute_dtype(x.scalar_type());
   const auto opts = x.options().dtype(pr.compute);
   pr.x = x.to(opts).contiguous();
-  if (fm == FeatureMap::Favor) pr.W = projection->to(opts).contiguous();
+  if (fm == FeatureMap::Favor) {
+    pr.W = projection->to(opts).contiguous();
+    pr.Wt = pr.W.t().contiguous();
+  }
   FeatureParams& p = pr.params;
   p.n = x.size(-2);
   p.slices = 1;
@@ -140,6 +147,7 @@ PreparedFeatures prepare_features(const at::Tensor& x, const c10::optional<at::T
   p.stab = static_cast<Stabilizer>(stabilize);
   p.x = pr.x.data_ptr();
   p.W = pr.W.defined() ? pr.W.data_ptr() : nullptr;
+  p.Wt = pr.Wt.defined() ? pr.Wt.data_ptr() : nullptr;
   pr.out_shape = x.sizes().vec();
   pr.out_shape.back() = F;
   return pr;

@@ -16,7 +16,7 @@ namespace lowrank {
 
 struct Prepared {
   LowRankParams params;
-  at::Tensor q, k, v, W;  // contiguous, compute dtype (W undefined unless Favor)
+  at::Tensor q, k, v, W, Wt;  // contiguous, compute dtype (W, Wt undefined unless Favor)
   at::ScalarType compute;
 };
 
@@ -31,7 +31,7 @@ at::Tensor prepare_grad_out(const at::Tensor& grad_out, const Prepared& pr, cons
 
 struct PreparedFeatures {
   FeatureParams params;
-  at::Tensor x, W;
+  at::Tensor x, W, Wt;
   at::ScalarType compute;
   std::vector<int64_t> out_shape;  // x's shape with the last dim F
 };

@@ -14,8 +14,9 @@ the pair MLP split by linearity (see ``shared/DESIGN.md`` section 1). The
 projections live here; the per-pair work is done by
 :func:`itnet_ext.functional.integral_transform` (``method="dense"``) or
 :func:`itnet_ext.functional.sparse_integral_transform` (``"sampled"``,
-``"neighbors"``; the pair lists are built in ``_sparse_layer``), both looked up at call
-time, so the reference / fused backends are interchangeable.
+``"neighbors"``; the pair lists are built in ``_sparse_layer``) or
+:func:`itnet_ext.functional.lowrank_integral_transform` (``"lowrank"``), all looked up at
+call time, so the reference / fused backends are interchangeable.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from .. import functional as _functional
-from .. import reference as _reference
 from .._validate import ACTIVATIONS, NORMALIZATIONS, offset_layout
 from . import _sparse_layer as _sparse
 from ._inputs import batch_first_inputs, convert_masks, layer_window
@@ -124,8 +124,8 @@ class IntegralTransform(nn.Module):
     Honors ``causal`` / ``is_causal`` (j <= i, prefix sums) and a bool ``key_padding_mask``
     (psi of padded keys = 0; a float mask only with 0 / -inf entries). ``window`` and
     ``offset_embedding`` are rejected at construction, ``attn_mask`` in forward (ValueError).
-    Evaluated by :func:`itnet_ext.reference.lowrank_integral_transform` (looked up at call
-    time: there is no fused low-rank op yet). The value and output projections are the
+    Evaluated by the fused :func:`itnet_ext.functional.lowrank_integral_transform` (looked
+    up at call time) on the learned features with the identity map. The value and output projections are the
     layer's usual ones; the q/k projections and the pair MLP are still built (same names and
     shapes as the dense layer) but unused by the low-rank forward (no gradient reaches them;
     ``evaluate_with(method="dense")`` evaluates them exactly, e.g. the teacher kept by
@@ -676,9 +676,9 @@ class IntegralTransform(nn.Module):
         y_i = sum_j (phi_i . psi_j) v_j [/ sum_j phi_i . psi_j] over the support (j <= i when
         causal; padded keys have psi_j = 0).
 
-        Evaluated by :func:`itnet_ext.reference.lowrank_integral_transform` (float32 compute
-        for float32 / half inputs, float64 for float64), looked up at call time: there is no
-        fused low-rank op yet, and a later one can replace the reference there."""
+        Evaluated by the fused :func:`itnet_ext.functional.lowrank_integral_transform`
+        (float32 accumulation for float32 / half inputs, float64 for float64), looked up at
+        call time."""
         if attn_mask is not None:
             raise ValueError("attn_mask is not supported by method='lowrank' (the factorized "
                              "kernel cannot drop arbitrary pairs); use causal / is_causal, a "
@@ -704,8 +704,7 @@ class IntegralTransform(nn.Module):
         phi, psi = self._lowrank_features(query, key, p_q, p_k, padding)
         v = self._value_projection(value)
         phi, psi = phi.to(v.dtype), psi.to(v.dtype)
-        # looked up at call time: a fused low-rank op can replace the reference here
-        return _reference.lowrank_integral_transform(
+        return _functional.lowrank_integral_transform(
             phi, psi, v, feature_map="identity", normalize=self.normalize, causal=causal)
 
     def _out(self, heads: Tensor, is_batched: bool) -> Tensor:
