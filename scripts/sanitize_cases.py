@@ -21,9 +21,13 @@ Sets:
          pairs, empty rows and CSR padding, content / MLP + offset table + window / MLP only
          on a fractional window, `none` mode with H = 9 (several register head groups) and
          rows of up to 70 pairs (several chunks), the deterministic mode (key-owned pass),
-         inference-only forward.
+         inference-only forward;
+         low-rank op (float32, float64, float16 inputs): every feature map (identity, elu+1,
+         relu, FAVOR+ with a projection of F = 70 rows), `none` / softmax, causal (the
+         features op plus the decay scan) and not, sizes off every tile boundary.
   flash  only the flash cases of `all`.
-  race   a small subset of the flash, decay-scan and sparse cases (racecheck is slow).
+  race   a small subset of the flash, decay-scan, sparse and low-rank cases (racecheck is
+         slow).
 Each case runs forward and backward; the script checks that nothing is NaN, prints one line
 per case and exits with status 1 if any case raised.
 """
@@ -303,6 +307,73 @@ def sparse_cases(which):
     return out
 
 
+def lowrank_problem(dtype, *, B=2, H=3, N=77, M=131, Dk=19, Dv=37, fmap="elu+1", F=70,
+                    normalize="softmax", causal=False, seed=0):
+    from itnet_ext.nn.feature_maps import PositiveRandomFeatures
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g) * 0.5).to("cuda", dtype).requires_grad_()
+
+    if fmap == "favor+":
+        fm = PositiveRandomFeatures(Dk, F, generator=torch.Generator().manual_seed(seed))
+        fm = fm.to("cuda")
+    else:
+        fm = fmap
+    return dict(q=rnd(B, H, N, Dk), k=rnd(B, H, M, Dk), v=rnd(B, H, M, Dv), feature_map=fm,
+                normalize=normalize, causal=causal)
+
+
+def run_lowrank_case(kw, *, backward=True):
+    leaves = [kw[n] for n in ("q", "k", "v")]
+    if not backward:
+        with torch.no_grad():
+            out = functional.lowrank_integral_transform(**kw)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all(), "non-finite out"
+        return
+    out = functional.lowrank_integral_transform(**kw)
+    grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all(), "non-finite out"
+    for n, gr in zip("qkv", grads):
+        assert torch.isfinite(gr).all(), f"non-finite gradient of {n}"
+
+
+def lowrank_cases(which):
+    """(name, lowrank_problem kwargs, run_lowrank_case kwargs)."""
+    out = []
+    if which == "all":
+        for dt in (torch.float32, torch.float64):
+            n = str(dt)[6:]
+            for fmap in ("identity", "elu+1", "relu", "favor+"):
+                for normalize in ("none", "softmax"):
+                    if fmap == "identity" and normalize == "softmax":
+                        continue
+                    for causal in (False, True):
+                        out.append((f"lowrank {n} {fmap} {normalize}{' causal' if causal else ''}",
+                                    dict(dtype=dt, fmap=fmap, normalize=normalize,
+                                         causal=causal), {}))
+        out += [
+            ("lowrank float16 favor+ softmax N=1100", dict(dtype=torch.float16, fmap="favor+",
+                                                          N=1100, M=1030), {}),
+            ("lowrank bfloat16 elu+1 causal", dict(dtype=torch.bfloat16, causal=True), {}),
+            ("lowrank float32 Dv=1 Dk=1 relu", dict(dtype=torch.float32, Dv=1, Dk=1,
+                                                    fmap="relu"), {}),
+            ("lowrank float32 forward only", dict(dtype=torch.float32, fmap="favor+"),
+             dict(backward=False)),
+        ]
+    if which == "race":
+        out += [
+            ("race lowrank float32 favor+ softmax", dict(dtype=torch.float32, fmap="favor+",
+                                                        N=40, M=60), {}),
+            ("race lowrank float32 elu+1 none", dict(dtype=torch.float32, normalize="none",
+                                                     N=40, M=60), {}),
+        ]
+    return out
+
+
 def cases(which):
     """(name, problem kwargs, run kwargs)."""
     out = []
@@ -378,6 +449,8 @@ def main():
              for name, pkw, rkw in scan_cases(args.set)]
     todo += [(name, sparse_problem, run_sparse_case, pkw, rkw)
              for name, pkw, rkw in sparse_cases(args.set)]
+    todo += [(name, lowrank_problem, run_lowrank_case, pkw, rkw)
+             for name, pkw, rkw in lowrank_cases(args.set)]
     if args.list:
         print("\n".join(name for name, *_ in todo))
         return 0
