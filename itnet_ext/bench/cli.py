@@ -16,6 +16,7 @@ from .cuda import format_table as format_cuda_table
 from .cases import B, CONV_CH, CONV_K, DH, H, R, _attn_inputs, _conv_fns, _forward_fns, _passes
 from .measure import _Runner
 from .report import _cpu_seconds, _default_out, _metadata, _rows, _targets, format_table, write_json
+from .lowrank import main_lowrank
 from .scan import main_scan
 from .sparse import main_sparse
 
@@ -48,7 +49,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
                    help="smoke test: --sizes 32,64 --big 128 --repeats 1, no inner loops "
-                        "(with --scan: T=32,96, D=64, 1 repeat; with --sparse: N=256,512, S=4,8,16, GNO 512 points)")
+                        "(with --scan: T=32,96, D=64, 1 repeat; with --sparse: N=256,512, S=4,8,16, GNO 512 points; "
+                        "with --lowrank: N=256,512, 20 fit steps)")
     p.add_argument("--out", default=None,
                    help="JSON output path (default bench/results/<device>_<date>_<time>.json)")
     p.add_argument("--no-print", action="store_true", help="do not print the table")
@@ -90,6 +92,23 @@ def build_parser():
     g.add_argument("--sparse-gno-n", type=int, default=None, help="gno: number of points (default 4096)")
     g.add_argument("--sparse-gno-degree", type=float, default=None, help="gno: mean degree (default 50)")
     g.add_argument("--sparse-gno-r", default=None, help="gno: comma list of kernel MLP widths R (default 64,32)")
+    g = p.add_argument_group("low-rank section (--lowrank; see itnet_ext/bench/lowrank.py)")
+    g.add_argument("--lowrank", action="store_true",
+                   help="run the low-rank benchmark instead: a dense IntegralTransform (E=64, H=4, content + MLP "
+                        "R=16, softmax) vs the low-rank layer lowrank.fit distils from it: time, peak memory and "
+                        "output error vs N, the crossover N and the log-log slopes")
+    g.add_argument("--lowrank-sizes", default=None,
+                   help="comma list of N (default 256,512,1024,...,65536; --quick 256,512)")
+    g.add_argument("--lowrank-rank", type=int, default=16, help="features per head F of the low-rank layer (16)")
+    g.add_argument("--lowrank-fit-steps", type=int, default=None, help="lowrank.fit steps (default 200; --quick 20)")
+    g.add_argument("--lowrank-fit-n", type=int, default=None,
+                   help="points per fit sample, 8 samples (default 512; --quick 128)")
+    g.add_argument("--lowrank-err-rows", type=int, default=None,
+                   help="random query rows of the error at every N (default 1024; --quick 64)")
+    g.add_argument("--lowrank-dense-max-n", type=int, default=32768,
+                   help="do not run the dense layer above this N (O(N^2); default 32768)")
+    g.add_argument("--lowrank-dense-call-limit-s", type=float, default=45.0,
+                   help="do not run a dense call predicted (quadratic from the previous N) to exceed this (45)")
     return p
 
 
@@ -213,6 +232,8 @@ def main(argv=None):
         return main_scan(args, parser)
     if args.sparse:
         return main_sparse(args, parser)
+    if args.lowrank:
+        return main_lowrank(args, parser)
     result = run(args)
     out = Path(args.out) if args.out else _default_out(torch.device(args.device))
     path = write_json(result, out)
