@@ -12,6 +12,7 @@
 #              and torch.ops.itnet.cuda_kernels_compiled()
 #   diag       scripts/flash_diag.py: per-case error table, flash vs exact vs torch  -> diag.json
 #   tests      pytest tests/test_dense_cuda*.py tests/test_scan_cuda.py tests/test_sparse_cuda.py
+#              tests/test_lowrank_cuda.py
 #              (+ test_lowp_reference.py, the half tests' yardstick)    -> tests.xml (junit)
 #   memcheck   compute-sanitizer --tool memcheck  on scripts/sanitize_cases.py --set all
 #   racecheck  compute-sanitizer --tool racecheck on scripts/sanitize_cases.py --set race
@@ -21,10 +22,12 @@
 #   bench_sparse python3 -m itnet_ext.bench --sparse --device cuda --sparse-part gno (the GNO
 #              layer: fused sparse op vs the per-edge MLP + segment_reduce baseline)
 #                                                                       -> bench_sparse_cuda.json
+#   bench_lowrank python3 -m itnet_ext.bench --lowrank --device cuda (the fitted low-rank layer
+#              vs its dense teacher, N = 4096..65536)                   -> bench_lowrank_cuda.json
 # then OUTDIR/summary.md (scripts/gpu_check_summary.py), printed at the end, and copies
 # ready for bench/results/ in OUTDIR/results/ (cuda_<card>_<date>.json, gpu_check_<card>_<date>.md).
 #
-# The whole run stays within about 8 minutes (ITNET_GPU_CHECK_DEADLINE_S, default 460 s):
+# The whole run stays within about 9 minutes (ITNET_GPU_CHECK_DEADLINE_S, default 520 s):
 # every step's timeout is its budget, shortened so that the steps after it keep a minimum.
 # Environment: PYTHON (default python3), CUDA_HOME (default: the toolkit of the nvcc on PATH,
 # else /usr/local/cuda), ITNET_ARCH_LIST (overrides the detected TORCH_CUDA_ARCH_LIST),
@@ -46,7 +49,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 exec </dev/null
 
 T0=$SECONDS
-DEADLINE="${ITNET_GPU_CHECK_DEADLINE_S:-460}"
+DEADLINE="${ITNET_GPU_CHECK_DEADLINE_S:-520}"
 : >"$OUT/steps.tsv"
 : >"$OUT/env.kv"
 
@@ -215,8 +218,9 @@ else
   [[ $HAVE_KERNELS == 1 ]] || STEP_NOTE="no GPU or no CUDA kernels: the CUDA tests skip"
   # with kernels present, a skipped CUDA test is a failure (tests/cuda_helpers.py)
   [[ $HAVE_KERNELS == 1 ]] && export ITNET_REQUIRE_CUDA=1
-  run_step tests 150 140 "$PY" -m pytest tests/test_dense_cuda.py tests/test_dense_cuda_half.py \
-    tests/test_scan_cuda.py tests/test_sparse_cuda.py tests/test_lowp_reference.py -q \
+  run_step tests 200 180 "$PY" -m pytest tests/test_dense_cuda.py tests/test_dense_cuda_half.py \
+    tests/test_scan_cuda.py tests/test_sparse_cuda.py tests/test_lowrank_cuda.py \
+    tests/test_lowp_reference.py -q \
     -p no:cacheprovider -rfE \
     --durations=10 \
     --junitxml="$OUT/tests.xml"
@@ -280,6 +284,14 @@ if [[ $HAVE_KERNELS == 1 ]]; then
 else
   record bench_sparse "skipped" 0 "no GPU or no CUDA kernels"
 fi
+# the low-rank op on the GPU: the fitted low-rank layer vs its dense teacher
+if [[ $HAVE_KERNELS == 1 ]]; then
+  run_step bench_lowrank 45 5 "$PY" -m itnet_ext.bench --lowrank --device cuda \
+    --lowrank-sizes 4096,16384,65536 --lowrank-fit-steps 100 --budget-s 3 \
+    --out "$OUT/bench_lowrank_cuda.json"
+else
+  record bench_lowrank "skipped" 0 "no GPU or no CUDA kernels"
+fi
 
 # ------------------------------------------------------------------------------------------
 # f. summary
@@ -303,6 +315,8 @@ STAMP="$(date -u +%Y-%m-%d_%H%M%S)"
   cp "$OUT/bench_scan_cuda.json" "$OUT/results/scan_cuda_${CARD}_${STAMP}.json"
 [[ -f "$OUT/bench_sparse_cuda.json" ]] &&
   cp "$OUT/bench_sparse_cuda.json" "$OUT/results/sparse_cuda_${CARD}_${STAMP}.json"
+[[ -f "$OUT/bench_lowrank_cuda.json" ]] &&
+  cp "$OUT/bench_lowrank_cuda.json" "$OUT/results/lowrank_cuda_${CARD}_${STAMP}.json"
 cp "$OUT/summary.md" "$OUT/results/gpu_check_${CARD}_${STAMP}.md"
 
 if [[ -s "$OUT/diag.log" ]]; then

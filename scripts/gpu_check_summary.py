@@ -154,6 +154,10 @@ def main(out):
     if sparse:
         md += ["", "## Sparse-op GNO benchmark (python -m itnet_ext.bench --sparse --device cuda "
                "--sparse-part gno)", "", "```", *sparse[-30:], "```"]
+    lowrank = (read(out / "bench_lowrank.log") or "").strip().splitlines()
+    if lowrank:
+        md += ["", "## Low-rank benchmark (python -m itnet_ext.bench --lowrank --device cuda)", "",
+               "```", *lowrank[-40:], "```"]
     text = "\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text

@@ -51,7 +51,8 @@ def test_gpu_check_without_gpu(tmp_path):
     assert steps == {"env": "ok", "build": "skipped", "kernels": "skipped", "diag": "skipped",
                      "tests": "ok",
                      "memcheck": "skipped", "racecheck": "skipped", "bench": "skipped",
-                     "bench_scan": "skipped", "bench_sparse": "skipped"}
+                     "bench_scan": "skipped", "bench_sparse": "skipped",
+                     "bench_lowrank": "skipped"}
     summary = (tmp_path / "summary.md").read_text()
     assert summary in proc.stdout
     assert "CUDA section skipped" in summary and " passed, 0 failed, 0 errors" in summary

@@ -124,6 +124,16 @@ def test_odd_sizes(name, N, M, Dk, Dv, F):
     _check(name, normalize, False, F64, B=1, H=2, N=N, M=M, Dk=Dk, Dv=Dv, F=F)
 
 
+@pytest.mark.parametrize("Dk", (40, 70))
+@pytest.mark.parametrize("causal", (False, True))
+def test_float32_favor_wide_keys(Dk, causal):
+    """float32 FAVOR+ with Dk beyond one 32-column staging chunk of the projection (and a
+    partial last chunk): the float64 cases stage 16 columns at a time, so only float32 at
+    Dk > 32 reaches this path."""
+    _check("favor+", "softmax", causal, F32, B=1, H=2, N=77, M=150, Dk=Dk, Dv=9, F=70,
+           scale=0.5)
+
+
 @pytest.mark.parametrize("name", ("elu+1", "favor+"))
 @pytest.mark.parametrize("dtype", (F64, F32))
 def test_many_keys(name, dtype):

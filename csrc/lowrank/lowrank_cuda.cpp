@@ -6,6 +6,14 @@
 // at::max). The backward materializes the features and runs its contractions
 // as batched matrix products (ATen / cuBLAS) in the compute dtype.
 //
+// Two consequences of the backward's cuBLAS products, left as they are until a
+// fused backward has been validated on a GPU: (1) its denominators are summed
+// in another order than the forward's, so a row whose |den| lies within
+// rounding of eps > 0 may be cut on one side only (exact zeros, e.g. a relu
+// row of zeros, are cut on both); (2) with TF32 matmuls enabled by the user
+// (torch.backends.cuda.matmul.allow_tf32) float32 gradients lose precision
+// (~1e-3) while the forward stays full float32.
+//
 // Deterministic: no float atomics anywhere; the key pass writes per-range
 // partial sums that at::sum reduces in a fixed order, and the launch
 // geometry depends only on the sizes and the GPU (its SM count).

@@ -98,7 +98,7 @@ def build_parser():
                         "R=16, softmax) vs the low-rank layer lowrank.fit distils from it: time, peak memory and "
                         "output error vs N, the crossover N and the log-log slopes")
     g.add_argument("--lowrank-sizes", default=None,
-                   help="comma list of N (default 256,512,1024,...,65536; --quick 256,512)")
+                   help="comma list of N (default 64,128,...,65536; --quick 256,512)")
     g.add_argument("--lowrank-rank", type=int, default=16, help="features per head F of the low-rank layer (16)")
     g.add_argument("--lowrank-fit-steps", type=int, default=None, help="lowrank.fit steps (default 200; --quick 20)")
     g.add_argument("--lowrank-fit-n", type=int, default=None,

@@ -16,7 +16,7 @@ The fit: ``lowrank.fit(dense, {query, query_pos}, rank=F, steps, landmarks=True)
 wall time, its report and, for scale, the output error of uniform attention (the same layer
 with every logit 0) are reported separately from the timings.
 
-For each N in ``--lowrank-sizes`` (default 256, 512, 1024, ..., 65536; B = 1): forward
+For each N in ``--lowrank-sizes`` (default 64, 128, ..., 65536; B = 1): forward
 (``torch.no_grad``) and forward+backward (``y.backward(g)``: gradients of the input and of every parameter) of both layers, timed and
 metered by ``measure.py`` (one warmup call metered for peak extra memory, then timed repeats,
 median); the output error ||y_lowrank - y_dense|| / ||y_dense|| over all N rows where the dense
@@ -42,7 +42,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -50,7 +49,7 @@ from .. import lowrank as _lowrank
 from ..nn import IntegralTransform
 from .cases import _passes
 from .measure import _Runner
-from .report import _cpu_seconds, _default_out, _metadata, write_json
+from .report import _cpu_seconds, _metadata, run_section
 from .scan import _measure_once
 from .sparse import OTHERS_CPU_FLAG, _log_m, _mb, _measure, _t, loglog_fit, rel_err
 
@@ -69,7 +68,7 @@ def _ints(s):
 def lowrank_config(args):
     quick = args.quick
     sizes = _ints(args.lowrank_sizes if args.lowrank_sizes is not None else
-                  ("256,512" if quick else "256,512,1024,2048,4096,8192,16384,32768,65536"))
+                  ("256,512" if quick else "64,128,256,512,1024,2048,4096,8192,16384,32768,65536"))
     if not sizes or min(sizes) < 2:
         raise ValueError(f"--lowrank-sizes: expected a comma list of N >= 2, got {args.lowrank_sizes!r}")
     if args.dtype not in ("float32", "float64"):
@@ -462,24 +461,7 @@ def format_lowrank_table(result):
     return "\n".join(lines)
 
 
-def lowrank_default_out(device):
-    path = _default_out(device)
-    return path.with_name("lowrank_" + path.name)
-
-
 def main_lowrank(args, parser):
     """``--lowrank``: run, write the JSON and the table (same name, .txt), print the table."""
-    try:
-        lowrank_config(args)
-    except ValueError as e:
-        parser.error(str(e))
-    result = run_lowrank(args)
-    out = Path(args.out) if args.out else lowrank_default_out(torch.device(args.device))
-    path = write_json(result, out)
-    table = format_lowrank_table(result)
-    txt = path.with_suffix(".txt")
-    txt.write_text(table + "\n")
-    if not args.no_print:
-        print(table)
-        print(f"\nwrote {path} and {txt}")
-    return result
+    return run_section(args, parser, prefix="lowrank", config=lowrank_config, run=run_lowrank,
+                       format_table=format_lowrank_table)

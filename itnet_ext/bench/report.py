@@ -261,3 +261,28 @@ def write_json(result, path):
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def run_section(args, parser, *, prefix, config, run, format_table):
+    """One bench section (``--scan``, ``--sparse``, ``--lowrank``): check its options (an
+    argparse error for a bad one), run it, write the JSON (``--out``, default
+    bench/results/<prefix>_<device>_<stamp>.json) and the table beside it (.txt), print the
+    table. Returns the result dict."""
+    try:
+        config(args)
+    except ValueError as e:
+        parser.error(str(e))
+    result = run(args)
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = _default_out(torch.device(args.device))
+        out = out.with_name(f"{prefix}_{out.name}")
+    path = write_json(result, out)
+    table = format_table(result)
+    txt = path.with_suffix(".txt")
+    txt.write_text(table + "\n")
+    if not args.no_print:
+        print(table)
+        print(f"\nwrote {path} and {txt}")
+    return result

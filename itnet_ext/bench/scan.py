@@ -25,7 +25,6 @@ import gc
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ from .. import functional as _fused
 from .. import reference as _reference
 from .cases import _passes
 from .measure import MIB, _Runner
-from .report import _cpu_seconds, _default_out, _metadata, write_json
+from .report import _cpu_seconds, _metadata, run_section
 from .ssd import auto_chunk, ssd_chunked
 
 B, D, RK = 2, 1024, 16
@@ -311,21 +310,7 @@ def format_scan_table(result):
     return "\n".join(lines)
 
 
-def scan_default_out(device):
-    path = _default_out(device)
-    return path.with_name("scan_" + path.name)
-
-
 def main_scan(args, parser):
-    """``--scan``: run, write the JSON, print the table; returns the result dict."""
-    try:
-        scan_config(args)
-    except ValueError as e:
-        parser.error(str(e))
-    result = run_scan(args)
-    out = Path(args.out) if args.out else scan_default_out(torch.device(args.device))
-    path = write_json(result, out)
-    if not args.no_print:
-        print(format_scan_table(result))
-        print(f"\nwrote {path}")
-    return result
+    """``--scan``: run, write the JSON and the table (same name, .txt), print the table."""
+    return run_section(args, parser, prefix="scan", config=scan_config, run=run_scan,
+                       format_table=format_scan_table)

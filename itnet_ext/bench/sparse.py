@@ -43,7 +43,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -52,7 +51,7 @@ from ..nn import radius_graph, samplers
 from .cases import _passes
 from .gno import GNOKernel, gno_baseline, gno_fused, radius_for_degree
 from .measure import _Runner
-from .report import _cpu_seconds, _default_out, _metadata, write_json
+from .report import _cpu_seconds, _metadata, run_section
 
 # mc
 MC_B, MC_H, MC_D, MC_R, MC_FREQS = 1, 4, 32, 16, 3
@@ -593,24 +592,7 @@ def format_sparse_table(result):
     return "\n".join(lines)
 
 
-def sparse_default_out(device):
-    path = _default_out(device)
-    return path.with_name("sparse_" + path.name)
-
-
 def main_sparse(args, parser):
     """``--sparse``: run, write the JSON and the table (same name, .txt), print the table."""
-    try:
-        sparse_config(args)
-    except ValueError as e:
-        parser.error(str(e))
-    result = run_sparse(args)
-    out = Path(args.out) if args.out else sparse_default_out(torch.device(args.device))
-    path = write_json(result, out)
-    table = format_sparse_table(result)
-    txt = path.with_suffix(".txt")
-    txt.write_text(table + "\n")
-    if not args.no_print:
-        print(table)
-        print(f"\nwrote {path} and {txt}")
-    return result
+    return run_section(args, parser, prefix="sparse", config=sparse_config, run=run_sparse,
+                       format_table=format_sparse_table)
