@@ -343,6 +343,9 @@ def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="no
         normalize: "none" or "softmax".
         causal: key j is visible to query i iff j <= i.
         eps: softmax mode: rows with |den| <= eps output 0 with zero gradient (never NaN).
+            Kept rows are divided by den, so a tiny denominator (features far below 1, e.g.
+            behind a global stabilizer) still gives a finite num / den; in float32 the
+            gradient g / den overflows only once |den| drops below ~1e-38.
 
     Evaluation. Non-causal: one fused op (``itnet::lowrank_fwd``), the feature map applied
     inside the kernel to rows as they are read, the (F x Dv) key sum S and the normalization

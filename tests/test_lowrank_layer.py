@@ -331,3 +331,27 @@ def test_state_dict_between_dense_and_lowrank():
     assert torch.equal(other(x), lowrank(x))
     # the method is configuration, not state
     assert "method" not in " ".join(lowrank.state_dict())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_autocast_bf16_layer(causal):
+    """AMP: the low-rank layer under torch.autocast("cpu", bfloat16) stays finite, with
+    gradients, and close to the same layer in float64 (positions in [0, 1), see the class doc
+    on the positions' scale)."""
+    torch.manual_seed(3)
+    layer = IntegralTransform(16, 2, method="lowrank", rank=6, batch_first=True, causal=causal)
+    layer64 = IntegralTransform(16, 2, method="lowrank", rank=6, batch_first=True, causal=causal,
+                                dtype=DT)
+    layer64.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    N = 1500
+    x = torch.randn(2, N, 16)
+    pos = ((torch.arange(N) + 0.5) / N)[None, :, None].expand(2, N, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x, query_pos=pos)
+    y.float().square().sum().backward()
+    ref = layer64(x.double(), query_pos=pos.double())
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+    assert layer.lowrank_phi is not None and any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in layer.lowrank_phi.parameters())
+    assert _rel(y.double(), ref) < 2e-2

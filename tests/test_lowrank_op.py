@@ -437,6 +437,32 @@ def test_zero_and_small_denominators(eps, causal):
     compare(got, want, 1e-10)
 
 
+@pytest.mark.parametrize("scale", [1e-21, 1e-15])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tiny_denominators_float32(causal, scale):
+    """Positive features far below 1 (what a global stabilizer gives a query whose large
+    features miss every key): float32 denominators down to ~1e-40 (subnormal: their inverse
+    overflows) with scale 1e-21, ~1e-30 with scale 1e-15. The rows are kept (den > eps = 0):
+    outputs stay finite and match the oracle. Regression: multiplying by 1 / den gave inf and
+    NaN where num / den is finite. Gradients are finite where den is a normal float32
+    (scale 1e-15); below that, g / den itself overflows (see the functional's docstring)."""
+    B, H, N, M, Dk, Dv = 1, 2, 40, 50, 4, 3
+    g = torch.Generator().manual_seed(7)
+    q = torch.rand(B, H, N, Dk, generator=g, dtype=F64) + 0.5
+    k = (torch.rand(B, H, M, Dk, generator=g, dtype=F64) + 1) * scale
+    v = torch.randn(B, H, M, Dv, generator=g, dtype=F64)
+    q[:, :, ::2] *= scale
+    kw = dict(feature_map="identity", normalize="softmax", causal=causal)
+    q32, k32, v32 = (x.float().requires_grad_() for x in (q, k, v))
+    y = lowrank(q32, k32, v32, **kw)
+    want = oracle(*(x.detach().double() for x in (q32, k32, v32)), **kw)
+    assert torch.isfinite(y).all()
+    assert rel(y.double(), want) <= 1e-3
+    if scale >= 1e-15:
+        gr = torch.autograd.grad(y, (q32, k32, v32), torch.randn(y.shape, generator=g))
+        assert all(torch.isfinite(t).all() for t in gr)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_eps_cuts_every_row(causal):
     q, k, v = qkv(1, 2, 6, 6, 3, 2, seed=91)

@@ -225,8 +225,15 @@ void queries(const LowRankParams& p, int64_t bh, int64_t i0, int64_t i1, const T
     numerators(sc.feat.data(), rows, Sx, F, E, sc.ext.data());
     for (int64_t r = 0; r < rows; ++r) {
       const T* nx = sc.ext.data() + r * E;
-      const T inv = p.softmax ? inverse_denominator(nx[Dv], eps) : T(1);
-      map_lanes(nx, out + (c0 + r) * Dv, Dv, [inv](auto a) { return a * decltype(a)(inv); });
+      T* o = out + (c0 + r) * Dv;
+      const T den = nx[Dv];
+      if (!p.softmax) {
+        std::copy(nx, nx + Dv, o);
+      } else if (row_kept(den, eps)) {
+        map_lanes(nx, o, Dv, [den](auto a) { return a / decltype(a)(den); });
+      } else {
+        std::fill(o, o + Dv, T(0));
+      }
     }
   }
 }
@@ -251,11 +258,15 @@ void queries_bwd(const LowRankBwdParams& p, int64_t bh, int64_t i0, int64_t i1, 
       const T* g = dout + (c0 + r) * Dv;
       T* row = nx + r * E;
       if (p.softmax) {
-        // out = num * inv: dn = g inv, dden = -(g . out) inv
-        const T inv = inverse_denominator(row[Dv], eps);
-        const T dden = denominator_grad(dot(g, row, Dv) * inv, inv);
-        map_lanes(g, row, Dv, [inv](auto a) { return a * decltype(a)(inv); });
-        row[Dv] = dden;
+        // out = num / den: dn = g / den, dden = -(g . out) / den; 0 for a cut row
+        const T den = row[Dv];
+        if (row_kept(den, eps)) {
+          const T dden = denominator_grad(dot(g, row, Dv), den);
+          map_lanes(g, row, Dv, [den](auto a) { return a / decltype(a)(den); });
+          row[Dv] = dden;
+        } else {
+          std::fill(row, row + E, T(0));
+        }
       } else {
         std::copy(g, g + Dv, row);
         row[Dv] = T(0);

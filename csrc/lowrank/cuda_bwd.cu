@@ -46,10 +46,12 @@ __global__ void __launch_bounds__(kThreads)
     T dot = T(0);
     for (int64_t d = lane; d < Dv; d += kWarp) dot += gr[d] * nr[d];
     dot = warp_sum(dot);
-    const T inv = inverse_denominator(den[r], eps);
+    // out = num / den: dn = g / den, dden = -(g . out) / den; 0 for a cut row
+    const T den_r = den[r];
+    const bool kept = row_kept(den_r, eps);
     T* dr = dn + r * Dv;
-    for (int64_t d = lane; d < Dv; d += kWarp) dr[d] = gr[d] * inv;
-    if (lane == 0) dden[r] = denominator_grad(dot * inv, inv);
+    for (int64_t d = lane; d < Dv; d += kWarp) dr[d] = kept ? gr[d] / den_r : T(0);
+    if (lane == 0) dden[r] = kept ? denominator_grad(dot, den_r) : T(0);
   }
 }
 

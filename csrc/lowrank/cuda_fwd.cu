@@ -308,18 +308,21 @@ __global__ void __launch_bounds__(kThreads, 2) query_kernel(const QueryArgs<T> a
     __syncthreads();  // phi_s, u, z_s, scale_s are rewritten by the next step
   }
 
-  if (tid < kQRows) scale_s[tid] = a.softmax ? inverse_denominator(den_s[tid], a.eps) : T(1);
+  // the divisor of each row: den (kept), 1 (`none` mode), or 0 for a cut row,
+  // which outputs 0 (dividing, not multiplying by 1 / den: see feature.h)
+  if (tid < kQRows)
+    scale_s[tid] = !a.softmax ? T(1) : row_kept(den_s[tid], a.eps) ? den_s[tid] : T(0);
   __syncthreads();
   T* ob = a.out + (sl * N + i0) * Dv;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int r = ty + 16 * i;
     if (r >= nrows) continue;
-    const T inv = scale_s[r];
+    const T div = scale_s[r];
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
       const int64_t d = d0 + tx + 16 * l;
-      if (d < Dv) ob[r * Dv + d] = acc[i][l] * inv;
+      if (d < Dv) ob[r * Dv + d] = div != T(0) ? acc[i][l] / div : T(0);
     }
   }
 }

@@ -86,8 +86,8 @@ void cuda_features(const FeatureParams& p, const void* c, bool is_double, cudaSt
 void cuda_elementwise_feature_grad(const FeatureParams& p, bool is_double, cudaStream_t stream);
 
 // Softmax backward per row r of `rows` (num, g, dn: (rows, Dv); den, dden: (rows,)):
-//   inv = inverse_denominator(den, eps), dn = g inv,
-//   dden = denominator_grad((g . num) inv, inv).
+//   kept = row_kept(den, eps), dn = g / den,
+//   dden = denominator_grad(g . num, den) (both 0 for a cut row).
 void cuda_softmax_row_grads(int64_t rows, int64_t Dv, const void* g, const void* num,
                             const void* den, double eps, void* dn, void* dden, bool is_double,
                             cudaStream_t stream);

@@ -68,21 +68,22 @@ ITNET_HD T favor_feature(T e, T c, T feature_scale) {
   return Ops<T>::exp(e - c) * feature_scale;
 }
 
-// Softmax normalization: 1 / den, or 0 for a row whose |den| <= eps (an
-// empty row, or a relu feature row of zeros): such a row outputs exactly 0
-// and passes no gradient, never NaN.
+// Softmax normalization. A row is kept when |den| > eps; a cut row (no key, a
+// relu feature row of zeros, or |den| <= eps) outputs exactly 0 and passes no
+// gradient, never NaN. Kept rows divide by den, never multiply by 1 / den:
+// features far below the key stabilizer give tiny denominators whose inverse
+// overflows float32 while num / den is finite.
 template <class T>
-ITNET_HD T inverse_denominator(T den, T eps) {
-  return (den > eps || den < -eps) ? T(1) / den : T(0);
+ITNET_HD bool row_kept(T den, T eps) {
+  return den > eps || den < -eps;
 }
 
-// Backward of out = num * inv (inv = 1 / den or 0): with g = dL/d out,
-//   dL/d num = g * inv,   dL/d den = -(g . out) * inv,
-// so the row's feature gradient is dphi = S (g inv) + z dden. `g_dot_out`
-// is g . out with out = num * inv.
+// Backward of out = num / den for a kept row, with g = dL/d out:
+//   dL/d num = g / den,   dL/d den = -(g . out) / den = -((g . num) / den) / den
+// (divided twice rather than by den^2, which underflows first).
 template <class T>
-ITNET_HD T denominator_grad(T g_dot_out, T inv) {
-  return -g_dot_out * inv;
+ITNET_HD T denominator_grad(T g_dot_num, T den) {
+  return -(g_dot_num / den) / den;
 }
 
 }  // namespace lowrank

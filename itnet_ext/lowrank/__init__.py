@@ -5,8 +5,9 @@
 - :func:`fit`: distill phi, psi from a trained dense layer's kernel, with a
   :class:`LowRankFitReport` of the kernel and output errors.
 
-The low-rank layer is evaluated by :func:`itnet_ext.reference.lowrank_integral_transform`
-(no fused low-rank op yet; looked up at call time so one can replace it).
+The low-rank layer is evaluated by the fused
+:func:`itnet_ext.functional.lowrank_integral_transform` (identity map on the learned
+features); :func:`itnet_ext.reference.lowrank_integral_transform` is its float64 oracle.
 """
 from .feature_mlp import FeatureMLP, positive_features
 from .fit import LowRankFitReport, fit
