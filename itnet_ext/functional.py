@@ -280,7 +280,7 @@ def _kernel_feature_map(arg_name, fm, Dk):
             raise ValueError(f"{arg_name}: expected one of ('identity', 'elu+1', 'relu'), a "
                              f"PositiveRandomFeatures module or a callable, got {fm!r}")
         return FEATURE_MAP_CODES[fm], None
-    if isinstance(fm, fmaps.PositiveRandomFeatures):
+    if type(fm) is fmaps.PositiveRandomFeatures:  # a subclass may change forward: call it
         if fm.dim != Dk:
             raise ValueError(f"{arg_name}: PositiveRandomFeatures has dim = {fm.dim}, but the "
                              f"queries and keys have Dk = {Dk}")
@@ -288,12 +288,16 @@ def _kernel_feature_map(arg_name, fm, Dk):
             raise ValueError(f"{arg_name}: the fused op does not differentiate the FAVOR+ "
                              f"projection (a random buffer); detach it, or use "
                              f"itnet_ext.reference.lowrank_integral_transform")
-        return FEATURE_MAP_CODES["favor+"], fm.projection
-    named = {fmaps.identity: "identity", fmaps.elu_plus_one: "elu+1", fmaps.relu: "relu"}
-    if fm in named:
-        return FEATURE_MAP_CODES[named[fm]], None
+        # redraw=True rewrites the buffer in place at the next call: autograd keeps a
+        # snapshot, so a second call before backward does not invalidate this one
+        return FEATURE_MAP_CODES["favor+"], (fm.projection.detach().clone() if fm.auto_redraw
+                                              else fm.projection)
     if not callable(fm):
         raise ValueError(f"{arg_name}: expected a name or a callable, got {type(fm).__name__}")
+    for f, name in ((fmaps.identity, "identity"), (fmaps.elu_plus_one, "elu+1"),
+                    (fmaps.relu, "relu")):
+        if fm is f:
+            return FEATURE_MAP_CODES[name], None
     return None
 
 
@@ -311,7 +315,12 @@ def _lowrank_features(arg_name, fm, kernel_map, x, *, is_query, softmax, cdt):
         if projection is not None:
             projection = projection.to(device=x.device)
         return torch.ops.itnet.lowrank_features(x, projection, code, stab)
-    phi = fm(x)
+    from .reference.lowrank import _apply_feature_map
+
+    # as the oracle does: the map sees the compute dtype, and a PositiveRandomFeatures
+    # subclass gets its query / key stabilizer role (only in softmax mode)
+    phi = _apply_feature_map(arg_name, fm, x.to(cdt), is_query=is_query,
+                             normalize="softmax" if softmax else "none")
     B, H, n = x.shape[:3]
     if not isinstance(phi, torch.Tensor) or phi.dim() != 4 or tuple(phi.shape[:3]) != (B, H, n):
         got = tuple(phi.shape) if isinstance(phi, torch.Tensor) else type(phi).__name__
@@ -329,8 +338,9 @@ def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="no
         none:    y_i = phi_i^T (sum_j psi_j v_j^T)
         softmax: y_i = phi_i^T (sum_j psi_j v_j^T) / (phi_i^T sum_j psi_j)
 
-    over j <= i when ``causal``. Same arguments and semantics as
-    :func:`itnet_ext.reference.lowrank_integral_transform` (its float64 oracle), O(N F Dv).
+    over j <= i when ``causal``. Same semantics as
+    :func:`itnet_ext.reference.lowrank_integral_transform` (its float64 oracle; its
+    ``chunk_size`` is the oracle's own evaluation choice), O(N F Dv).
 
     Args:
         q (B, H, N, Dk), k (B, H, M, Dk), v (B, H, M, Dv): one dtype (float16, bfloat16,
@@ -364,14 +374,15 @@ def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="no
     B, H, N, M, Dk, Dv = check_lowrank_inputs(q, k, v, normalize, causal, eps)
     softmax = normalize == "softmax"
     eps = float(eps)
-    kq = _kernel_feature_map("feature_map", feature_map, Dk)
     same = key_feature_map is None or key_feature_map is feature_map or (
         isinstance(key_feature_map, str) and key_feature_map == feature_map)
     fk = feature_map if same else key_feature_map
-    kk = kq if same else _kernel_feature_map("key_feature_map", key_feature_map, Dk)
-    for fm in {id(feature_map): feature_map, id(fk): fk}.values():  # once per distinct module
+    # redraw first (once per distinct module): the kernels then read the new projection
+    for fm in {id(feature_map): feature_map, id(fk): fk}.values():
         if hasattr(fm, "maybe_redraw"):
             fm.maybe_redraw()
+    kq = _kernel_feature_map("feature_map", feature_map, Dk)
+    kk = kq if same else _kernel_feature_map("key_feature_map", key_feature_map, Dk)
     if same and kq is not None and not causal:
         code, projection = kq
         if projection is not None:
@@ -410,7 +421,7 @@ def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="no
     if not softmax:
         return y.to(v.dtype)
     num, den = y[..., :Dv], y[..., Dv]
-    ok = den.abs() > eps
+    ok = ~(den.abs() <= eps)  # cut |den| <= eps; NaN is kept and shows (feature.h)
     den_safe = torch.where(ok, den, torch.ones((), dtype=cdt, device=den.device))
     out = torch.where(ok[..., None], num / den_safe[..., None],
                       torch.zeros((), dtype=cdt, device=num.device))

@@ -782,3 +782,88 @@ def test_favor_redraw(normalize, causal):
     y1 = lowrank(q, k, v, feature_map=f, normalize=normalize, causal=causal)
     y2 = lowrank(q, k, v, feature_map=f, normalize=normalize, causal=causal)
     assert torch.equal(f.projection, w) and torch.equal(y1, y2)
+
+
+# ---- review regressions -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("where", ["key", "query"])
+def test_nan_input_shows_in_output(where, causal):
+    """A NaN input is not taken for an empty row: it reaches the output (as in the dense op)
+    instead of zeroing the row or the whole (b, h) slice."""
+    q, k, v = qkv(1, 1, 6, 6, 3, 2, seed=5)
+    if where == "key":
+        k[0, 0, 0, 0] = math.nan
+    else:
+        q[0, 0, 2, 0] = math.nan
+    for fmap in ("relu", "elu+1"):
+        y = lowrank(q, k, v, feature_map=fmap, normalize="softmax", causal=causal)
+        want = oracle(q, k, v, feature_map=fmap, normalize="softmax", causal=causal)
+        assert torch.equal(torch.isnan(y), torch.isnan(want))
+        assert torch.isnan(y).any()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_elu_at_infinities(causal):
+    """elu+1 at -inf is 0 and at +inf is inf in the kernel, as in torch: a key padded with
+    -inf drops out instead of turning the slice to NaN (and then to 0)."""
+    q, k, v = qkv(1, 2, 7, 7, 3, 2, seed=6)
+    k[:, :, -1] = -math.inf
+    kw = dict(feature_map="elu+1", normalize="softmax", causal=causal)
+    y, want = lowrank(q, k, v, **kw), oracle(q, k, v, **kw)
+    assert torch.isfinite(y).all() and rel(y, want) <= 1e-12
+    x = torch.tensor([[-math.inf, -1.0, 0.0, 2.0, math.inf]], dtype=F64)
+    phi = torch.ops.itnet.lowrank_features(x, None, 1, 0)
+    assert torch.equal(phi, TF.elu(x) + 1)
+
+
+def test_callable_map_gets_compute_dtype():
+    """A user's callable sees the compute dtype (float32 for half inputs), as in the oracle:
+    exp of fp16 inputs near 12 would overflow fp16; a float32 module accepts bf16 inputs."""
+    q, k, v = qkv(1, 2, 9, 8, 4, 3, seed=8)
+    q16, k16, v16 = (q + 12).half(), (k + 12).half(), v.half()
+    y = lowrank(q16, k16, v16, feature_map=torch.exp, normalize="softmax")
+    want = oracle(q16, k16, v16, feature_map=torch.exp, normalize="softmax")
+    assert torch.isfinite(y).all() and rel(y.double(), want.double()) <= 1e-2
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Softplus())
+    qb, kb, vb = (x.bfloat16() for x in (q, k, v))
+    y = lowrank(qb, kb, vb, feature_map=net, normalize="softmax")
+    want = oracle(qb, kb, vb, feature_map=net, normalize="softmax")
+    assert rel(y.double(), want.double()) <= 1e-2
+
+
+def test_redraw_twice_then_backward():
+    """redraw=True rewrites the projection in place on every call; two calls before one
+    backward must not trip autograd's in-place check, and each call's gradient uses its own
+    projection."""
+    q, k, v = qkv(1, 2, 9, 8, 4, 3, seed=9)
+    fm = PositiveRandomFeatures(4, 16, redraw=True, generator=torch.Generator().manual_seed(1))
+    fm = fm.double().train()
+    q1 = q.clone().requires_grad_()
+    y1 = lowrank(q1, k, v, feature_map=fm, normalize="softmax")
+    w1 = fm.projection.clone()
+    y2 = lowrank(q1, k, v, feature_map=fm, normalize="softmax")
+    (y1.sum() + y2.sum()).backward()
+    fixed = PositiveRandomFeatures(4, 16).double()
+    fixed.projection.copy_(w1)
+    q2 = q.clone().requires_grad_()
+    oracle(q2, k, v, feature_map=fixed, normalize="softmax").sum().backward()
+    fixed.projection.copy_(fm.projection)
+    oracle(q2, k, v, feature_map=fixed, normalize="softmax").sum().backward()
+    assert rel(q1.grad, q2.grad) <= 1e-10
+
+
+def test_map_argument_forms():
+    """An unhashable non-callable is a ValueError naming the argument; a subclass of
+    PositiveRandomFeatures that changes forward is called, not replaced by the kernel's map."""
+    q, k, v = qkv(1, 1, 5, 5, 4, 2, seed=10)
+    with pytest.raises(ValueError, match="^feature_map"):
+        lowrank(q, k, v, feature_map=["relu"])
+
+    class Doubled(PositiveRandomFeatures):
+        def forward(self, x, **kw):
+            return 2 * super().forward(x, **kw)
+
+    fm = Doubled(4, 8).double()
+    y = lowrank(q, k, v, feature_map=fm, normalize="none")
+    assert rel(y, oracle(q, k, v, feature_map=fm, normalize="none")) <= 1e-12

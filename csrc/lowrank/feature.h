@@ -26,13 +26,14 @@ namespace lowrank {
 
 // phi(x) for the elementwise maps (Identity, EluPlusOne, Relu). T is a scalar
 // or a CPU SIMD lane (common/math.h's Ops<T>), so the formulas are branch-free:
-// elu(x) + 1 is x + 1 for x > 0 and exp(x) for x <= 0, and exp is taken of
-// min(x, 0) = x - relu(x) so that no lane overflows.
+// elu(x) + 1 is relu(x) + 1 for x > 0 and exp(min(x, 0)) for x <= 0, with
+// min(x, 0) = -relu(-x): each branch stays finite on the other's lanes (no
+// exp overflow, no inf - inf or 0 * inf at x = +-inf), so the blend is exact.
 template <class T>
 ITNET_HD T elementwise_feature(FeatureMap fm, T x) {
   if (fm == FeatureMap::EluPlusOne) {
     const T s = Ops<T>::step(x);
-    return s * (x + T(1)) + (T(1) - s) * Ops<T>::exp(x - Ops<T>::relu(x));
+    return s * (Ops<T>::relu(x) + T(1)) + (T(1) - s) * Ops<T>::exp(T(0) - Ops<T>::relu(T(0) - x));
   }
   if (fm == FeatureMap::Relu) return Ops<T>::relu(x);
   return x;
@@ -44,7 +45,7 @@ template <class T>
 ITNET_HD T elementwise_feature_grad(FeatureMap fm, T x) {
   if (fm == FeatureMap::EluPlusOne) {
     const T s = Ops<T>::step(x);
-    return s + (T(1) - s) * Ops<T>::exp(x - Ops<T>::relu(x));
+    return s + (T(1) - s) * Ops<T>::exp(T(0) - Ops<T>::relu(T(0) - x));
   }
   if (fm == FeatureMap::Relu) return Ops<T>::step(x);
   return T(1);
@@ -68,14 +69,16 @@ ITNET_HD T favor_feature(T e, T c, T feature_scale) {
   return Ops<T>::exp(e - c) * feature_scale;
 }
 
-// Softmax normalization. A row is kept when |den| > eps; a cut row (no key, a
-// relu feature row of zeros, or |den| <= eps) outputs exactly 0 and passes no
-// gradient, never NaN. Kept rows divide by den, never multiply by 1 / den:
-// features far below the key stabilizer give tiny denominators whose inverse
-// overflows float32 while num / den is finite.
+// Softmax normalization. A row is cut when |den| <= eps (no key, a relu
+// feature row of zeros): it outputs exactly 0 and passes no gradient, never
+// NaN. Every other row is kept, a NaN denominator included, so that a NaN in
+// the inputs shows in the output as in the dense op instead of zeroing rows.
+// Kept rows divide by den, never multiply by 1 / den: features far below the
+// key stabilizer give tiny denominators whose inverse overflows float32 while
+// num / den is finite.
 template <class T>
 ITNET_HD bool row_kept(T den, T eps) {
-  return den > eps || den < -eps;
+  return !(den <= eps && den >= -eps);
 }
 
 // Backward of out = num / den for a kept row, with g = dL/d out:

@@ -168,7 +168,7 @@ def lowrank_integral_transform(
     if softmax:
         # Rows with |den| <= eps output 0; the second where keeps the division (and its
         # gradient) finite there.
-        ok = den.abs() > eps
+        ok = ~(den.abs() <= eps)  # NaN is kept: it shows in the output
         den_safe = torch.where(ok, den, torch.ones((), dtype=cdt, device=den.device))
         out = torch.where(ok[..., None], num / den_safe[..., None],
                           torch.zeros((), dtype=cdt, device=num.device))
