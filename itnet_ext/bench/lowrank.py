@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import math
-import os
-import sys
 import time
 
 import torch
@@ -48,8 +45,7 @@ import torch
 from .. import lowrank as _lowrank
 from ..nn import IntegralTransform
 from .cases import _passes
-from .measure import _Runner
-from .report import _cpu_seconds, _metadata, run_section
+from .report import Section, run_section, section_header
 from .scan import _measure_once
 from .sparse import OTHERS_CPU_FLAG, _log_m, _mb, _measure, _t, loglog_fit, rel_err
 
@@ -286,20 +282,10 @@ def _rows_error(dense, lr_y, x, p, rows):
 
 
 def run_lowrank(args, log=None):
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg = lowrank_config(args)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, cfg["dtype"])
-    runner = _Runner(device, cfg["repeats"], cfg["budget_s"], log, min_repeat_s=0.0 if args.quick else 0.02)
+    sec = Section(args, cfg, log)
+    log, device, dtype, runner, meta = sec.log, sec.device, sec.dtype, sec.runner, sec.meta
     once = _Once(runner)
-    meta = _metadata(args, device, runner.meter)
-    gc.collect()
-    gc.freeze()
-    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     gen = torch.Generator().manual_seed(args.seed)
 
     W = signal_map(gen, device, dtype)
@@ -368,9 +354,7 @@ def run_lowrank(args, log=None):
               "scaling": scaling(rows), "dense_extrapolated": extrapolate_dense(rows)}
     shared = [m["others_cpu"] for _, m in _all_measurements(result) if m.get("others_cpu") is not None]
     meta["others_cpu_max"] = max(shared, default=None)
-    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    meta["wall_s"] = time.perf_counter() - t_start
-    meta["cpu_utilization"] = (_cpu_seconds() - cpu_start) / (meta["wall_s"] * torch.get_num_threads())
+    sec.finish()
     return result
 
 
@@ -389,15 +373,7 @@ def _c(x, spec):
 def format_lowrank_table(result):
     meta, cfg, fit = result["meta"], result["config"], result["fit"]
     rep = fit["report"]
-    lines = [
-        f"itnet_ext.bench --lowrank  device={meta['device']} dtype={cfg['dtype']} threads={meta['threads']} "
-        f"cpu={meta['cpu_model']} torch={meta['torch_version']} "
-        f"commit={(meta['git_commit'] or '?')[:10]}{'+dirty' if meta['git_dirty'] else ''}"]
-    if meta.get("loadavg_start") and meta.get("loadavg_end"):
-        lines.append(f"load average (1 min) at start {meta['loadavg_start'][0]:.2f}, at end "
-                     f"{meta['loadavg_end'][0]:.2f} on {meta['cpu_count']} CPUs; wall {meta['wall_s']:.0f} s; "
-                     f"CPU utilization {meta['cpu_utilization']:.2f} of {meta['threads']} threads "
-                     "(< ~0.9: the cores were shared)")
+    lines = section_header("--lowrank", result)
     lines += [
         f"layer: IntegralTransform(embed_dim={cfg['embed_dim']}, num_heads={cfg['num_heads']}, "
         f"kernel_hidden={cfg['kernel_hidden']}, gelu, content term, softmax), {cfg['init']}; "

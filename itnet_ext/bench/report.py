@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import json
 import math
 import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from .measure import GIB, MIB
+from .measure import GIB, MIB, _Runner
 
 # the project's targets (DESIGN / issue text)
 TARGET_ATTN_VS_SDPA = 1.5  # fused attention-only time <= 1.5x SDPA
@@ -286,3 +288,48 @@ def run_section(args, parser, *, prefix, config, run, format_table):
         print(table)
         print(f"\nwrote {path} and {txt}")
     return result
+
+
+class Section:
+    """The start and end every bench section's run shares (``--scan``, ``--sparse``,
+    ``--lowrank``): device check, threads, dtype, the runner, the metadata, a frozen garbage
+    collector (cheap collections before each measurement), and at :meth:`finish` the load,
+    wall time and CPU utilization of the run in ``meta``."""
+
+    def __init__(self, args, cfg, log=None):
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.device = torch.device(args.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is available")
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        self.dtype = getattr(torch, cfg["dtype"])
+        self.runner = _Runner(self.device, cfg["repeats"], cfg["budget_s"], self.log,
+                              min_repeat_s=0.0 if args.quick else 0.02)
+        self.meta = _metadata(args, self.device, self.runner.meter)
+        gc.collect()
+        gc.freeze()
+        self._t0, self._cpu0 = time.perf_counter(), _cpu_seconds()
+
+    def finish(self):
+        meta = self.meta
+        meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        meta["wall_s"] = time.perf_counter() - self._t0
+        meta["cpu_utilization"] = ((_cpu_seconds() - self._cpu0)
+                                   / (meta["wall_s"] * torch.get_num_threads()))
+        return meta
+
+
+def section_header(flag, result):
+    """The first lines of a section's table: what ran where, and how loaded the machine was."""
+    meta, cfg = result["meta"], result["config"]
+    lines = [
+        f"itnet_ext.bench {flag}  device={meta['device']} dtype={cfg['dtype']} threads={meta['threads']} "
+        f"cpu={meta['cpu_model']} torch={meta['torch_version']} "
+        f"commit={(meta['git_commit'] or '?')[:10]}{'+dirty' if meta['git_dirty'] else ''}"]
+    if meta.get("loadavg_start") and meta.get("loadavg_end"):
+        lines.append(f"load average (1 min) at start {meta['loadavg_start'][0]:.2f}, at end "
+                     f"{meta['loadavg_end'][0]:.2f} on {meta['cpu_count']} CPUs; wall {meta['wall_s']:.0f} s; "
+                     f"CPU utilization {meta['cpu_utilization']:.2f} of {meta['threads']} threads "
+                     "(< ~0.9: the cores were shared)")
+    return lines

@@ -21,10 +21,6 @@ the two fwd+bwd measurements the targets compare (loop and ssd at T=4096).
 """
 from __future__ import annotations
 
-import gc
-import os
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +28,8 @@ import torch.nn.functional as F
 from .. import functional as _fused
 from .. import reference as _reference
 from .cases import _passes
-from .measure import MIB, _Runner
-from .report import _cpu_seconds, _metadata, run_section
+from .measure import MIB
+from .report import Section, run_section, section_header
 from .ssd import auto_chunk, ssd_chunked
 
 B, D, RK = 2, 1024, 16
@@ -158,19 +154,9 @@ def _measure_once(runner, fn, reset):
 
 def run_scan(args, log=None):
     """Run the scan benchmark described by parsed ``args``; return the result dict."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg = scan_config(args)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, cfg["dtype"])
-    runner = _Runner(device, cfg["repeats"], cfg["budget_s"], log, min_repeat_s=0.0 if args.quick else 0.02)
-    meta = _metadata(args, device, runner.meter)
-    gc.collect()
-    gc.freeze()  # keep the collector's pass before each measurement cheap
-    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
+    sec = Section(args, cfg, log)
+    log, device, dtype, runner, meta = sec.log, sec.device, sec.dtype, sec.runner, sec.meta
     gen = torch.Generator().manual_seed(args.seed)
 
     # one tiny call of every method first: one-time initialisation lands in no measurement
@@ -213,9 +199,7 @@ def run_scan(args, log=None):
                     else f"{m['ms']:10.2f} ms  x{m['repeats']}  peak {m['peak_extra_mb'] or 0:.1f} MiB"))
         del inp, fns
 
-    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    meta["wall_s"] = time.perf_counter() - t_start
-    meta["cpu_utilization"] = (_cpu_seconds() - cpu_start) / (meta["wall_s"] * torch.get_num_threads())
+    sec.finish()
     cfg["ssd_chunk_by_T"] = {str(T): c for T, c in chunks.items()}
     cfg["dense_decay_scale_by_T"] = {str(T): c for T, c in dense_scales.items()}
     rows = scan_rows(measurements, cfg["sizes"])
@@ -273,15 +257,7 @@ def _cell(x, spec):
 
 def format_scan_table(result):
     meta, cfg, rows = result["meta"], result["config"], result["rows"]
-    lines = [
-        f"itnet_ext.bench --scan  device={meta['device']} dtype={cfg['dtype']} threads={meta['threads']} "
-        f"cpu={meta['cpu_model']} torch={meta['torch_version']} "
-        f"commit={(meta['git_commit'] or '?')[:10]}{'+dirty' if meta['git_dirty'] else ''}"]
-    if meta.get("loadavg_start") and meta.get("loadavg_end"):
-        lines.append(f"load average (1 min) at start {meta['loadavg_start'][0]:.2f}, at end "
-                     f"{meta['loadavg_end'][0]:.2f} on {meta['cpu_count']} CPUs; wall {meta['wall_s']:.0f} s; "
-                     f"CPU utilization {meta['cpu_utilization']:.2f} of {meta['threads']} threads "
-                     "(< ~0.9: the cores were shared)")
+    lines = section_header("--scan", result)
     lines += [
         f"B={cfg['B']} D={cfg['D']} Rk={cfg['Rk']}, log-decay {cfg['decay']}; phi, psi randn (B, T, Rk). "
         "ms = median of timed repeats after a warmup; x/scan = that method's time / scan time.",

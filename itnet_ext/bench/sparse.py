@@ -38,10 +38,8 @@ timed repeats, median; at least 5 repeats for gno).
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
-import sys
 import time
 
 import torch
@@ -51,7 +49,7 @@ from ..nn import radius_graph, samplers
 from .cases import _passes
 from .gno import GNOKernel, gno_baseline, gno_fused, radius_for_degree
 from .measure import _Runner
-from .report import _cpu_seconds, _metadata, run_section
+from .report import Section, _cpu_seconds, run_section, section_header
 
 # mc
 MC_B, MC_H, MC_D, MC_R, MC_FREQS = 1, 4, 32, 16, 3
@@ -425,19 +423,9 @@ def gno_targets(gno, device):
 # the run, table, output
 # ======================================================================================
 def run_sparse(args, log=None):
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg = sparse_config(args)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, cfg["dtype"])
-    runner = _Runner(device, cfg["repeats"], cfg["budget_s"], log, min_repeat_s=0.0 if args.quick else 0.02)
-    meta = _metadata(args, device, runner.meter)
-    gc.collect()
-    gc.freeze()
-    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
+    sec = Section(args, cfg, log)
+    log, device, dtype, runner, meta = sec.log, sec.device, sec.dtype, sec.runner, sec.meta
     gen = torch.Generator().manual_seed(args.seed)
 
     # one tiny call of everything first: one-time initialisation lands in no measurement
@@ -461,9 +449,7 @@ def run_sparse(args, log=None):
     result["targets"] = gno_targets(result["gno"], device)
     shared = [m["others_cpu"] for _, m in _all_measurements(result) if m.get("others_cpu") is not None]
     meta["others_cpu_max"] = max(shared, default=None)
-    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    meta["wall_s"] = time.perf_counter() - t_start
-    meta["cpu_utilization"] = (_cpu_seconds() - cpu_start) / (meta["wall_s"] * torch.get_num_threads())
+    sec.finish()
     return result
 
 
@@ -505,15 +491,7 @@ def _mb(m):
 
 def format_sparse_table(result):
     meta, cfg = result["meta"], result["config"]
-    lines = [
-        f"itnet_ext.bench --sparse  device={meta['device']} dtype={cfg['dtype']} threads={meta['threads']} "
-        f"cpu={meta['cpu_model']} torch={meta['torch_version']} "
-        f"commit={(meta['git_commit'] or '?')[:10]}{'+dirty' if meta['git_dirty'] else ''}"]
-    if meta.get("loadavg_start") and meta.get("loadavg_end"):
-        lines.append(f"load average (1 min) at start {meta['loadavg_start'][0]:.2f}, at end "
-                     f"{meta['loadavg_end'][0]:.2f} on {meta['cpu_count']} CPUs; wall {meta['wall_s']:.0f} s; "
-                     f"CPU utilization {meta['cpu_utilization']:.2f} of {meta['threads']} threads "
-                     "(< ~0.9: the cores were shared)")
+    lines = section_header("--sparse", result)
     lines.append(f"ms = median of timed repeats after a warmup; MiB = peak extra memory of one call: "
                  f"{meta['memory_description']}.")
     lines.append(f"! after a time: other processes kept more than {OTHERS_CPU_FLAG:g} CPUs busy on average during that "
