@@ -36,14 +36,7 @@ std::string cpu_capability_in_use() {
 
 namespace {
 
-CpuKernelTable cpu_kernels() {
-#ifdef ITNET_CPU_X86
-  const std::string cap = cpu_capability_in_use();
-  if (cap == "AVX512") return AVX512::kernel_table();
-  if (cap == "AVX2") return AVX2::kernel_table();
-#endif
-  return DEFAULT::kernel_table();
-}
+CpuKernelTable cpu_kernels() { return ITNET_CPU_KERNEL_TABLE(); }
 
 std::tuple<at::Tensor, at::Tensor> dense_fwd_cpu(
     const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k, const at::Tensor& v,

@@ -19,26 +19,15 @@ namespace itnet {
 namespace lowrank {
 namespace {
 
-CpuKernelTable kernel_table() {
-#if defined(__x86_64__) || defined(_M_X64)
-  const std::string cap = dense::cpu_capability_in_use();
-  if (cap == "AVX512") return AVX512::kernel_table();
-  if (cap == "AVX2") return AVX2::kernel_table();
-#endif
-  return DEFAULT::kernel_table();
-}
-
 template <class T>
-const CpuKernels<T>& kernels();
+CpuKernels<T> kernels();
 template <>
-const CpuKernels<float>& kernels<float>() {
-  static const CpuKernelTable t = kernel_table();
-  return t.f32;
+CpuKernels<float> kernels<float>() {
+  return ITNET_CPU_KERNEL_TABLE().f32;
 }
 template <>
-const CpuKernels<double>& kernels<double>() {
-  static const CpuKernelTable t = kernel_table();
-  return t.f64;
+CpuKernels<double> kernels<double>() {
+  return ITNET_CPU_KERNEL_TABLE().f64;
 }
 
 // Below this many multiply-adds a pass runs on the calling thread: waking the
@@ -84,7 +73,7 @@ KeySums key_sums(const LowRankParams& p, const at::TensorOptions& opts) {
                                         ? -std::numeric_limits<double>::infinity() : 0.0, opts);
   T* Sp = Sx.data_ptr<T>();
   T* mp = m.data_ptr<T>();
-  const auto& K = kernels<T>();
+  const CpuKernels<T> K = kernels<T>();
   for_ranges(BH, p.M, ns, row_cost(p), [&](int64_t bh, int64_t s, int64_t j0, int64_t j1) {
     const int64_t part = bh * ns + s;
     K.keys(p, bh, j0, j1, Sp + part * p.F * E, mp + part);
@@ -100,7 +89,7 @@ void forward(LowRankParams& p, const at::TensorOptions& opts) {
   const KeySums ks = key_sums<T>(p, opts);
   const int64_t BH = p.slices(), E = p.Dv + 1;
   const T* Sx = ks.Sx.data_ptr<T>();
-  const auto& K = kernels<T>();
+  const CpuKernels<T> K = kernels<T>();
   for_ranges(BH, p.N, row_splits(BH, p.N, at::get_num_threads()), row_cost(p),
              [&](int64_t bh, int64_t, int64_t i0, int64_t i1) {
                K.queries(p, bh, i0, i1, Sx + bh * p.F * E);
@@ -125,7 +114,7 @@ template <class T>
 void backward(LowRankBwdParams& p, const at::TensorOptions& opts) {
   const KeySums ks = key_sums<T>(p, opts);
   const int64_t BH = p.slices(), F = p.F, E = p.Dv + 1;
-  const auto& K = kernels<T>();
+  const CpuKernels<T> K = kernels<T>();
   // queries: dq, and dSx = [dS | dz] per query range
   const int64_t nq = row_splits(BH, p.N, at::get_num_threads());
   at::Tensor dSx = at::zeros({BH, nq, F, E}, opts);
@@ -179,7 +168,7 @@ at::Tensor slice_stabilizer(const FeatureParams& p, const at::TensorOptions& opt
   const int64_t ns = row_splits(p.slices, p.n, at::get_num_threads());
   at::Tensor m = at::full({p.slices, ns}, -std::numeric_limits<double>::infinity(), opts);
   T* mp = m.data_ptr<T>();
-  const auto& K = kernels<T>();
+  const CpuKernels<T> K = kernels<T>();
   for_ranges(p.slices, p.n, ns, p.F * p.Dk, [&](int64_t sl, int64_t s, int64_t r0, int64_t r1) {
     mp[sl * ns + s] = K.exponent_max(p, sl, r0, r1);
   });
@@ -191,7 +180,7 @@ template <class T>
 void features_pass(const FeatureParams& p, const at::TensorOptions& opts, bool backward) {
   const at::Tensor c = slice_stabilizer<T>(p, opts);
   const T* cp = c.data_ptr<T>();
-  const auto& K = kernels<T>();
+  const CpuKernels<T> K = kernels<T>();
   for_ranges(p.slices, p.n, row_splits(p.slices, p.n, at::get_num_threads()), p.F * p.Dk,
              [&](int64_t sl, int64_t, int64_t r0, int64_t r1) {
                if (backward) K.features_bwd(p, sl, r0, r1, cp[sl]);

@@ -14,14 +14,7 @@ namespace itnet {
 namespace sparse {
 namespace {
 
-CpuKernelTable cpu_kernels() {
-#if defined(__x86_64__) || defined(_M_X64)
-  const std::string cap = dense::cpu_capability_in_use();
-  if (cap == "AVX512") return AVX512::kernel_table();
-  if (cap == "AVX2") return AVX2::kernel_table();
-#endif
-  return DEFAULT::kernel_table();
-}
+CpuKernelTable cpu_kernels() { return ITNET_CPU_KERNEL_TABLE(); }
 
 // Rows per task: enough work per task to amortize its scratch buffers.
 constexpr int64_t kRowGrain = 16;
