@@ -1,4 +1,5 @@
 """Random problems and feature maps shared by the low-rank op tests (tests/test_lowrank_op.py)."""
+import pytest
 import torch
 import torch.nn.functional as TF
 
@@ -93,3 +94,40 @@ def out_and_grads(fn, q, k, v, gy=None, seed=0, **kw):
     z = [torch.zeros_like(x) for x in (ql, kl, vl)]
     dq, dk, dv = (d if d is not None else zz for d, zz in zip((dq, dk, dv), z))
     return y.detach(), gy, dq, dk, dv
+
+
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread by default (autouse in the modules that import it): many tiny
+    problems run faster and steadier on a busy machine without the pool. Multi-threaded runs
+    are tested explicitly (test_row_splits_and_threads: 1, 2, 4 threads;
+    test_determinism_and_threads: 1 vs the default count)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(DEFAULT_THREADS)
+
+
+def close(got, want, tol, floor=0.0):
+    """||got - want|| <= tol * max(||want||, floor), same shape, no NaN in got."""
+    g, w = got.detach().double(), want.detach().double()
+    assert g.shape == w.shape, (g.shape, w.shape)
+    assert not torch.isnan(g).any(), "NaN in the result"
+    err = (g - w).norm().item()
+    bound = tol * max(w.norm().item(), floor)
+    return err <= bound or err == 0.0, (err, bound)
+
+
+def compare(got, want, tol, what=("y", "dq", "dk", "dv")):
+    """Output and gradients (tuples from out_and_grads, gy skipped), each relative to its own
+    norm. A gradient that is 0 up to rounding in float64 (norm <= 1e-8 of the largest compared
+    norm: e.g. dq in softmax mode with one key, or with F = 1 features, where the output does
+    not depend on q) is compared absolutely, relative to that largest norm."""
+    got, want = (got[0],) + tuple(got[2:]), (want[0],) + tuple(want[2:])
+    scale = max([w.detach().double().norm().item() for w in want] + [0.0])
+    for name, a, b in zip(what, got, want):
+        zero = b.detach().double().norm().item() <= 1e-8 * scale
+        ok, info = close(a, b, tol, floor=scale if zero else 0.0)
+        assert ok, (name, info)
