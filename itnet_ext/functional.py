@@ -309,6 +309,8 @@ def _lowrank_features(arg_name, fm, kernel_map, x, *, is_query, softmax, cdt):
 
     if kernel_map is not None:
         code, projection = kernel_map
+        if code == lr.FEATURE_MAP_CODES["identity"]:
+            return x.to(cdt)  # nothing to compute (the learned-feature layer's case)
         stab = lr.STABILIZE_NONE
         if code == lr.FEATURE_MAP_CODES["favor+"] and softmax:
             stab = lr.STABILIZE_ROW if is_query else lr.STABILIZE_SLICE

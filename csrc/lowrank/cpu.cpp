@@ -145,8 +145,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lowrank_bwd_cpu(
   const at::Tensor dout = prepare_grad_out(grad_out, pr, "lowrank_bwd");
   LowRankBwdParams p;
   static_cast<LowRankParams&>(p) = pr.params;
-  // every row of dq / dk / dv is written by the passes; zeros for the empty cases
-  at::Tensor dq = at::zeros_like(pr.q), dk = at::zeros_like(pr.k), dv = at::zeros_like(pr.v);
+  // every row of dq / dk / dv is written by the passes below (which run whenever one
+  // of them has an element), so no zero fill
+  at::Tensor dq = at::empty_like(pr.q), dk = at::empty_like(pr.k), dv = at::empty_like(pr.v);
   p.dout = dout.data_ptr();
   p.dq = dq.data_ptr();
   p.dk = dk.data_ptr();
