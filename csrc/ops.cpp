@@ -4,7 +4,13 @@
 // autograd live in Python (itnet_ext/ops/).
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
+#include "common/activation.h"
+#include "common/enum_names.h"
 #include "dense/info.h"
+#include "lowrank/params.h"
 
 namespace itnet {
 
@@ -14,6 +20,19 @@ bool cuda_kernels_compiled() {
 #else
   return false;
 #endif
+}
+
+// The names of an enum whose codes are op arguments, in code order (the code
+// of a name is its position): "activation" (the pair MLP's `activation`),
+// "feature_map" and "stabilizer" (the low-rank ops' `feature_map`,
+// `stabilize`). Read by the Python wrappers, so the C++ lists are the only
+// copy (docs/design.md section 4).
+std::vector<std::string> enum_names(const std::string& kind) {
+  if (kind == "activation") return names_vector(kActivationNames);
+  if (kind == "feature_map") return names_vector(lowrank::kFeatureMapNames);
+  if (kind == "stabilizer") return names_vector(lowrank::kStabilizerNames);
+  TORCH_CHECK(false, "enum_names: kind: expected one of \"activation\", \"feature_map\", "
+              "\"stabilizer\", got \"", kind, "\"");
 }
 
 }  // namespace itnet
@@ -93,4 +112,8 @@ TORCH_LIBRARY(itnet, m) {
         "int stabilize) -> Tensor");
   m.def("cpu_capability() -> str", &itnet::dense::cpu_capability_in_use);
   m.def("cuda_kernels_compiled() -> bool", &itnet::cuda_kernels_compiled);
+  // enum_names(kind) -> the names of the codes 0, 1, ... of an int argument:
+  // kind "activation" (dense / sparse ops), "feature_map", "stabilizer"
+  // (low-rank ops). Any other kind raises.
+  m.def("enum_names(str kind) -> str[]", &itnet::enum_names);
 }

@@ -2,11 +2,12 @@
 //
 // Every function here is a template over the "lane" type T, which is either a
 // scalar (float / double, host or CUDA device) or a SIMD vector (the CPU
-// kernels specialise `Ops<at::vec::Vectorized<T>>` in dense/cpu_vec_ops.h).
+// kernels specialise `Ops<at::vec::Vectorized<T>>` in common/cpu_vec.h).
 // The primitive operations a formula needs (exp, max(x, 0), x > 0 ? 1 : 0)
 // come from the `Ops<T>` traits class, so the formulas themselves - the
-// activations, their derivatives and the online-softmax bookkeeping - exist
-// exactly once and the CPU tests exercise the same code the CUDA kernels run.
+// activations (common/activation.h), their derivatives and the online-softmax
+// bookkeeping - exist exactly once and the CPU tests exercise the same code
+// the CUDA kernels run.
 #pragma once
 
 #include <cmath>
@@ -32,55 +33,6 @@ struct Ops<double> {
   static ITNET_HD double exp(double x) { return ::exp(x); }
   static ITNET_HD double relu(double x) { return x > 0.0 ? x : 0.0; }
   static ITNET_HD double step(double x) { return x > 0.0 ? 1.0 : 0.0; }
-};
-
-// The kernel MLP's hidden activation. The integer values are part of the op
-// schema (`int activation`), keep them stable.
-enum class Activation : int { Relu = 0, Gelu = 1, Silu = 2 };
-
-// act(x) and, in the same pass, d act / dx (the backward needs both).
-// GELU is the tanh form: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi),
-// the function of torch.nn.functional.gelu(x, approximate="tanh").
-template <Activation A, class T>
-struct Act;
-
-template <class T>
-struct Act<Activation::Relu, T> {
-  static ITNET_HD T fwd(T x) { return Ops<T>::relu(x); }
-  static ITNET_HD T fwd_grad(T x, T& dydx) {
-    dydx = Ops<T>::step(x);
-    return Ops<T>::relu(x);
-  }
-};
-
-template <class T>
-struct Act<Activation::Gelu, T> {
-  // 0.5 (1 + tanh(z)) = sigmoid(2 z): the same function in fewer operations,
-  // x / (1 + exp(-2 z)), with -2 z = x (k1 + k3 x^2),
-  // k1 = -2 sqrt(2/pi), k3 = 0.044715 k1.
-  static ITNET_HD T sigmoid_2z(T x) {
-    return T(1) / (T(1) + Ops<T>::exp(x * (T(-1.5957691216057308) +
-                                           T(-1.5957691216057308 * 0.044715) * x * x)));
-  }
-  static ITNET_HD T fwd(T x) { return x * sigmoid_2z(x); }
-  // d/dx [x s] = s + x s (1 - s) d(2z)/dx,  d(2z)/dx = -(k1 + 3 k3 x^2)
-  static ITNET_HD T fwd_grad(T x, T& dydx) {
-    const T s = sigmoid_2z(x);
-    dydx = s + x * s * (T(1) - s) *
-                   (T(1.5957691216057308) + T(3 * 1.5957691216057308 * 0.044715) * x * x);
-    return x * s;
-  }
-};
-
-template <class T>
-struct Act<Activation::Silu, T> {
-  static ITNET_HD T sigmoid(T x) { return T(1) / (T(1) + Ops<T>::exp(T(0) - x)); }
-  static ITNET_HD T fwd(T x) { return x * sigmoid(x); }
-  static ITNET_HD T fwd_grad(T x, T& dydx) {
-    const T s = sigmoid(x);
-    dydx = s * (T(1) + x * (T(1) - s));
-    return x * s;
-  }
 };
 
 // ---- online softmax (per query row, scalars) --------------------------------

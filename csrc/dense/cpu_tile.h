@@ -19,6 +19,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/math.h"
 #include "common/support.h"
 #include "dense/cpu_vec.h"

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "common/activation.h"
 #include "common/math.h"
 #include "common/support.h"
 #include "dense/params.h"

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "common/activation.h"
+#include "common/enum_names.h"
 #include "common/math.h"
 
 namespace itnet {
@@ -161,8 +163,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     p.mlp = true;
     p.R = W2->size(1);
     p.W2 = keep_aux(*W2);
-    TORCH_CHECK(activation >= 0 && activation <= 2,
-                "activation: expected 0 (relu), 1 (gelu) or 2 (silu), got ", activation);
+    TORCH_CHECK(activation >= 0 && activation < kNumActivations, "activation: expected ",
+                codes_listing(kActivationNames), ", got ", activation);
     p.activation = static_cast<int>(activation);
     if (b2.has_value()) {
       check_same(*b2, v, "b2");

@@ -13,25 +13,50 @@
 
 #include <cstdint>
 
+#include "common/enum_table.h"
+
 namespace itnet {
 namespace lowrank {
 
-// The feature maps applied inside the kernels (same codes as
-// itnet_ext/ops/lowrank.py FEATURE_MAP_CODES).
-enum class FeatureMap : int {
-  Identity = 0,    // phi(x) = x                         F = Dk
-  EluPlusOne = 1,  // phi(x) = elu(x) + 1                F = Dk
-  Relu = 2,        // phi(x) = max(x, 0)                 F = Dk
-  Favor = 3,       // FAVOR+: exp(W x' - |x'|^2 / 2 - c) / sqrt(F), x' = x Dk^(-1/4),
-                   // W the (F, Dk) projection             F = rows of W
-};
+// The feature maps applied inside the kernels, X(Member, "name", code); the
+// Python side reads the names in code order from
+// torch.ops.itnet.enum_names("feature_map"). The codes are part of the op
+// schemas (`int feature_map`) and are the positions in the list:
+//   Identity    phi(x) = x                                   F = Dk
+//   EluPlusOne  phi(x) = elu(x) + 1                          F = Dk
+//   Relu        phi(x) = max(x, 0)                           F = Dk
+//   Favor       FAVOR+: exp(W x' - |x'|^2 / 2 - c) / sqrt(F), x' = x Dk^(-1/4),
+//               W the (F, Dk) projection                     F = rows of W
+#define ITNET_FEATURE_MAPS(X)    \
+  X(Identity, "identity", 0)     \
+  X(EluPlusOne, "elu+1", 1)      \
+  X(Relu, "relu", 2)             \
+  X(Favor, "favor+", 3)
 
-// The FAVOR+ stabilizer c (feature.h explains why it is allowed):
-enum class Stabilizer : int {
-  None = 0,   // c = 0: the unbiased features (`none` mode)
-  Row = 1,    // c = max of the row's exponents (queries, softmax mode)
-  Slice = 2,  // c = max over every row and feature of the (b, h) slice (keys)
-};
+// The FAVOR+ stabilizer c (feature.h explains why it is allowed), codes of
+// `int stabilize`, names from torch.ops.itnet.enum_names("stabilizer"):
+//   None   c = 0: the unbiased features (`none` mode)
+//   Row    c = max of the row's exponents (queries, softmax mode)
+//   Slice  c = max over every row and feature of the (b, h) slice (keys)
+#define ITNET_STABILIZERS(X) \
+  X(None, "none", 0)         \
+  X(Row, "row", 1)           \
+  X(Slice, "slice", 2)
+
+enum class FeatureMap : int { ITNET_FEATURE_MAPS(ITNET_ENUM_MEMBER) };
+enum class Stabilizer : int { ITNET_STABILIZERS(ITNET_ENUM_MEMBER) };
+
+// Names in code order.
+constexpr const char* kFeatureMapNames[] = {ITNET_FEATURE_MAPS(ITNET_ENUM_NAME)};
+constexpr const char* kStabilizerNames[] = {ITNET_STABILIZERS(ITNET_ENUM_NAME)};
+constexpr int kFeatureMapCodes[] = {ITNET_FEATURE_MAPS(ITNET_ENUM_CODE)};
+constexpr int kStabilizerCodes[] = {ITNET_STABILIZERS(ITNET_ENUM_CODE)};
+constexpr int kNumFeatureMaps = static_cast<int>(sizeof(kFeatureMapCodes) / sizeof(int));
+constexpr int kNumStabilizers = static_cast<int>(sizeof(kStabilizerCodes) / sizeof(int));
+static_assert(codes_are_positions(kFeatureMapCodes),
+              "ITNET_FEATURE_MAPS: the codes must be 0, 1, ... in list order");
+static_assert(codes_are_positions(kStabilizerCodes),
+              "ITNET_STABILIZERS: the codes must be 0, 1, ... in list order");
 
 struct LowRankParams {
   int64_t B = 0, H = 0, N = 0, M = 0, Dk = 0, Dv = 0, F = 0;

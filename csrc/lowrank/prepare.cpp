@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include "common/enum_names.h"
+
 namespace itnet {
 namespace lowrank {
 namespace {
@@ -14,9 +16,8 @@ bool is_float_type(at::ScalarType t) {
 }
 
 FeatureMap check_feature_map(int64_t code, const char* op) {
-  TORCH_CHECK(code >= 0 && code <= static_cast<int64_t>(FeatureMap::Favor), op,
-              ": feature_map: expected a code in [0, 3] (identity, elu+1, relu, favor+), got ",
-              code);
+  TORCH_CHECK(code >= 0 && code < kNumFeatureMaps, op, ": feature_map: expected a code in [0, ",
+              kNumFeatureMaps - 1, "] (", names_joined(kFeatureMapNames), "), got ", code);
   return static_cast<FeatureMap>(code);
 }
 
@@ -124,8 +125,8 @@ PreparedFeatures prepare_features(const at::Tensor& x, const c10::optional<at::T
   TORCH_CHECK(is_float_type(x.scalar_type()), op,
               ": x: expected dtype float16, bfloat16, float32 or float64, got ", x.scalar_type());
   const FeatureMap fm = check_feature_map(feature_map, op);
-  TORCH_CHECK(stabilize >= 0 && stabilize <= static_cast<int64_t>(Stabilizer::Slice), op,
-              ": stabilize: expected 0 (none), 1 (per row) or 2 (per slice), got ", stabilize);
+  TORCH_CHECK(stabilize >= 0 && stabilize < kNumStabilizers, op, ": stabilize: expected ",
+              codes_listing(kStabilizerNames), ", got ", stabilize);
   const int64_t Dk = x.size(-1);
   const int64_t F = check_projection(projection, fm, Dk, x, op);
 

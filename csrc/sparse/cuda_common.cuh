@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "common/activation.h"
 #include "common/math.h"
 #include "common/support.h"
 #include "dense/cuda_pair.cuh"

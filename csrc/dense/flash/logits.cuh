@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "common/activation.h"
 #include "common/math.h"
 #include "common/support.h"
 #include "dense/flash/tile.cuh"
