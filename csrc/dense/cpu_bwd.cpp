@@ -3,6 +3,7 @@
 // Compiled once per CPU capability (see cpu_tile.h); nothing here touches
 // ATen tensors or threads: cpu.cpp fills the params, splits the work into
 // items and runs them in parallel.
+#include "common/dispatch.h"
 #include "dense/cpu_tile.h"
 
 namespace itnet {
@@ -209,11 +210,7 @@ void bwd_range(const BwdParams& bp, int64_t begin, int64_t end, int64_t tid) {
 
 template <class T>
 void bwd_dispatch(const BwdParams& bp, int64_t begin, int64_t end, int64_t tid) {
-  switch (static_cast<Activation>(bp.f.activation)) {
-    case Activation::Relu: return bwd_range<T, Activation::Relu>(bp, begin, end, tid);
-    case Activation::Gelu: return bwd_range<T, Activation::Gelu>(bp, begin, end, tid);
-    case Activation::Silu: return bwd_range<T, Activation::Silu>(bp, begin, end, tid);
-  }
+  ITNET_DISPATCH_ACTIVATION(bp.f.activation, A, bwd_range<T, A>(bp, begin, end, tid));
 }
 
 }  // namespace

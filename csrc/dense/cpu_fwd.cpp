@@ -2,6 +2,7 @@
 // Compiled once per CPU capability (see cpu_tile.h); nothing here touches
 // ATen tensors or threads: cpu.cpp fills the params, splits the work into
 // items and runs them in parallel.
+#include "common/dispatch.h"
 #include "dense/cpu_tile.h"
 
 namespace itnet {
@@ -85,11 +86,7 @@ void fwd_range(const FwdParams& p, int64_t begin, int64_t end) {
 // Activation is a template parameter so the pair loop has no branch on it.
 template <class T>
 void fwd_dispatch(const FwdParams& p, int64_t begin, int64_t end) {
-  switch (static_cast<Activation>(p.activation)) {
-    case Activation::Relu: return fwd_range<T, Activation::Relu>(p, begin, end);
-    case Activation::Gelu: return fwd_range<T, Activation::Gelu>(p, begin, end);
-    case Activation::Silu: return fwd_range<T, Activation::Silu>(p, begin, end);
-  }
+  ITNET_DISPATCH_ACTIVATION(p.activation, A, fwd_range<T, A>(p, begin, end));
 }
 
 }  // namespace

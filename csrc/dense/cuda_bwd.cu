@@ -27,6 +27,7 @@
 
 #include <climits>
 
+#include "common/dispatch.h"
 #include "dense/cuda_kernel.h"
 #include "dense/cuda_pair.cuh"
 
@@ -335,13 +336,8 @@ void launch(const BwdParams& bp, cudaStream_t stream) {
 
 template <class T>
 void launch_act(const BwdParams& bp, cudaStream_t stream) {
-  const Activation act = bp.f.mlp ? static_cast<Activation>(bp.f.activation) : Activation::Relu;
-  switch (act) {
-    case Activation::Relu: return launch<T, Activation::Relu>(bp, stream);
-    case Activation::Gelu: return launch<T, Activation::Gelu>(bp, stream);
-    case Activation::Silu: return launch<T, Activation::Silu>(bp, stream);
-  }
-  TORCH_CHECK(false, "activation: unknown value ", bp.f.activation);
+  const int act = bp.f.mlp ? bp.f.activation : static_cast<int>(Activation::Relu);
+  ITNET_DISPATCH_ACTIVATION(act, A, launch<T, A>(bp, stream));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include <climits>
 
+#include "common/dispatch.h"
 #include "dense/cuda_kernel.h"
 #include "dense/cuda_pair.cuh"
 
@@ -91,13 +92,8 @@ void launch(const FwdParams& p, int64_t blocks, cudaStream_t stream) {
 template <class T>
 void launch_act(const FwdParams& p, int64_t blocks, cudaStream_t stream) {
   // without the MLP term the activation is never evaluated
-  const Activation act = p.mlp ? static_cast<Activation>(p.activation) : Activation::Relu;
-  switch (act) {
-    case Activation::Relu: return launch<T, Activation::Relu>(p, blocks, stream);
-    case Activation::Gelu: return launch<T, Activation::Gelu>(p, blocks, stream);
-    case Activation::Silu: return launch<T, Activation::Silu>(p, blocks, stream);
-  }
-  TORCH_CHECK(false, "activation: unknown value ", p.activation);
+  const int act = p.mlp ? p.activation : static_cast<int>(Activation::Relu);
+  ITNET_DISPATCH_ACTIVATION(act, A, launch<T, A>(p, blocks, stream));
 }
 
 }  // namespace

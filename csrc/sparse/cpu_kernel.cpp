@@ -13,6 +13,7 @@
 // heads are one contiguous block. The backward recomputes the chunk's logits,
 // then walks the pairs with every head at once (weights, dS, dv, dlog_w), and
 // does the MLP part as two small matrix products over the chunk.
+#include "common/dispatch.h"
 #include "dense/cpu_tile.h"
 #include "sparse/cpu_kernel.h"
 #include "sparse/pair.h"
@@ -514,20 +515,12 @@ void bwd_range(const SparseBwdParams& bp, int64_t begin, int64_t end, int64_t ti
 // Activation is a template parameter so the pair loops have no branch on it.
 template <class T>
 void fwd_dispatch(const SparseParams& p, int64_t begin, int64_t end) {
-  switch (static_cast<Activation>(p.f.activation)) {
-    case Activation::Relu: return fwd_range<T, Activation::Relu>(p, begin, end);
-    case Activation::Gelu: return fwd_range<T, Activation::Gelu>(p, begin, end);
-    case Activation::Silu: return fwd_range<T, Activation::Silu>(p, begin, end);
-  }
+  ITNET_DISPATCH_ACTIVATION(p.f.activation, A, fwd_range<T, A>(p, begin, end));
 }
 
 template <class T>
 void bwd_dispatch(const SparseBwdParams& p, int64_t begin, int64_t end, int64_t tid) {
-  switch (static_cast<Activation>(p.s.f.activation)) {
-    case Activation::Relu: return bwd_range<T, Activation::Relu>(p, begin, end, tid);
-    case Activation::Gelu: return bwd_range<T, Activation::Gelu>(p, begin, end, tid);
-    case Activation::Silu: return bwd_range<T, Activation::Silu>(p, begin, end, tid);
-  }
+  ITNET_DISPATCH_ACTIVATION(p.s.f.activation, A, bwd_range<T, A>(p, begin, end, tid));
 }
 
 }  // namespace

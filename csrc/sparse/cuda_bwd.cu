@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "common/dispatch.h"
 #include "sparse/cuda_common.cuh"
 #include "sparse/cuda_kernel.h"
 
@@ -384,14 +385,8 @@ void launch(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan
 template <class T>
 void launch_act(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan& plan,
                 cudaStream_t stream) {
-  const Activation act =
-      bp.s.f.mlp ? static_cast<Activation>(bp.s.f.activation) : Activation::Relu;
-  switch (act) {
-    case Activation::Relu: return launch<T, Activation::Relu>(bp, ex, plan, stream);
-    case Activation::Gelu: return launch<T, Activation::Gelu>(bp, ex, plan, stream);
-    case Activation::Silu: return launch<T, Activation::Silu>(bp, ex, plan, stream);
-  }
-  TORCH_CHECK(false, "activation: unknown value ", bp.s.f.activation);
+  const int act = bp.s.f.mlp ? bp.s.f.activation : static_cast<int>(Activation::Relu);
+  ITNET_DISPATCH_ACTIVATION(act, A, launch<T, A>(bp, ex, plan, stream));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <climits>
 
+#include "common/dispatch.h"
 #include "sparse/cuda_common.cuh"
 #include "sparse/cuda_kernel.h"
 
@@ -137,13 +138,8 @@ void launch(const SparseParams& p, const CudaDevice& dev, cudaStream_t stream) {
 template <class T>
 void launch_act(const SparseParams& p, const CudaDevice& dev, cudaStream_t stream) {
   // without the MLP term the activation is never evaluated
-  const Activation act = p.f.mlp ? static_cast<Activation>(p.f.activation) : Activation::Relu;
-  switch (act) {
-    case Activation::Relu: return launch<T, Activation::Relu>(p, dev, stream);
-    case Activation::Gelu: return launch<T, Activation::Gelu>(p, dev, stream);
-    case Activation::Silu: return launch<T, Activation::Silu>(p, dev, stream);
-  }
-  TORCH_CHECK(false, "activation: unknown value ", p.f.activation);
+  const int act = p.f.mlp ? p.f.activation : static_cast<int>(Activation::Relu);
+  ITNET_DISPATCH_ACTIVATION(act, A, launch<T, A>(p, dev, stream));
 }
 
 }  // namespace

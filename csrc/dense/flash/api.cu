@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "common/dispatch.h"
 #include "dense/flash/config.h"
 
 namespace itnet {
@@ -20,7 +21,7 @@ int64_t fwd_bytes_of(const FwdParams& p) {
 
 template <int kD>
 int64_t fwd_bytes(const FwdParams& p) {
-  return p.mlp ? fwd_bytes_of<kD, true>(p) : fwd_bytes_of<kD, false>(p);
+  return ITNET_DISPATCH_BOOL(p.mlp, kMlp, return fwd_bytes_of<kD, kMlp>(p));
 }
 
 template <int kD>

@@ -16,6 +16,7 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include "common/dispatch.h"
 #include "dense/flash/config.h"
 #include "dense/flash/logits.cuh"
 
@@ -499,12 +500,7 @@ template <class T, int kD>
 void launch_bwd(const BwdParams& bp, const FlashGrads& G, cudaStream_t stream) {
   const FwdParams& p = bp.f;
   if (!p.mlp) return launch_bwd_kernels<T, kD, false, Activation::Relu>(bp, G, stream);
-  switch (static_cast<Activation>(p.activation)) {
-    case Activation::Relu: return launch_bwd_kernels<T, kD, true, Activation::Relu>(bp, G, stream);
-    case Activation::Gelu: return launch_bwd_kernels<T, kD, true, Activation::Gelu>(bp, G, stream);
-    case Activation::Silu: return launch_bwd_kernels<T, kD, true, Activation::Silu>(bp, G, stream);
-  }
-  TORCH_CHECK(false, "activation: unknown value ", p.activation);
+  ITNET_DISPATCH_ACTIVATION(p.activation, A, launch_bwd_kernels<T, kD, true, A>(bp, G, stream));
 }
 
 }  // namespace flash

@@ -15,6 +15,7 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include "common/dispatch.h"
 #include "dense/flash/config.h"
 #include "dense/flash/logits.cuh"
 
@@ -259,12 +260,7 @@ void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
 template <class T, int kD>
 void launch_fwd(const FwdParams& p, cudaStream_t stream) {
   if (!p.mlp) return launch_fwd_kernel<T, kD, false, Activation::Relu>(p, stream);
-  switch (static_cast<Activation>(p.activation)) {
-    case Activation::Relu: return launch_fwd_kernel<T, kD, true, Activation::Relu>(p, stream);
-    case Activation::Gelu: return launch_fwd_kernel<T, kD, true, Activation::Gelu>(p, stream);
-    case Activation::Silu: return launch_fwd_kernel<T, kD, true, Activation::Silu>(p, stream);
-  }
-  TORCH_CHECK(false, "activation: unknown value ", p.activation);
+  ITNET_DISPATCH_ACTIVATION(p.activation, A, launch_fwd_kernel<T, kD, true, A>(p, stream));
 }
 
 }  // namespace flash
