@@ -9,7 +9,7 @@
 
 #include "common/activation.h"
 #include "common/enum_names.h"
-#include "dense/info.h"
+#include "common/capability.h"
 #include "lowrank/params.h"
 
 namespace itnet {
@@ -110,7 +110,7 @@ TORCH_LIBRARY(itnet, m) {
         "Tensor");
   m.def("lowrank_features_bwd(Tensor grad_phi, Tensor x, Tensor? projection, int feature_map, "
         "int stabilize) -> Tensor");
-  m.def("cpu_capability() -> str", &itnet::dense::cpu_capability_in_use);
+  m.def("cpu_capability() -> str", &itnet::cpu_capability_in_use);
   m.def("cuda_kernels_compiled() -> bool", &itnet::cuda_kernels_compiled);
   // enum_names(kind) -> the names of the codes 0, 1, ... of an int argument:
   // kind "activation" (dense / sparse ops), "feature_map", "stabilizer"

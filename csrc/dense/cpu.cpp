@@ -4,35 +4,14 @@
 // parallel loop over work items and the reduction of per-thread gradients.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
-
+#include "common/capability.h"
 #include "dense/cpu_kernel.h"
 #include "dense/prepare.h"
-#include "dense/info.h"
 
 namespace itnet {
 namespace dense {
-
-// The kernel table for this machine. ITNET_CPU_CAPABILITY (DEFAULT, AVX2,
-// AVX512) caps it, so the narrower code paths can be tested on a wide machine;
-// otherwise ATen's own detection (which honours ATEN_CPU_CAPABILITY) decides.
-std::string cpu_capability_in_use() {
-#ifdef ITNET_CPU_X86
-  std::string cap = at::get_cpu_capability();
-  if (cap != "AVX512" && cap != "AVX2") cap = "DEFAULT";
-  if (const char* env = std::getenv("ITNET_CPU_CAPABILITY")) {
-    const std::string want(env);
-    if (want == "DEFAULT" || (want == "AVX2" && cap == "AVX512")) cap = want;
-  }
-  return cap;
-#else
-  return "DEFAULT";
-#endif
-}
 
 namespace {
 

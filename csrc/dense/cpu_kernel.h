@@ -50,7 +50,6 @@ struct CpuKernelTable {
   }
 ITNET_DECLARE_CPU_KERNELS(DEFAULT)
 #if defined(__x86_64__) || defined(_M_X64)
-#define ITNET_CPU_X86 1
 ITNET_DECLARE_CPU_KERNELS(AVX2)
 ITNET_DECLARE_CPU_KERNELS(AVX512)
 #endif

@@ -1,7 +1,7 @@
 // The tile machinery shared by the fused CPU forward (cpu_fwd.cpp) and
-// backward (cpu_bwd.cpp) kernels (the sparse op's kernel, sparse/cpu_kernel.cpp,
-// reuses its row helpers and the pair-MLP register blocks): work-item decoding, scratch buffers, row
-// helpers and tile_logits, which builds the logits of every head of an
+// backward (cpu_bwd.cpp) kernels of the dense op (the row helpers and the
+// pair-MLP register blocks, which the sparse op shares, are in
+// common/cpu_pair_tile.h): work-item decoding, scratch buffers and tile_logits, which builds the logits of every head of an
 // item's head group for one (query tile, key tile) block. The backward
 // recomputes them with the same code, FlashAttention style. Nothing of size
 // N x M or N x M x R is ever allocated.
@@ -22,11 +22,27 @@
 #include "common/activation.h"
 #include "common/math.h"
 #include "common/support.h"
-#include "dense/cpu_vec.h"
+#include "common/cpu_gemm.h"
+#include "common/cpu_pair_tile.h"
+#include "common/cpu_vec.h"
 
 namespace itnet {
 namespace dense {
 namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+using itnet::CPU_CAPABILITY::gemm;
+using itnet::CPU_CAPABILITY::hsum;
+using itnet::CPU_CAPABILITY::load;
+using itnet::CPU_CAPABILITY::load_n;
+using itnet::CPU_CAPABILITY::store;
+using itnet::CPU_CAPABILITY::pair_tile::mlp_heads;
+using itnet::CPU_CAPABILITY::pair_tile::mlp_heads_bwd;
+using itnet::CPU_CAPABILITY::pair_tile::row_add;
+using itnet::CPU_CAPABILITY::pair_tile::row_exp_sum;
+using itnet::CPU_CAPABILITY::pair_tile::row_linear_weights;
+using itnet::CPU_CAPABILITY::pair_tile::row_max;
+using itnet::CPU_CAPABILITY::pair_tile::row_scale;
 
 namespace tile {
 
@@ -132,80 +148,6 @@ inline TileWindow window_relation(const FwdParams& p, int64_t b, int64_t i0, int
 }
 
 // ---------------------------------------------------------------------------
-// Row helpers (vector body, scalar tail: the tail must not see padding lanes)
-
-template <class T>
-inline T row_max(const T* x, int64_t n) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  T mx = neg_inf<T>();
-  int64_t j = 0;
-  if (n >= VS) {
-    V vm = V::loadu(x);
-    for (j = VS; j + VS <= n; j += VS) vm = at::vec::maximum(vm, V::loadu(x + j));
-    mx = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, vm);
-  }
-  for (; j < n; ++j) mx = x[j] > mx ? x[j] : mx;
-  return mx;
-}
-
-// x <- exp(x - shift); returns the sum of the new values.
-template <class T>
-inline T row_exp_sum(const T* src, T* dst, int64_t n, T shift) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  const V vs(shift);
-  V acc(T(0));
-  int64_t j = 0;
-  for (; j + VS <= n; j += VS) {
-    const V e = Ops<V>::exp(V::loadu(src + j) - vs);
-    e.store(dst + j);
-    acc = acc + e;
-  }
-  T s = hsum(acc);
-  for (; j < n; ++j) {
-    dst[j] = Ops<T>::exp(src[j] - shift);
-    s += dst[j];
-  }
-  return s;
-}
-
-// `none` normalization: a = l * w on the support, 0 off it (logit -inf).
-template <class T>
-inline void row_linear_weights(const T* S, const T* kscale, T* A, int64_t n) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  const V ninf(neg_inf<T>());
-  for (int64_t j = 0; j < n; j += VS) {
-    const int64_t cnt = std::min(VS, n - j);
-    const V s = load(S + j, cnt);
-    const V w = kscale ? load(kscale + j, cnt) : V(T(1));
-    store(V::blendv(s * w, V(T(0)), s == ninf), A + j, cnt);
-  }
-}
-
-template <class T>
-inline void row_add(T* x, const T* y, int64_t n) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  for (int64_t j = 0; j < n; j += VS) {
-    const int64_t cnt = std::min(VS, n - j);
-    store(load(x + j, cnt) + load(y + j, cnt), x + j, cnt);
-  }
-}
-
-template <class T>
-inline void row_scale(T* x, T a, int64_t n) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  const V va(a);
-  for (int64_t j = 0; j < n; j += VS) {
-    const int64_t cnt = std::min(VS, n - j);
-    store(load(x + j, cnt) * va, x + j, cnt);
-  }
-}
-
-// ---------------------------------------------------------------------------
 // Logits of a block, every head of the group: S[hh][i][j], leading dim kBK.
 // Off-support pairs get -inf (in both normalizations; `none` mode maps them
 // to weight 0).
@@ -243,84 +185,6 @@ inline const T* key_preact(const FwdParams& p, const Block& blk, int64_t i, Scra
   ld = kBK;
   return p.tT ? key_tile<T>(p.tT, blk.b, p.R, p.M, blk.j0) : nullptr;
 }
-
-// Hidden layer of `cnt` pairs (i, jv..jv+cnt) and its projection onto the
-// NH (<= 8) heads starting at h, accumulated in registers (named variables:
-// see gemm_block). The first chunk of heads evaluates the activation and
-// leaves it in `hid` for the following chunks (only when H > 8).
-#define ITNET_MLP_INIT(c) \
-  if constexpr (NH > c) a##c = b2h ? V(b2h[c]) : V(T(0));
-#define ITNET_MLP_ACC(c) \
-  if constexpr (NH > c) a##c = at::vec::fmadd(V(wr[c * R]), hv, a##c);
-#define ITNET_MLP_PUT(c)                     \
-  if constexpr (NH > c) {                    \
-    T* sp = S + c * s_head;                  \
-    store(load(sp, cnt) + a##c, sp, cnt);    \
-  }
-template <int NH, Activation A, class T>
-inline void mlp_heads(int64_t R, const T* ui, const T* ts, int64_t tld, int64_t cnt, bool first,
-                      T* hid, const T* w, const T* b2h, T* S, int64_t s_head) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  V a0, a1, a2, a3, a4, a5, a6, a7;
-  ITNET_MLP_INIT(0) ITNET_MLP_INIT(1) ITNET_MLP_INIT(2) ITNET_MLP_INIT(3)
-  ITNET_MLP_INIT(4) ITNET_MLP_INIT(5) ITNET_MLP_INIT(6) ITNET_MLP_INIT(7)
-  for (int64_t r = 0; r < R; ++r) {
-    V hv;
-    if (first) {
-      V pre = ui ? V(ui[r]) : V(T(0));
-      if (ts) pre = pre + load(ts + r * tld, cnt);
-      hv = Act<A, V>::fwd(pre);
-      hv.store(hid + r * VS);
-    } else {
-      hv = V::loadu(hid + r * VS);
-    }
-    const T* wr = w + r;
-    ITNET_MLP_ACC(0) ITNET_MLP_ACC(1) ITNET_MLP_ACC(2) ITNET_MLP_ACC(3)
-    ITNET_MLP_ACC(4) ITNET_MLP_ACC(5) ITNET_MLP_ACC(6) ITNET_MLP_ACC(7)
-  }
-  ITNET_MLP_PUT(0) ITNET_MLP_PUT(1) ITNET_MLP_PUT(2) ITNET_MLP_PUT(3)
-  ITNET_MLP_PUT(4) ITNET_MLP_PUT(5) ITNET_MLP_PUT(6) ITNET_MLP_PUT(7)
-}
-#undef ITNET_MLP_INIT
-#undef ITNET_MLP_ACC
-#undef ITNET_MLP_PUT
-
-// Head projection part of the MLP backward for NH (<= 8) heads starting at
-// h, the logit gradients of `cnt` pairs held in registers (named: see
-// gemm_block): dhid_r += sum_h W2[h, r] dS_h,  dW2[h, r] += dS_h hid_r,
-// db2[h] += dS_h (vector partial sums, reduced once per item).
-#define ITNET_BWD_LOAD(c)                           \
-  if constexpr (NH > c) {                           \
-    d##c = load(dS + c * s_head, cnt);              \
-    T* db = db2acc + c * VS;                        \
-    (V::loadu(db) + d##c).store(db);                \
-  }
-#define ITNET_BWD_ACC(c)                                             \
-  if constexpr (NH > c) {                                            \
-    dh = at::vec::fmadd(V(wr[c * R]), d##c, dh);                     \
-    T* dw = dW2acc + (c * R + r) * VS;                               \
-    at::vec::fmadd(d##c, hv, V::loadu(dw)).store(dw);                \
-  }
-template <int NH, class T>
-inline void mlp_heads_bwd(int64_t R, const T* hid, T* dhid, const T* w, const T* dS,
-                          int64_t s_head, int64_t cnt, T* dW2acc, T* db2acc) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  V d0, d1, d2, d3, d4, d5, d6, d7;  // masked lanes load as 0
-  ITNET_BWD_LOAD(0) ITNET_BWD_LOAD(1) ITNET_BWD_LOAD(2) ITNET_BWD_LOAD(3)
-  ITNET_BWD_LOAD(4) ITNET_BWD_LOAD(5) ITNET_BWD_LOAD(6) ITNET_BWD_LOAD(7)
-  for (int64_t r = 0; r < R; ++r) {
-    const V hv = V::loadu(hid + r * VS);
-    V dh = V::loadu(dhid + r * VS);
-    const T* wr = w + r;
-    ITNET_BWD_ACC(0) ITNET_BWD_ACC(1) ITNET_BWD_ACC(2) ITNET_BWD_ACC(3)
-    ITNET_BWD_ACC(4) ITNET_BWD_ACC(5) ITNET_BWD_ACC(6) ITNET_BWD_ACC(7)
-    dh.store(dhid + r * VS);
-  }
-}
-#undef ITNET_BWD_LOAD
-#undef ITNET_BWD_ACC
 
 template <class T, Activation A>
 void mlp_logits(const FwdParams& p, const Block& blk, T* S, Scratch<T>& ws) {

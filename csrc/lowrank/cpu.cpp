@@ -11,7 +11,7 @@
 #include <limits>
 #include <tuple>
 
-#include "dense/info.h"
+#include "common/capability.h"
 #include "lowrank/cpu_kernel.h"
 #include "lowrank/prepare.h"
 

@@ -9,8 +9,8 @@
 #include <cmath>
 #include <vector>
 
+#include "common/cpu_gemm.h"
 #include "common/cpu_vec.h"
-#include "dense/cpu_vec.h"
 #include "lowrank/cpu_kernel.h"
 #include "lowrank/feature.h"
 
@@ -22,7 +22,7 @@ using at::vec::Vectorized;
 using itnet::CPU_CAPABILITY::hsum;
 using itnet::CPU_CAPABILITY::load_n;
 using itnet::CPU_CAPABILITY::store;
-using itnet::dense::CPU_CAPABILITY::gemm;
+using itnet::CPU_CAPABILITY::gemm;
 
 constexpr int64_t kChunk = kCpuChunk;
 

@@ -8,7 +8,7 @@
 
 #include <tuple>
 
-#include "dense/info.h"
+#include "common/capability.h"
 #include "scan/cpu_kernel.h"
 #include "scan/prepare.h"
 

@@ -6,7 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "dense/info.h"
+#include "common/capability.h"
 #include "sparse/cpu_kernel.h"
 #include "sparse/prepare.h"
 

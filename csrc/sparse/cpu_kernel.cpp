@@ -6,15 +6,17 @@
 // One item is one query row. Its present pairs are gathered kCpuPairChunk at
 // a time (key, log-weight, offset-table row); the logits of every head for
 // the chunk are built in a (H x chunk) buffer: the content term by dot
-// products over Dk, the pair MLP with the dense kernel's register blocks,
+// products over Dk, the pair MLP with the register blocks of common/cpu_pair_tile.h,
 // vectorized over the pairs of the chunk. Softmax rows use the online
 // softmax across chunks, exactly as the dense forward does across key tiles.
 // k, v and the key-side gradient buffers are key-major (B, M, H, D): a pair's
 // heads are one contiguous block. The backward recomputes the chunk's logits,
 // then walks the pairs with every head at once (weights, dS, dv, dlog_w), and
 // does the MLP part as two small matrix products over the chunk.
+#include "common/cpu_gemm.h"
+#include "common/cpu_pair_tile.h"
 #include "common/dispatch.h"
-#include "dense/cpu_tile.h"
+#include "common/support.h"
 #include "sparse/cpu_kernel.h"
 #include "sparse/pair.h"
 
@@ -23,8 +25,8 @@ namespace sparse {
 namespace CPU_CAPABILITY {
 namespace {
 
-using namespace itnet::dense::CPU_CAPABILITY::tile;
-using itnet::dense::CPU_CAPABILITY::gemm;
+using namespace itnet::CPU_CAPABILITY::pair_tile;
+using itnet::CPU_CAPABILITY::gemm;
 using at::vec::Vectorized;
 using itnet::CPU_CAPABILITY::hsum;
 using itnet::CPU_CAPABILITY::load;
@@ -33,6 +35,13 @@ using itnet::CPU_CAPABILITY::store;
 constexpr int64_t kC = kCpuPairChunk;
 // whole-vector stores into the (R x kC) chunk buffers need kC % vector width == 0
 static_assert(kC % 16 == 0, "kCpuPairChunk must be a multiple of the widest vector");
+
+inline const double* qpos_of(const dense::FwdParams& p, int64_t b) {
+  return p.qpos + b * p.qpos_bstride;
+}
+inline const double* kpos_of(const dense::FwdParams& p, int64_t b) {
+  return p.kpos + b * p.kpos_bstride;
+}
 
 template <class T>
 inline T dot(const T* a, const T* b, int64_t n) {

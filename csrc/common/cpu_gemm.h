@@ -1,10 +1,13 @@
-// SIMD building blocks of the dense CPU kernels: a small register-blocked
-// matrix multiply used for the q.k, P.v and gradient products of a tile (the
-// lane helpers and Ops<Vectorized> come from common/cpu_vec.h).
+// A small register-blocked matrix multiply on at::vec lanes, shared by the
+// CPU kernels of every strategy: the q.k, P.v and gradient products of the
+// dense tiles, the sparse op's pair-MLP backward, the low-rank op's FAVOR+
+// projection and state products (the lane helpers and Ops<Vectorized> come
+// from common/cpu_vec.h).
 //
-// This header is included only by cpu_kernel.cpp, which is compiled once per
-// CPU capability (DEFAULT, AVX2, AVX512) with the matching -m flags, so
-// Vectorized<T> is the widest vector of that capability.
+// Included only by sources compiled once per CPU capability (DEFAULT, AVX2,
+// AVX512; MULTI_ARCH_SOURCES in setup.py) with the matching -m flags, so
+// Vectorized<T> is the widest vector of that capability; everything here is
+// inside the capability's namespace.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -17,15 +20,9 @@
 #include "common/cpu_vec.h"
 
 namespace itnet {
-
-namespace dense {
 namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
-using itnet::CPU_CAPABILITY::hsum;
-using itnet::CPU_CAPABILITY::load;
-using itnet::CPU_CAPABILITY::load_n;
-using itnet::CPU_CAPABILITY::store;
 
 // C[0:cnt] (=|+=) alpha * acc
 template <class T>
@@ -130,5 +127,4 @@ inline void gemm(int64_t m, int64_t n, int64_t kk, T alpha, const T* A, int64_t 
 }
 
 }  // namespace CPU_CAPABILITY
-}  // namespace dense
 }  // namespace itnet
