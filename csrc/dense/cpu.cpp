@@ -26,9 +26,10 @@ std::tuple<at::Tensor, at::Tensor> dense_fwd_cpu(
     const c10::optional<at::Tensor>& key_padding_mask, const c10::optional<at::Tensor>& attn_mask,
     at::ArrayRef<double> window_lo, at::ArrayRef<double> window_hi, double scale,
     int64_t activation, bool softmax, bool causal) {
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
-                        key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                        softmax, causal, /*key_tile=*/kCpuBlockK, /*backward=*/false);
+  const DenseArgs a = DenseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos,
+                                      key_weight, key_padding_mask, attn_mask, window_lo,
+                                      window_hi, scale, activation, softmax, causal);
+  Prepared pr = prepare(a, /*key_tile=*/kCpuBlockK, /*backward=*/false);
   FwdParams& p = pr.params;
   at::Tensor out = at::empty({p.B, p.H, p.N, p.Dv}, v.options());
   at::Tensor lse = softmax ? at::empty({p.B, p.H, p.N}, v.options()) : at::empty({0}, v.options());
@@ -53,13 +54,14 @@ GradTuple dense_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& out, const
               const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
               at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
               bool causal) {
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
-                        key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                        softmax, causal, /*key_tile=*/kCpuBlockK, /*backward=*/true);
+  const DenseArgs a = DenseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos,
+                                      key_weight, key_padding_mask, attn_mask, window_lo,
+                                      window_hi, scale, activation, softmax, causal);
+  Prepared pr = prepare(a, /*key_tile=*/kCpuBlockK, /*backward=*/true);
   const FwdParams& p = pr.params;
   // query-side and parameter gradients: one buffer per thread, summed by finish()
-  const Backward bw = prepare_backward(pr, grad_out, out, lse, grad_lse, v, u, t, b2, offset_table,
-                                       key_weight, softmax, at::get_num_threads());
+  const Backward bw =
+      prepare_backward(pr, GradArgs{grad_out, out, lse, grad_lse}, a, at::get_num_threads());
   if (p.B * p.H * p.N * p.M > 0) {
     const BwdRangeFn fn =
         v.scalar_type() == at::kDouble ? cpu_kernels().bwd_f64 : cpu_kernels().bwd_f32;
@@ -67,7 +69,7 @@ GradTuple dense_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& out, const
       fn(bw.params, b, e, at::get_thread_num());
     });
   }
-  return bw.finish(u, t, key_weight);
+  return bw.finish(a);
 }
 
 }  // namespace

@@ -65,7 +65,7 @@ GradTuple cast_all(const GradTuple& g, at::ScalarType s) {
 }
 
 std::tuple<at::Tensor, at::Tensor> exact_fwd(const DenseArgs& a) {
-  Prepared pr = a.prepare(/*backward=*/false);
+  Prepared pr = prepare(a, /*key_tile=*/0, /*backward=*/false);
   FwdParams& p = pr.params;
   // the kernel accumulates the output rows in place
   at::Tensor out = at::zeros({p.B, p.H, p.N, p.Dv}, a.v.options());
@@ -80,52 +80,16 @@ std::tuple<at::Tensor, at::Tensor> exact_fwd(const DenseArgs& a) {
 }
 
 GradTuple exact_bwd(const GradArgs& g, const DenseArgs& a) {
-  Prepared pr = a.prepare(/*backward=*/true);
+  Prepared pr = prepare(a, /*key_tile=*/0, /*backward=*/true);
   // one gradient buffer each (copies = 1), accumulated with atomics where
   // several warps contribute
-  const Backward bw = prepare_backward(pr, g.grad_out, g.out, g.lse, g.grad_lse, a.v, a.u, a.t,
-                                       a.b2, a.offset_table, a.key_weight, a.softmax,
-                                       /*copies=*/1);
+  const Backward bw = prepare_backward(pr, g, a, /*copies=*/1);
   // (after the argument checks, whose errors come first)
   at::globalContext().alertNotDeterministic(
       "itnet::dense_bwd (CUDA exact kernels: float32 / float64, or float16 / bfloat16 beyond "
       "the tensor-core kernels' limits)");
   cuda_dense_bwd(bw.params, a.v.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream());
-  return bw.finish(a.u, a.t, a.key_weight);
-}
-
-DenseArgs bundle(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
-                 const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                 const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
-                 const c10::optional<at::Tensor>& b2,
-                 const c10::optional<at::Tensor>& offset_table,
-                 const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
-                 const c10::optional<at::Tensor>& key_weight,
-                 const c10::optional<at::Tensor>& key_padding_mask,
-                 const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
-                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool causal) {
-  DenseArgs a;
-  a.q = q;
-  a.k = k;
-  a.v = v;
-  a.u = u;
-  a.t = t;
-  a.W2 = W2;
-  a.b2 = b2;
-  a.offset_table = offset_table;
-  a.q_pos = q_pos;
-  a.k_pos = k_pos;
-  a.key_weight = key_weight;
-  a.key_padding_mask = key_padding_mask;
-  a.attn_mask = attn_mask;
-  a.window_lo = window_lo.vec();
-  a.window_hi = window_hi.vec();
-  a.scale = scale;
-  a.activation = activation;
-  a.softmax = softmax;
-  a.causal = causal;
-  return a;
+  return bw.finish(a);
 }
 
 std::tuple<at::Tensor, at::Tensor> dense_fwd_cuda(
@@ -139,9 +103,9 @@ std::tuple<at::Tensor, at::Tensor> dense_fwd_cuda(
     int64_t activation, bool softmax, bool causal) {
   check_cuda_value(v);
   const c10::cuda::CUDAGuard guard(v.device());
-  const DenseArgs a = bundle(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
-                             key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                             softmax, causal);
+  const DenseArgs a = DenseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos,
+                                      key_weight, key_padding_mask, attn_mask, window_lo,
+                                      window_hi, scale, activation, softmax, causal);
   if (!is_half(v.scalar_type())) return exact_fwd(a);
   if (flash_fwd_supported(a)) return flash_dense_fwd(a);
   auto res = exact_fwd(upcast(a));
@@ -162,9 +126,9 @@ GradTuple dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, cons
                bool causal) {
   check_cuda_value(v);
   const c10::cuda::CUDAGuard guard(v.device());
-  const DenseArgs a = bundle(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
-                             key_padding_mask, attn_mask, window_lo, window_hi, scale, activation,
-                             softmax, causal);
+  const DenseArgs a = DenseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos,
+                                      key_weight, key_padding_mask, attn_mask, window_lo,
+                                      window_hi, scale, activation, softmax, causal);
   GradArgs g{grad_out, out, lse, grad_lse};
   if (!is_half(v.scalar_type())) return exact_bwd(g, a);
   if (flash_bwd_supported(a)) return flash_dense_bwd(g, a);

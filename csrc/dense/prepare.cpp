@@ -67,31 +67,7 @@ at::Tensor key_tiles_transposed(const at::Tensor& x, int64_t tile) {
 
 }  // namespace
 
-at::Tensor softmax_delta(const at::Tensor& grad_out, const at::Tensor& out,
-                         const c10::optional<at::Tensor>& grad_lse) {
-  at::Tensor delta = (grad_out * out).sum(-1);
-  if (grad_lse.has_value() && grad_lse->defined()) delta = delta - *grad_lse;
-  return delta;
-}
-
-at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& like) {
-  at::Tensor g = grad;
-  for (int64_t d = 0; d < like.dim(); ++d)
-    if (like.size(d) == 1 && g.size(d) != 1) g = g.sum(d, /*keepdim=*/true);
-  return g.reshape(like.sizes());
-}
-
-Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
-                 const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                 const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
-                 const c10::optional<at::Tensor>& b2,
-                 const c10::optional<at::Tensor>& offset_table,
-                 const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
-                 const c10::optional<at::Tensor>& key_weight,
-                 const c10::optional<at::Tensor>& key_padding_mask,
-                 const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
-                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool causal, int64_t key_tile, bool backward,
+Prepared prepare(const DenseArgs& a, int64_t key_tile, bool backward,
                  c10::optional<at::ScalarType> aux, int64_t n_queries) {
   Prepared pr;
   FwdParams& p = pr.params;
@@ -100,30 +76,30 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     return x.data_ptr();
   };
   // the small per-point / per-key / per-pair operands, in the aux dtype
-  const at::ScalarType aux_type = aux.has_value() ? *aux : v.scalar_type();
+  const at::ScalarType aux_type = aux.has_value() ? *aux : a.v.scalar_type();
   auto keep_aux = [&](const at::Tensor& x) { return keep(x.to(aux_type).contiguous()); };
 
-  TORCH_CHECK(v.dim() == 4, "v: expected a 4-D tensor (B, H, M, Dv), got shape ", shape_str(v));
-  TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble ||
-                  v.device().is_cuda(),
-              "v: expected dtype float32 or float64 on CPU, got ", v.scalar_type());
-  p.B = v.size(0);
-  p.H = v.size(1);
-  p.M = v.size(2);
-  p.Dv = v.size(3);
-  TORCH_CHECK(std::isfinite(scale), "scale: expected a finite number, got ", scale);
+  TORCH_CHECK(a.v.dim() == 4, "v: expected a 4-D tensor (B, H, M, Dv), got shape ", shape_str(a.v));
+  TORCH_CHECK(a.v.scalar_type() == at::kFloat || a.v.scalar_type() == at::kDouble ||
+                  a.v.device().is_cuda(),
+              "v: expected dtype float32 or float64 on CPU, got ", a.v.scalar_type());
+  p.B = a.v.size(0);
+  p.H = a.v.size(1);
+  p.M = a.v.size(2);
+  p.Dv = a.v.size(3);
+  TORCH_CHECK(std::isfinite(a.scale), "scale: expected a finite number, got ", a.scale);
 
   // Padded keys: their k / v / t rows are replaced by zeros, so that whatever
   // they hold (NaN, inf) cannot reach the outputs or gradients through a
   // 0 * NaN in the products; their logits are -inf through key_bias.
   at::Tensor pad;  // (B, M) bool
-  if (key_padding_mask.has_value()) {
-    pad = *key_padding_mask;
+  if (a.key_padding_mask.has_value()) {
+    pad = *a.key_padding_mask;
     TORCH_CHECK(pad.scalar_type() == at::kBool, "key_padding_mask: expected dtype bool, got ",
                 pad.scalar_type());
     TORCH_CHECK(pad.dim() == 2 && pad.size(0) == p.B && pad.size(1) == p.M,
                 "key_padding_mask: expected shape (", p.B, ", ", p.M, "), got ", shape_str(pad));
-    TORCH_CHECK(pad.device() == v.device(), "key_padding_mask: expected a tensor on ", v.device());
+    TORCH_CHECK(pad.device() == a.v.device(), "key_padding_mask: expected a tensor on ", a.v.device());
   }
   auto drop_padded = [&](const at::Tensor& x) {  // x: (B, [H,] M, C)
     if (!pad.defined()) return x;
@@ -131,119 +107,119 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     return x.masked_fill(m, 0);
   };
 
-  at::Tensor vc = drop_padded(v).contiguous();
+  at::Tensor vc = drop_padded(a.v).contiguous();
   p.v = keep(vc);
   if (backward && key_tile > 0) p.vT = keep(key_tiles_transposed(vc, key_tile));
 
-  TORCH_CHECK(q.has_value() == k.has_value(), "q, k: give both (content term) or neither");
+  TORCH_CHECK(a.q.has_value() == a.k.has_value(), "q, k: give both (content term) or neither");
   p.N = -1;
-  if (q.has_value()) {
-    check_same(*q, v, "q");
-    check_same(*k, v, "k");
-    TORCH_CHECK(q->dim() == 4 && q->size(0) == p.B && q->size(1) == p.H,
-                "q: expected shape (", p.B, ", ", p.H, ", N, Dk), got ", shape_str(*q));
-    TORCH_CHECK(k->dim() == 4 && k->size(0) == p.B && k->size(1) == p.H && k->size(2) == p.M &&
-                    k->size(3) == q->size(3),
-                "k: expected shape (", p.B, ", ", p.H, ", ", p.M, ", ", q->size(3), "), got ",
-                shape_str(*k));
+  if (a.q.has_value()) {
+    check_same(*a.q, a.v, "q");
+    check_same(*a.k, a.v, "k");
+    TORCH_CHECK(a.q->dim() == 4 && a.q->size(0) == p.B && a.q->size(1) == p.H,
+                "q: expected shape (", p.B, ", ", p.H, ", N, Dk), got ", shape_str(*a.q));
+    TORCH_CHECK(a.k->dim() == 4 && a.k->size(0) == p.B && a.k->size(1) == p.H && a.k->size(2) == p.M &&
+                    a.k->size(3) == a.q->size(3),
+                "k: expected shape (", p.B, ", ", p.H, ", ", p.M, ", ", a.q->size(3), "), got ",
+                shape_str(*a.k));
     p.content = true;
-    p.N = q->size(2);
-    p.Dk = q->size(3);
-    p.q = keep(q->contiguous());
-    at::Tensor kc = drop_padded(*k).contiguous();
+    p.N = a.q->size(2);
+    p.Dk = a.q->size(3);
+    p.q = keep(a.q->contiguous());
+    at::Tensor kc = drop_padded(*a.k).contiguous();
     p.k = keep(kc);
     if (key_tile > 0) p.kT = keep(key_tiles_transposed(kc, key_tile));
-    p.scale = scale;
+    p.scale = a.scale;
   }
 
-  if (W2.has_value()) {
-    check_same(*W2, v, "W2");
-    TORCH_CHECK(W2->dim() == 2 && W2->size(0) == p.H, "W2: expected shape (", p.H,
-                ", R), got ", shape_str(*W2));
+  if (a.W2.has_value()) {
+    check_same(*a.W2, a.v, "W2");
+    TORCH_CHECK(a.W2->dim() == 2 && a.W2->size(0) == p.H, "W2: expected shape (", p.H,
+                ", R), got ", shape_str(*a.W2));
     p.mlp = true;
-    p.R = W2->size(1);
-    p.W2 = keep_aux(*W2);
-    TORCH_CHECK(activation >= 0 && activation < kNumActivations, "activation: expected ",
-                codes_listing(kActivationNames), ", got ", activation);
-    p.activation = static_cast<int>(activation);
-    if (b2.has_value()) {
-      check_same(*b2, v, "b2");
-      TORCH_CHECK(b2->dim() == 1 && b2->size(0) == p.H, "b2: expected shape (", p.H,
-                  "), got ", shape_str(*b2));
-      p.b2 = keep_aux(*b2);
+    p.R = a.W2->size(1);
+    p.W2 = keep_aux(*a.W2);
+    TORCH_CHECK(a.activation >= 0 && a.activation < kNumActivations, "activation: expected ",
+                codes_listing(kActivationNames), ", got ", a.activation);
+    p.activation = static_cast<int>(a.activation);
+    if (a.b2.has_value()) {
+      check_same(*a.b2, a.v, "b2");
+      TORCH_CHECK(a.b2->dim() == 1 && a.b2->size(0) == p.H, "b2: expected shape (", p.H,
+                  "), got ", shape_str(*a.b2));
+      p.b2 = keep_aux(*a.b2);
     }
-    if (u.has_value()) {
-      check_same(*u, v, "u");
-      TORCH_CHECK(u->dim() == 3 && u->size(2) == p.R && (p.N < 0 || u->size(1) == p.N),
-                  "u: expected shape (B or 1, N, ", p.R, "), got ", shape_str(*u));
-      if (p.N < 0) p.N = u->size(1);
-      p.u = keep_aux(batch_expand(*u, p.B, "u"));
+    if (a.u.has_value()) {
+      check_same(*a.u, a.v, "u");
+      TORCH_CHECK(a.u->dim() == 3 && a.u->size(2) == p.R && (p.N < 0 || a.u->size(1) == p.N),
+                  "u: expected shape (B or 1, N, ", p.R, "), got ", shape_str(*a.u));
+      if (p.N < 0) p.N = a.u->size(1);
+      p.u = keep_aux(batch_expand(*a.u, p.B, "u"));
     }
-    if (t.has_value()) {
-      check_same(*t, v, "t");
-      TORCH_CHECK(t->dim() == 3 && t->size(1) == p.M && t->size(2) == p.R,
-                  "t: expected shape (B or 1, ", p.M, ", ", p.R, "), got ", shape_str(*t));
+    if (a.t.has_value()) {
+      check_same(*a.t, a.v, "t");
+      TORCH_CHECK(a.t->dim() == 3 && a.t->size(1) == p.M && a.t->size(2) == p.R,
+                  "t: expected shape (B or 1, ", p.M, ", ", p.R, "), got ", shape_str(*a.t));
       // the kernels vectorize over keys
-      at::Tensor te = drop_padded(batch_expand(*t, p.B, "t"));
+      at::Tensor te = drop_padded(batch_expand(*a.t, p.B, "t"));
       p.tT = keep_aux(key_tile > 0 ? key_tiles_transposed(te, key_tile) : te);
     }
   } else {
-    TORCH_CHECK(!u.has_value() && !t.has_value() && !b2.has_value() && !offset_table.has_value(),
+    TORCH_CHECK(!a.u.has_value() && !a.t.has_value() && !a.b2.has_value() && !a.offset_table.has_value(),
                 "u, t, b2, offset_table: the MLP term needs W2");
-    TORCH_CHECK(q.has_value(), "q, k, W2: no logit term enabled (give q and k, or W2)");
+    TORCH_CHECK(a.q.has_value(), "q, k, W2: no logit term enabled (give q and k, or W2)");
   }
   if (p.N < 0 && n_queries >= 0) p.N = n_queries;
   if (p.N < 0) {
-    TORCH_CHECK(q_pos.has_value() && q_pos->dim() == 3,
+    TORCH_CHECK(a.q_pos.has_value() && a.q_pos->dim() == 3,
                 "q_pos: a (B or 1, N, D) tensor is needed to know N when neither q nor u is given");
-    p.N = q_pos->size(1);
+    p.N = a.q_pos->size(1);
   }
 
   // window and positions
-  TORCH_CHECK(window_lo.size() == window_hi.size(), "window: lo and hi must have the same length");
-  TORCH_CHECK(window_lo.size() <= static_cast<size_t>(kMaxPosDim), "window: at most ",
-              kMaxPosDim, " position dims, got ", window_lo.size());
-  const int64_t D = static_cast<int64_t>(window_lo.size());
+  TORCH_CHECK(a.window_lo.size() == a.window_hi.size(), "window: lo and hi must have the same length");
+  TORCH_CHECK(a.window_lo.size() <= static_cast<size_t>(kMaxPosDim), "window: at most ",
+              kMaxPosDim, " position dims, got ", a.window_lo.size());
+  const int64_t D = static_cast<int64_t>(a.window_lo.size());
   p.window.dims = static_cast<int>(D);
   for (int64_t d = 0; d < D; ++d) {
-    TORCH_CHECK(window_lo[d] <= window_hi[d], "window: expected lo <= hi in dim ", d, ", got (",
-                window_lo[d], ", ", window_hi[d], ")");
-    p.window.lo[d] = window_lo[d];
-    p.window.hi[d] = window_hi[d];
+    TORCH_CHECK(a.window_lo[d] <= a.window_hi[d], "window: expected lo <= hi in dim ", d, ", got (",
+                a.window_lo[d], ", ", a.window_hi[d], ")");
+    p.window.lo[d] = a.window_lo[d];
+    p.window.hi[d] = a.window_hi[d];
   }
   if (D > 0) {
-    at::Tensor qp = prepare_positions(q_pos, p.B, p.N, D, v, "q_pos");
-    at::Tensor kp = prepare_positions(k_pos, p.B, p.M, D, v, "k_pos");
+    at::Tensor qp = prepare_positions(a.q_pos, p.B, p.N, D, a.v, "q_pos");
+    at::Tensor kp = prepare_positions(a.k_pos, p.B, p.M, D, a.v, "k_pos");
     p.qpos_bstride = qp.size(0) == 1 ? 0 : p.N * D;
     p.kpos_bstride = kp.size(0) == 1 ? 0 : p.M * D;
     p.qpos = static_cast<const double*>(keep(qp));
     p.kpos = static_cast<const double*>(keep(kp));
-    if (offset_table.has_value()) {
+    if (a.offset_table.has_value()) {
       // row-major strides over the window box; the volume is bounded by the
       // table's row count (checked below), so it cannot overflow
       double volume = 1;
       for (int64_t d = D - 1; d >= 0; --d) {
-        TORCH_CHECK(std::isfinite(window_lo[d]) && std::isfinite(window_hi[d]) &&
-                        window_lo[d] == std::floor(window_lo[d]) &&
-                        window_hi[d] == std::floor(window_hi[d]),
+        TORCH_CHECK(std::isfinite(a.window_lo[d]) && std::isfinite(a.window_hi[d]) &&
+                        a.window_lo[d] == std::floor(a.window_lo[d]) &&
+                        a.window_hi[d] == std::floor(a.window_hi[d]),
                     "offset_table: needs a window with finite integer bounds, got (",
-                    window_lo[d], ", ", window_hi[d], ") in dim ", d);
+                    a.window_lo[d], ", ", a.window_hi[d], ") in dim ", d);
         p.window.stride[d] = static_cast<int64_t>(volume);
-        volume *= window_hi[d] - window_lo[d] + 1;
-        TORCH_CHECK(volume <= static_cast<double>(offset_table->size(0)),
+        volume *= a.window_hi[d] - a.window_lo[d] + 1;
+        TORCH_CHECK(volume <= static_cast<double>(a.offset_table->size(0)),
                     "offset_table: expected at least ", volume,
-                    " rows (the window volume), got shape ", shape_str(*offset_table));
+                    " rows (the window volume), got shape ", shape_str(*a.offset_table));
       }
       TORCH_CHECK((qp == qp.round()).all().item<bool>() && (kp == kp.round()).all().item<bool>(),
                   "q_pos, k_pos: offset_table needs integer-valued positions");
     }
   } else {
-    TORCH_CHECK(!offset_table.has_value(),
+    TORCH_CHECK(!a.offset_table.has_value(),
                 "offset_table: needs a window (the table is indexed by the offset inside it)");
   }
-  if (offset_table.has_value()) {
-    const at::Tensor& E = *offset_table;
-    check_same(E, v, "offset_table");
+  if (a.offset_table.has_value()) {
+    const at::Tensor& E = *a.offset_table;
+    check_same(E, a.v, "offset_table");
     TORCH_CHECK(E.dim() == 2 && E.size(1) == p.R,
                 "offset_table: expected shape (O >= window volume, ", p.R, "), got ", shape_str(E));
     p.O = E.size(0);
@@ -251,17 +227,17 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   }
 
   // per-key bias (padding, log weights) and scale (`none` mode weights)
-  const auto opts = v.options().dtype(aux_type);
+  const auto opts = a.v.options().dtype(aux_type);
   at::Tensor key_bias;
-  if (key_weight.has_value()) {
-    const at::Tensor& w = *key_weight;
-    check_same(w, v, "key_weight");
+  if (a.key_weight.has_value()) {
+    const at::Tensor& w = *a.key_weight;
+    check_same(w, a.v, "key_weight");
     TORCH_CHECK(w.dim() == 2 && (w.size(0) == p.B || w.size(0) == 1) && w.size(1) == p.M,
                 "key_weight: expected shape (", p.B, " or 1, ", p.M, "), got ", shape_str(w));
     TORCH_CHECK((w > 0).logical_and(w.isfinite()).all().item<bool>(),
                 "key_weight: expected finite positive weights");
     at::Tensor we = w.to(aux_type).expand({p.B, p.M}).contiguous();
-    if (softmax) {
+    if (a.softmax) {
       key_bias = we.log();
     } else {
       p.key_scale = keep(we);
@@ -273,9 +249,9 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   }
   if (key_bias.defined()) p.key_bias = keep(key_bias.contiguous());
 
-  if (attn_mask.has_value()) {
-    at::Tensor am = *attn_mask;
-    TORCH_CHECK(am.device() == v.device(), "attn_mask: expected a tensor on ", v.device());
+  if (a.attn_mask.has_value()) {
+    at::Tensor am = *a.attn_mask;
+    TORCH_CHECK(am.device() == a.v.device(), "attn_mask: expected a tensor on ", a.v.device());
     TORCH_CHECK(am.dim() <= 4, "attn_mask: expected at most 4 dims (broadcastable to (B, H, N, M)), got ",
                 shape_str(am));
     if (am.scalar_type() == at::kBool) {
@@ -290,7 +266,7 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     try {
       ex = am.expand(full);
     } catch (const c10::Error&) {
-      TORCH_CHECK(false, "attn_mask: shape ", shape_str(*attn_mask),
+      TORCH_CHECK(false, "attn_mask: shape ", shape_str(*a.attn_mask),
                   " is not broadcastable to (B, H, N, M) = (", p.B, ", ", p.H, ", ", p.N, ", ",
                   p.M, ")");
     }
@@ -298,32 +274,9 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
     p.mask = keep(ex);
   }
 
-  p.softmax = softmax;
-  p.causal = causal;
+  p.softmax = a.softmax;
+  p.causal = a.causal;
   return pr;
-}
-
-void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
-                       const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
-                       int64_t N, bool softmax, at::ScalarType lse_dtype) {
-  const std::vector<int64_t> out_shape = {v.size(0), v.size(1), N, v.size(3)};
-  const std::vector<int64_t> row_shape = {v.size(0), v.size(1), N};
-  auto check = [&](const at::Tensor& x, const char* name, const std::vector<int64_t>& shape,
-                   at::ScalarType dtype) {
-    TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), name, ": expected shape ",
-                at::IntArrayRef(shape), ", got ", x.sizes());
-    TORCH_CHECK(x.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ",
-                x.scalar_type());
-    TORCH_CHECK(x.device() == v.device(), name, ": expected a tensor on ", v.device(), ", got ",
-                x.device());
-  };
-  check(grad_out, "grad_out", out_shape, v.scalar_type());
-  check(out, "out", out_shape, v.scalar_type());
-  if (softmax) {
-    check(lse, "lse", row_shape, lse_dtype);
-    if (grad_lse.has_value() && grad_lse->defined())
-      check(*grad_lse, "grad_lse", row_shape, lse_dtype);
-  }
 }
 
 at::Tensor key_weight_grad(at::Tensor per_key, const at::Tensor& key_weight, bool softmax) {
@@ -333,15 +286,10 @@ at::Tensor key_weight_grad(at::Tensor per_key, const at::Tensor& key_weight, boo
   return reduce_to(per_key, key_weight);
 }
 
-Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const at::Tensor& out,
-                          const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
-                          const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                          const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& b2,
-                          const c10::optional<at::Tensor>& offset_table,
-                          const c10::optional<at::Tensor>& key_weight, bool softmax,
+Backward prepare_backward(const Prepared& fwd, const GradArgs& g, const DenseArgs& a,
                           int64_t copies) {
   const FwdParams& p = fwd.params;
-  check_grad_inputs(grad_out, out, lse, grad_lse, v, p.N, softmax, v.scalar_type());
+  check_grad_inputs(g.grad_out, g.out, g.lse, g.grad_lse, a.v, p.N, a.softmax, a.v.scalar_type());
   Backward bw;
   BwdParams& bp = bw.params;
   bp.f = p;
@@ -349,13 +297,13 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
     bw.keep_alive.push_back(x);
     return x.data_ptr();
   };
-  bp.dout = keep(grad_out.contiguous());
-  if (softmax) {
-    bp.lse = keep(lse.contiguous());
-    bp.delta = keep(softmax_delta(grad_out, out, grad_lse).contiguous());
+  bp.dout = keep(g.grad_out.contiguous());
+  if (a.softmax) {
+    bp.lse = keep(g.lse.contiguous());
+    bp.delta = keep(softmax_delta(g.grad_out, g.out, g.grad_lse).contiguous());
   }
 
-  const auto opts = v.options();
+  const auto opts = a.v.options();
   auto make = [&](bool given, std::vector<int64_t> shape, bool per_copy) {
     if (!given) return at::empty({0}, opts);
     if (per_copy) shape.insert(shape.begin(), copies);
@@ -364,13 +312,13 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   const bool mlp = p.mlp;
   bw.dk = make(p.content, {p.B, p.H, p.M, p.Dk}, false);
   bw.dv = make(true, {p.B, p.H, p.M, p.Dv}, false);
-  bw.dt = make(mlp && t.has_value(), {p.B, p.M, p.R}, false);
+  bw.dt = make(mlp && a.t.has_value(), {p.B, p.M, p.R}, false);
   bw.dq = make(p.content, {p.B, p.H, p.N, p.Dk}, true);
-  bw.du = make(mlp && u.has_value(), {p.B, p.N, p.R}, true);
+  bw.du = make(mlp && a.u.has_value(), {p.B, p.N, p.R}, true);
   bw.dW2 = make(mlp, {p.H, p.R}, true);
-  bw.db2 = make(mlp && b2.has_value(), {p.H}, true);
-  bw.dE = make(mlp && offset_table.has_value(), {p.O, p.R}, true);
-  bw.dkw = make(key_weight.has_value(), {p.B, p.M}, true);
+  bw.db2 = make(mlp && a.b2.has_value(), {p.H}, true);
+  bw.dE = make(mlp && a.offset_table.has_value(), {p.O, p.R}, true);
+  bw.dkw = make(a.key_weight.has_value(), {p.B, p.M}, true);
   // the kernels only touch a gradient buffer whose input has elements
   auto ptr = [](const at::Tensor& x) { return x.numel() ? x.data_ptr() : nullptr; };
   bp.dk = ptr(bw.dk);
@@ -386,14 +334,13 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   return bw;
 }
 
-GradTuple Backward::finish(const c10::optional<at::Tensor>& u, const c10::optional<at::Tensor>& t,
-                           const c10::optional<at::Tensor>& key_weight) const {
+GradTuple Backward::finish(const DenseArgs& a) const {
   const FwdParams& p = params.f;
   auto total = [](const at::Tensor& x) { return x.dim() > 1 ? x.sum(0) : x; };
   at::Tensor gdu = total(du), gdt = dt, gkw = total(dkw);
-  if (u.has_value() && du.dim() > 1) gdu = reduce_to(gdu, *u);
-  if (t.has_value() && dt.dim() > 1) gdt = reduce_to(gdt, *t);
-  if (key_weight.has_value() && dkw.dim() > 1) gkw = key_weight_grad(gkw, *key_weight, p.softmax);
+  if (a.u.has_value() && du.dim() > 1) gdu = reduce_to(gdu, *a.u);
+  if (a.t.has_value() && dt.dim() > 1) gdt = reduce_to(gdt, *a.t);
+  if (a.key_weight.has_value() && dkw.dim() > 1) gkw = key_weight_grad(gkw, *a.key_weight, p.softmax);
   return {total(dq), dk, dv, gdu, gdt, total(dW2), total(db2), total(dE), gkw};
 }
 

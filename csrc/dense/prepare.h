@@ -1,4 +1,4 @@
-// Turns the op's arguments into a FwdParams: shape / dtype / device checks
+// Turns the op's arguments (DenseArgs, dense/args.h) into a FwdParams: shape / dtype / device checks
 // (the Python wrapper checks shapes first with friendlier messages; these
 // guard direct torch.ops calls), data checks (NaN or non-integer positions,
 // non-positive weights), and the layouts the kernels read. Shared by the CPU
@@ -15,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "common/grad.h"
+#include "dense/args.h"
 #include "dense/params.h"
 
 namespace itnet {
@@ -25,17 +27,7 @@ struct Prepared {
   std::vector<at::Tensor> keep_alive;  // tensors the params point into
 };
 
-Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
-                 const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                 const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
-                 const c10::optional<at::Tensor>& b2,
-                 const c10::optional<at::Tensor>& offset_table,
-                 const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
-                 const c10::optional<at::Tensor>& key_weight,
-                 const c10::optional<at::Tensor>& key_padding_mask,
-                 const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
-                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool causal, int64_t key_tile, bool backward,
+Prepared prepare(const DenseArgs& a, int64_t key_tile, bool backward,
                  c10::optional<at::ScalarType> aux = c10::nullopt, int64_t n_queries = -1);
 
 
@@ -54,34 +46,11 @@ struct Backward {
   at::Tensor dq, dk, dv, du, dt, dW2, db2, dE, dkw;
   // Gradients in dense_bwd's output order, summed over copies, reduced to
   // the inputs' (possibly batch-broadcast) shapes; empty for absent inputs.
-  GradTuple finish(const c10::optional<at::Tensor>& u, const c10::optional<at::Tensor>& t,
-                   const c10::optional<at::Tensor>& key_weight) const;
+  GradTuple finish(const DenseArgs& a) const;
 };
 
-Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const at::Tensor& out,
-                          const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
-                          const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                          const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& b2,
-                          const c10::optional<at::Tensor>& offset_table,
-                          const c10::optional<at::Tensor>& key_weight, bool softmax,
+Backward prepare_backward(const Prepared& fwd, const GradArgs& g, const DenseArgs& a,
                           int64_t copies);
-
-// FlashAttention's D = rowsum(dO * O) of the softmax backward (B, H, N). A
-// gradient g on the lse output adds P * g to the logit gradient P * (dP - D),
-// i.e. it shifts D by -g.
-at::Tensor softmax_delta(const at::Tensor& grad_out, const at::Tensor& out,
-                         const c10::optional<at::Tensor>& grad_lse);
-
-// Sums a gradient computed at the full batch size over the dims where the
-// input was broadcast (size 1), giving the input's shape.
-at::Tensor reduce_to(const at::Tensor& grad, const at::Tensor& like);
-
-// Shapes, dtypes and devices of the backward's extra inputs: grad_out and out
-// (B, H, N, Dv) in v's dtype, lse and grad_lse (B, H, N) in lse_dtype
-// (softmax mode; float32 for the 16-bit CUDA kernels, v's dtype otherwise).
-void check_grad_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
-                       const c10::optional<at::Tensor>& grad_lse, const at::Tensor& v,
-                       int64_t N, bool softmax, at::ScalarType lse_dtype);
 
 // The key-weight gradient from the kernels' per-key sums (B, M): those are
 // d/d(log w) in softmax mode, d/dw in `none` mode; reduced to key_weight's shape.

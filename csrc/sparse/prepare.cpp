@@ -1,5 +1,6 @@
 #include "sparse/prepare.h"
 
+#include "common/grad.h"
 #include "common/math.h"
 #include "dense/prepare.h"
 
@@ -84,11 +85,12 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
               shape_str(row_ptr));
   const int64_t N = row_ptr.size(1) - 1;
 
-  dense::Prepared kp = dense::prepare(
+  const dense::DenseArgs terms = dense::DenseArgs::from(
       q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, /*key_weight=*/c10::nullopt,
       /*key_padding_mask=*/c10::nullopt, /*attn_mask=*/c10::nullopt, window_lo, window_hi, scale,
-      activation, softmax, /*causal=*/false, /*key_tile=*/0, /*backward=*/false,
-      /*aux=*/c10::nullopt, /*n_queries=*/N);
+      activation, softmax, /*causal=*/false);
+  dense::Prepared kp = dense::prepare(terms, /*key_tile=*/0, /*backward=*/false,
+                                      /*aux=*/c10::nullopt, /*n_queries=*/N);
   Prepared pr;
   pr.keep_alive = std::move(kp.keep_alive);
   SparseParams& p = pr.params;
@@ -141,7 +143,7 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
                           const c10::optional<at::Tensor>& offset_table,
                           const c10::optional<at::Tensor>& log_w, bool softmax, int64_t copies) {
   const dense::FwdParams& p = fwd.params.f;
-  dense::check_grad_inputs(grad_out, out, lse, grad_lse, v, p.N, softmax, v.scalar_type());
+  check_grad_inputs(grad_out, out, lse, grad_lse, v, p.N, softmax, v.scalar_type());
   Backward bw;
   SparseBwdParams& bp = bw.params;
   bp.s = fwd.params;
@@ -152,7 +154,7 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   bp.dout = keep(grad_out.contiguous());
   if (softmax) {
     bp.lse = keep(lse.contiguous());
-    bp.delta = keep(dense::softmax_delta(grad_out, out, grad_lse).contiguous());
+    bp.delta = keep(softmax_delta(grad_out, out, grad_lse).contiguous());
   }
   const auto opts = v.options();
   auto make = [&](bool given, std::vector<int64_t> shape, bool per_copy) {
@@ -195,8 +197,8 @@ GradTuple Backward::finish(const c10::optional<at::Tensor>& u,
                            const c10::optional<at::Tensor>& t) const {
   auto total = [](const at::Tensor& x) { return x.dim() > 1 ? x.sum(0) : x; };
   at::Tensor gdu = du, gdt = total(dt);
-  if (u.has_value() && du.dim() > 1) gdu = dense::reduce_to(gdu, *u);
-  if (t.has_value() && dt.dim() > 1) gdt = dense::reduce_to(gdt, *t);
+  if (u.has_value() && du.dim() > 1) gdu = reduce_to(gdu, *u);
+  if (t.has_value() && dt.dim() > 1) gdt = reduce_to(gdt, *t);
   at::Tensor gdk = total(dk), gdv = total(dv);
   if (key_major) {  // (B, M, H, D) -> the inputs' (B, H, M, D), contiguous
     if (gdk.dim() == 4) gdk = gdk.transpose(1, 2).contiguous();

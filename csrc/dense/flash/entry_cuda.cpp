@@ -116,7 +116,7 @@ bool flash_bwd_supported(const DenseArgs& a) { return supported(a, true); }
 
 std::tuple<at::Tensor, at::Tensor> flash_dense_fwd(const DenseArgs& a) {
   const DenseArgs at_ = tiled(a);
-  Prepared pr = at_.prepare(/*backward=*/false, at::kFloat);
+  Prepared pr = prepare(at_, /*key_tile=*/0, /*backward=*/false, at::kFloat);
   FwdParams& p = pr.params;
   const auto f32 = a.v.options().dtype(at::kFloat);
   at::Tensor out = at::empty({p.B, p.H, p.N, p.Dv}, a.v.options());
@@ -129,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> flash_dense_fwd(const DenseArgs& a) {
 
 GradTuple flash_dense_bwd(const GradArgs& g, const DenseArgs& a) {
   const DenseArgs at_ = tiled(a);
-  Prepared pr = at_.prepare(/*backward=*/true, at::kFloat);
+  Prepared pr = prepare(at_, /*key_tile=*/0, /*backward=*/true, at::kFloat);
   const FwdParams& p = pr.params;
   check_grad_inputs(g.grad_out, g.out, g.lse, g.grad_lse, a.v, p.N, a.softmax, at::kFloat);
   const bool mlp = p.mlp;
