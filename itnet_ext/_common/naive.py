@@ -1,24 +1,35 @@
-"""Pieces shared by the reference oracles: the kernel MLP's activations, the per-pair
-logit terms, the masked softmax and the query-chunk runner."""
+"""Pieces shared by the strategies' float64 oracles (their naive.py): the pair MLP's
+activations, the per-pair logit terms, the masked softmax and the query-chunk runner."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .names import ACTIVATIONS
+
 # Upper bound on B * chunk * M * (H + R) elements per chunk (~256 MB of float32
 # for the largest per-chunk tensor).  ``chunk_size`` is further capped by it.
 _ELEMENT_BUDGET = 1 << 26
 
 
+# The pair-MLP activations' PyTorch formulas (the oracle side of csrc/common/activation.h),
+# by their names in the kernels' table.
+ACTIVATION_FORMULAS = {
+    "relu": F.relu,
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+if set(ACTIVATION_FORMULAS) != set(ACTIVATIONS):
+    raise ImportError(f"itnet_ext: the kernels' activations {ACTIVATIONS} and the oracle's "
+                      f"{tuple(ACTIVATION_FORMULAS)} differ: the compiled library does not match "
+                      f"this Python package (rebuild it)")
+
+
 def _activation(name):
-    if name == "relu":
-        return F.relu
-    if name == "gelu":
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "silu":
-        return F.silu
-    raise ValueError(f"activation: unknown {name!r}")
+    if name not in ACTIVATION_FORMULAS:
+        raise ValueError(f"activation: unknown {name!r}")
+    return ACTIVATION_FORMULAS[name]
 
 
 def _offset_rows(off, lo, sizes, strides):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import check_inputs
-from ._common import (_ELEMENT_BUDGET, _activation, _masked_softmax, _mlp_logits,
+from .._common.kernel_args import check_inputs
+from .._common.naive import (_ELEMENT_BUDGET, _activation, _masked_softmax, _mlp_logits,
                       _offset_rows, _run_chunks)
 
 

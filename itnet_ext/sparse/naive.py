@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (_ELEMENT_BUDGET, _activation, _masked_softmax, _mlp_logits,
+from .validate import check_sparse_inputs
+from .._common.naive import (_ELEMENT_BUDGET, _activation, _masked_softmax, _mlp_logits,
                       _offset_rows, _run_chunks)
 
 
@@ -50,7 +51,7 @@ def sparse_integral_transform(
 
     The pairs are given padded (``idx`` (B, N, S), ``log_w`` (B, N, S), -inf = absent) or as
     CSR (``row_ptr`` (B, N + 1), ``col_idx`` (B, E), ``log_w`` (B, E)); see
-    ``itnet_ext._validate_sparse`` for the layouts. The kernel arguments are those of
+    ``itnet_ext.sparse.validate`` for the layouts. The kernel arguments are those of
     :func:`integral_transform`; the pair list replaces causal / masks / key_weight (fold a
     key weight w_j into log_w as log w_j). For the pairs s of query i (keys j_s, logits
     l_h(i, j_s) exactly as the dense op's):
@@ -70,8 +71,6 @@ def sparse_integral_transform(
     computation dtype. Queries are processed in chunks (checkpointed when gradients are
     needed), as in the dense reference.
     """
-    from .._validate_sparse import check_sparse_inputs
-
     sp = check_sparse_inputs(
         q, k, v, idx=idx, log_w=log_w, row_ptr=row_ptr, col_idx=col_idx, u=u, t=t, W2=W2,
         b2=b2, activation=activation, offset_table=offset_table, q_pos=q_pos, k_pos=k_pos,
