@@ -139,3 +139,30 @@ def test_public_paths_still_import():
     assert feature_maps.PositiveRandomFeatures is itnet_ext.lowrank.feature_maps.PositiveRandomFeatures
     assert itnet_ext.IntegralTransform.from_conv1d(__import__("torch").nn.Conv1d(2, 3, 3)) \
         is not None
+
+
+def _params(fn, drop=()):
+    import inspect
+
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()
+            if p.name not in drop]
+
+
+@pytest.mark.parametrize("name", ["integral_transform", "sparse_integral_transform",
+                                  "lowrank_integral_transform", "decay_scan"])
+def test_fused_entry_and_oracle_take_the_same_arguments(name):
+    """Each op's argument list is spelled once per side: the fused entry and its oracle must
+    agree on every name, kind and default (the oracle adds only its own evaluation choice,
+    chunk_size), and the dense / sparse argument checks take exactly those arguments (they
+    are called with the entry's locals())."""
+    from itnet_ext import functional, reference
+    from itnet_ext._common.kernel_args import check_inputs
+    from itnet_ext.sparse.validate import check_sparse_inputs
+
+    fused, oracle = getattr(functional, name), getattr(reference, name)
+    extra = {"decay_scan": ("stable",)}.get(name, ())  # a fused-only guard (a value check)
+    assert _params(fused, drop=extra) == _params(oracle, drop=("chunk_size",))
+    check = {"integral_transform": check_inputs,
+             "sparse_integral_transform": check_sparse_inputs}.get(name)
+    if check is not None:
+        assert _params(check, drop=("check_values", "n_queries")) == _params(fused)

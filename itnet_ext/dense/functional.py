@@ -61,14 +61,9 @@ def integral_transform(
     Returns:
         out (B, H, N, Dv), or (out, lse). A query with an empty support gives 0.
     """
-    prob = check_inputs(
-        q, k, v, u=u, t=t, W2=W2, b2=b2, activation=activation, offset_table=offset_table,
-        q_pos=q_pos, k_pos=k_pos, normalize=normalize, key_weight=key_weight, causal=causal,
-        window=window, key_padding_mask=key_padding_mask, attn_mask=attn_mask, scale=scale,
-        return_lse=return_lse,
-        # data-dependent checks need a host sync; under torch.compile the op
-        # itself performs them
-        check_values=not torch.compiler.is_compiling())
+    # the arguments by name, as check_inputs takes them (one spelling of the list: the signature)
+    # data-dependent checks need a host sync; under torch.compile the op itself performs them
+    prob = check_inputs(**locals(), check_values=not torch.compiler.is_compiling())
     if attn_mask is not None and attn_mask.requires_grad:
         raise ValueError("attn_mask: gradients w.r.t. the attention mask are not supported by "
                          "the fused op; pass attn_mask.detach() or use itnet_ext.reference")

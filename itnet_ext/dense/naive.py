@@ -25,11 +25,9 @@ def integral_transform(
     chunk_size=1024,
 ):
     """Reference ``integral_transform``; see spec / DESIGN.md section 1."""
-    p = check_inputs(
-        q, k, v, u=u, t=t, W2=W2, b2=b2, activation=activation, offset_table=offset_table,
-        q_pos=q_pos, k_pos=k_pos, normalize=normalize, key_weight=key_weight, causal=causal,
-        window=window, key_padding_mask=key_padding_mask, attn_mask=attn_mask, scale=scale,
-        return_lse=return_lse)
+    kw = dict(locals())  # the arguments by name (one spelling of the list: the signature)
+    del kw["chunk_size"]  # the oracle's own evaluation choice
+    p = check_inputs(**kw)
     check_chunk_size(chunk_size)
 
     B, H, N, M, Dv = p.B, p.H, p.N, p.M, p.Dv

@@ -55,11 +55,9 @@ def sparse_integral_transform(
     per-thread buffers (no races, deterministic for a given thread count); the CUDA backward
     uses atomics (see the CUDA entry for its deterministic mode).
     """
-    sp = check_sparse_inputs(
-        q, k, v, idx=idx, log_w=log_w, row_ptr=row_ptr, col_idx=col_idx, u=u, t=t, W2=W2, b2=b2,
-        activation=activation, offset_table=offset_table, q_pos=q_pos, k_pos=k_pos,
-        window=window, normalize=normalize, scale=scale, return_lse=return_lse,
-        check_values=not torch.compiler.is_compiling())
+    # the arguments by name (one spelling of the list: the signature); the data-dependent
+    # checks need a host sync, under torch.compile the op itself performs them
+    sp = check_sparse_inputs(**locals(), check_values=not torch.compiler.is_compiling())
     prob = sp.kernel
     if sp.form == "padded":
         B, N, S = idx.shape

@@ -71,10 +71,9 @@ def sparse_integral_transform(
     computation dtype. Queries are processed in chunks (checkpointed when gradients are
     needed), as in the dense reference.
     """
-    sp = check_sparse_inputs(
-        q, k, v, idx=idx, log_w=log_w, row_ptr=row_ptr, col_idx=col_idx, u=u, t=t, W2=W2,
-        b2=b2, activation=activation, offset_table=offset_table, q_pos=q_pos, k_pos=k_pos,
-        window=window, normalize=normalize, scale=scale, return_lse=return_lse)
+    kw = dict(locals())  # the arguments by name (one spelling of the list: the signature)
+    del kw["chunk_size"]  # the oracle's own evaluation choice
+    sp = check_sparse_inputs(**kw)
     check_chunk_size(chunk_size)
     p = sp.kernel
     B, H, N, M, Dv = p.B, p.H, p.N, p.M, p.Dv
