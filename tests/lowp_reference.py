@@ -14,7 +14,7 @@ tests/test_lowp_reference.py checks that in float64 it equals the oracle.
 import torch
 import torch.nn.functional as F
 
-from itnet_ext._validate import check_inputs
+from itnet_ext._common.kernel_args import check_inputs
 
 _ACT = {"relu": F.relu, "gelu": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
 

@@ -8,7 +8,7 @@ import zlib
 import torch
 
 from itnet_ext import reference
-from itnet_ext._validate import normalize_window
+from itnet_ext._common.checks import normalize_window
 
 from conftest import diff_inputs, make_problem, rel_err, run_with_grads, with_grad
 

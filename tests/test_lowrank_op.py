@@ -20,7 +20,7 @@ import torch.nn.functional as TF
 import itnet_ext  # noqa: F401  (registers torch.ops.itnet)
 from itnet_ext import functional, reference
 from itnet_ext.nn.feature_maps import PositiveRandomFeatures
-from itnet_ext.ops.lowrank import STABILIZE_ROW, STABILIZE_SLICE
+from itnet_ext.lowrank.op import STABILIZE_ROW, STABILIZE_SLICE
 
 from lowrank_helpers import (DEFAULT_THREADS, F32, F64, MAPS, POSITIVE, compare, make_maps,
                              one_thread, out_and_grads, prf, qkv, rel)  # noqa: F401 (fixture)

@@ -204,7 +204,7 @@ def test_prune_keeps_tied_tiles_whole():
     # smaller index, so the end-to-end tie tests cannot see a missing guard): check directly
     # that a tile tied at the K-th distance is passed on whole, and an untied one is cut to
     # its K nearest in index order.
-    from itnet_ext.nn.neighbors import _prune
+    from itnet_ext.sparse.neighbors import _prune
     j = torch.arange(10, 14).expand(2, -1)
     tied = torch.tensor([[1.0, 0.0, 1.0, 1.0], [3.0, 2.0, 1.0, 0.0]])
     d2, jj = _prune(tied, j, 2, drop_inf=False)

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from itnet_ext._validate import check_inputs, normalize_window, offset_layout
+from itnet_ext._common.checks import normalize_window, offset_layout
+from itnet_ext._common.kernel_args import check_inputs
 from itnet_ext.reference import integral_transform
 
 f64 = torch.float64

@@ -512,7 +512,7 @@ def test_gradcheck_cuda(normalize):
 
 def _op_args(kw):
     """Positional arguments of torch.ops.itnet.sparse_fwd for a CSR problem."""
-    from itnet_ext._validate import normalize_window
+    from itnet_ext._common.checks import normalize_window
     win = kw.get("window")
     if win is None:
         lo, hi = [], []

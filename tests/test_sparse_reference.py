@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from itnet_ext import reference
-from itnet_ext._validate_sparse import check_sparse_inputs
+from itnet_ext.sparse.validate import check_sparse_inputs
 
 from conftest import diff_inputs, make_problem, rel_err, run_with_grads, with_grad
 

@@ -123,7 +123,7 @@ def unavailable_reason(device=None):
         return ("no CUDA device is available (torch.cuda.is_available() is False; torch "
                 f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
     try:
-        from .. import ops  # noqa: F401  (loads the extension)
+        from .. import _C  # noqa: F401  (loads the extension)
         compiled = bool(torch.ops.itnet.cuda_kernels_compiled())
     except Exception as e:  # pragma: no cover - depends on the build
         return f"itnet_ext could not be loaded: {type(e).__name__}: {e}"

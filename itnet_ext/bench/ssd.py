@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .._validate_scan import check_scan_inputs
+from ..scan.validate import check_scan_inputs
 
 __all__ = ["auto_chunk", "ssd_chunked"]
 

@@ -44,6 +44,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._common.layer_inputs import batch_first_inputs, key_masks
+from .._common.naive import _activation, _mlp_logits
+from .evaluator import features as _features
+
 __all__ = ["fit", "LowRankFitReport"]
 
 
@@ -128,8 +132,6 @@ class _Progress:
 # --------------------------------------------------------------------------------------------
 def _dense_logits(layer, q_in: Tensor, k_in: Tensor, p_q: Tensor, p_k: Tensor) -> Tensor:
     """l_h(i, j) (B, H, N, M) of the dense layer (content term + pair MLP), batch-first inputs."""
-    from ..reference._common import _activation, _mlp_logits
-
     B, N, _ = q_in.shape
     M = k_in.shape[1]
     l = q_in.new_zeros(B, layer.num_heads, N, M)
@@ -218,9 +220,6 @@ def _split(kw: dict, layer, idx: Tensor) -> dict:
 
 def _prepare(layer, kw: dict):
     """Batch-first tensors, positions, padding and the dense logits of a set of inputs."""
-    from ..nn import _sparse_layer as _sparse
-    from ..nn._inputs import batch_first_inputs
-
     query = kw["query"]
     key = kw.get("key")
     self_attention = key is None or key is query
@@ -230,7 +229,7 @@ def _prepare(layer, kw: dict):
     q_in, k_in, v_in, _ = batch_first_inputs(layer, query, key, value)
     B, N, _ = q_in.shape
     M = k_in.shape[1]
-    padding, key_bias = _sparse.key_masks(kw.get("key_padding_mask"), B, M, True, q_in.dtype)
+    padding, key_bias = key_masks(kw.get("key_padding_mask"), B, M, True, q_in.dtype)
     if key_bias is not None:
         raise ValueError("sample_inputs: key_padding_mask must be bool (or float 0 / -inf)")
     qp, kp = kw.get("query_pos"), kw.get("key_pos")
@@ -246,18 +245,16 @@ def _prepare(layer, kw: dict):
 
 def _kernel_rel_error(lr_layer, data: dict, softmax: bool) -> float:
     with torch.no_grad():
-        phi, psi = lr_layer._lowrank_features(data["q_in"], data["k_in"], data["p_q"],
-                                              data["p_k"], data["padding"])
+        phi, psi = _features(lr_layer, data["q_in"], data["k_in"], data["p_q"], data["p_k"],
+                             data["padding"])
         tgt = _target(data["logits"], data["support"], softmax)
         app = _approx(phi, psi, data["support"], softmax)
         return float(torch.linalg.vector_norm(app - tgt) / torch.linalg.vector_norm(tgt))
 
 
 def _forward(layer, kw: dict) -> Tensor:
-    from ..nn.transform import IntegralTransform
-
     args = {k: v for k, v in kw.items() if k not in ("query", "key", "value")}
-    return IntegralTransform.forward(layer, kw["query"], kw.get("key"), kw.get("value"), **args)
+    return layer(kw["query"], kw.get("key"), kw.get("value"), **args)
 
 
 def _nystrom_init(layer, data: dict, L: Tensor, softmax: bool) -> None:
@@ -327,10 +324,9 @@ def fit(dense_layer, sample_inputs, rank: int, steps: int, *, lr: float = 1e-2,
         q/k / pair MLP kept, unused, see the class doc) plus the fitted feature maps, in
         training mode as the dense layer; and a :class:`LowRankFitReport`.
     """
-    from ..nn.transform import IntegralTransform
-
     # ---- arguments ----------------------------------------------------------------------------
-    if not isinstance(dense_layer, IntegralTransform):
+    # duck-typed: this package sits below itnet_ext.nn and does not import the layer
+    if not callable(getattr(dense_layer, "_lowrank_twin", None)):
         raise ValueError(f"dense_layer: expected an IntegralTransform, got "
                          f"{type(dense_layer).__name__}")
     if dense_layer.window is not None or dense_layer.offset_table is not None:
@@ -373,17 +369,7 @@ def fit(dense_layer, sample_inputs, rank: int, steps: int, *, lr: float = 1e-2,
 
     # ---- the low-rank layer -------------------------------------------------------------------
     ref = dense_layer.out_proj.weight
-    lr_layer = IntegralTransform(
-        dense_layer.embed_dim, dense_layer.num_heads, kernel_hidden=dense_layer.kernel_hidden,
-        content=dense_layer.content, activation=dense_layer.activation,
-        normalize=dense_layer.normalize, causal=dense_layer.causal, pos_dim=dense_layer.pos_dim,
-        relative_positions=dense_layer.relative_positions,
-        bias=dense_layer.out_proj.bias is not None, kdim=dense_layer.kdim,
-        vdim=dense_layer.vdim, batch_first=dense_layer.batch_first, device=ref.device,
-        dtype=ref.dtype, method="lowrank", rank=rank, lowrank_hidden=hidden)
-    res = lr_layer.load_state_dict(dense_layer.state_dict(), strict=False)
-    assert not res.unexpected_keys and all(k.startswith("lowrank_") for k in res.missing_keys)
-    lr_layer.train(dense_layer.training)
+    lr_layer = dense_layer._lowrank_twin(rank, hidden)
     feat_params = list(lr_layer.lowrank_phi.parameters()) + list(lr_layer.lowrank_psi.parameters())
     if generator is not None:
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
@@ -442,9 +428,9 @@ def fit(dense_layer, sample_inputs, rank: int, steps: int, *, lr: float = 1e-2,
             for _ in range(steps):
                 idx = torch.randperm(N, generator=generator)[:rows].to(ref.device)
                 with torch.enable_grad():
-                    phi, psi = lr_layer._lowrank_features(
-                        train["q_in"][:, idx],
-                        train["k_in"], train["p_q"][:, idx], train["p_k"], train["padding"])
+                    phi, psi = _features(
+                        lr_layer, train["q_in"][:, idx], train["k_in"], train["p_q"][:, idx],
+                        train["p_k"], train["padding"])
                     sup = train["support"][:, :, idx]
                     tgt = target[:, :, idx]
                     app = _approx(phi, psi, sup, softmax)

@@ -19,8 +19,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import functional as _functional
-from ._inputs import batch_first_inputs, convert_masks
+from .._common.layer_inputs import batch_first_inputs, convert_masks
+from ..dense import functional as _functional
 from .transform import IntegralTransform
 
 __all__ = [
@@ -416,3 +416,11 @@ def from_conv1d(conv: nn.Conv1d) -> IntegralConv1d:
 def from_conv2d(conv: nn.Conv2d) -> IntegralConv2d:
     """Build an :class:`IntegralConv2d` with ``conv``'s configuration and (copied) weights."""
     return _from_conv(conv, nn.Conv2d, IntegralConv2d)
+
+
+# IntegralTransform.from_* are the converters above. They are attached here rather than imported
+# by transform.py: the converters build on the layer, so the layer's module cannot import them
+# without a cycle (importing itnet_ext.nn, or any of its modules, runs this).
+IntegralTransform.from_multihead_attention = staticmethod(from_multihead_attention)
+IntegralTransform.from_conv1d = staticmethod(from_conv1d)
+IntegralTransform.from_conv2d = staticmethod(from_conv2d)

@@ -10,32 +10,53 @@ with the logit ``l_h(i, j)`` the sum of the enabled terms
     MLP term       sum_r W2[h, r] act(u_{i,r} + t_{j,r} + E[o(i, j), r]) + b2[h]
 
 ``u_i = A [f_i; p_i] + b1`` and ``t_j = B [f_j; p_j]`` are the first layer of
-the pair MLP split by linearity (see ``shared/DESIGN.md`` section 1). The
-projections live here; the per-pair work is done by
-:func:`itnet_ext.functional.integral_transform` (``method="dense"``) or
-:func:`itnet_ext.functional.sparse_integral_transform` (``"sampled"``,
-``"neighbors"``; the pair lists are built in ``_sparse_layer``) or
-:func:`itnet_ext.functional.lowrank_integral_transform` (``"lowrank"``), all looked up at
-call time, so the reference / fused backends are interchangeable.
+the pair MLP split by linearity (docs/design.md section 1). The parameters and
+projections live here; the evaluation is the strategy's evaluator, chosen by
+``method``: :mod:`itnet_ext.dense.evaluator` (``"dense"``),
+:mod:`itnet_ext.sparse.evaluator` (``"sampled"``, ``"neighbors"``: it builds the pair
+lists) or :mod:`itnet_ext.lowrank.evaluator` (``"lowrank"``). Each calls its fused op
+looked up at call time, so the reference / fused backends are interchangeable.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
-from .. import functional as _functional
-from .._validate import ACTIVATIONS, NORMALIZATIONS, offset_layout
-from . import _sparse_layer as _sparse
-from ._inputs import batch_first_inputs, convert_masks, layer_window
+from .._common.checks import NORMALIZATIONS, offset_layout
+from .._common.layer_inputs import batch_first_inputs, layer_positions, layer_window
+from .._common.names import ACTIVATIONS
+from ..dense import evaluator as _dense
+from ..lowrank import evaluator as _lowrank
+from ..lowrank.feature_mlp import FeatureMLP
+from ..sparse import evaluator as _sparse
 
 __all__ = ["IntegralTransform"]
 
 
 _KEEP = object()  # evaluate_with: "leave this setting as it is"
+
+# method -> the strategy's evaluator: forward(layer, query, key, value, ...) gives the heads
+_EVALUATORS = {"dense": _dense, "sampled": _sparse, "neighbors": _sparse, "lowrank": _lowrank}
+
+
+class KernelInputs(NamedTuple):
+    """What the dense and sparse evaluations feed their op: q, k (None without the content
+    term), v (B, H, L, Dh); u (B, N, R), t (B, M, R) of the pair MLP (None without it); the
+    positions p_q, p_k (None when nothing needs them) and q_pos, k_pos: the same, passed to
+    the op only when a window or an offset table reads them."""
+    q: Optional[Tensor]
+    k: Optional[Tensor]
+    v: Tensor
+    u: Optional[Tensor]
+    t: Optional[Tensor]
+    p_q: Optional[Tensor]
+    p_k: Optional[Tensor]
+    q_pos: Optional[Tensor]
+    k_pos: Optional[Tensor]
 
 
 def _setting(name: str, doc: str) -> property:
@@ -99,12 +120,8 @@ class IntegralTransform(nn.Module):
         near_window: the ``"stratified"`` proposal's exact near field, in the forms of
             ``window`` (offsets ``p_j - p_i``); it splits the support, it does not restrict it.
 
-    Estimators (``method="sampled"``): with draws j_1..j_S ~ q(. | i),
-    ``normalize="none"`` gives the unbiased (1/S) sum_s l(i, j_s) v_{j_s} / q(j_s | i), i.e.
-    per-pair log-weight -log q - log S; ``"softmax"`` the self-normalized
-    sum_s rho_s v_{j_s} / sum_s rho_s with rho_s = exp(l(i, j_s)) / q(j_s | i) (consistent,
-    bias O(1/S)). Gradients are pathwise (through kernel values and values, not through the
-    draws). A query with an empty support outputs ``out_proj.bias`` as in the dense method.
+    Estimators (``method="sampled"``: unbiased for ``"none"``, self-normalized for
+    ``"softmax"``, pathwise gradients): see :mod:`itnet_ext.sparse.evaluator`.
 
     Switching the method of a trained layer: the methods add no parameters or buffers, so a
     state dict moves freely between layers that differ only in these settings, and
@@ -114,33 +131,11 @@ class IntegralTransform(nn.Module):
     ``evaluate_with`` with that one setting (checked against the others). They are
     configuration, like ``batch_first``, and are not part of the state dict.
 
-    Low-rank factorization (``method="lowrank"``, DESIGN section 2): the kernel is
-    a_h(i, j) ∝ phi_i^h . psi_j^h with learned feature maps phi = ``lowrank_phi([f_i; p_i])``
-    and psi = ``lowrank_psi([f_j; p_j])`` (:class:`itnet_ext.lowrank.FeatureMLP`: one hidden
-    layer plus a linear skip, ``rank`` features per head, hidden width ``lowrank_hidden``,
-    default max(32, 2 rank)). ``normalize="softmax"``: positive features exp(z - c) with a
-    detached stabilizer that cancels, y_i = sum_j (phi_i.psi_j) v_j / sum_j phi_i.psi_j;
-    ``"none"``: features of any sign, y_i = sum_j (phi_i.psi_j) v_j. Cost O((N + M) rank Dh).
-    Honors ``causal`` / ``is_causal`` (j <= i, prefix sums) and a bool ``key_padding_mask``
-    (psi of padded keys = 0; a float mask only with 0 / -inf entries). ``window`` and
-    ``offset_embedding`` are rejected at construction, ``attn_mask`` in forward (ValueError).
-    Evaluated by the fused :func:`itnet_ext.functional.lowrank_integral_transform` (looked
-    up at call time) on the learned features with the identity map. The features are
-    exponentials of MLP outputs: in float32 keep positions at a moderate scale (e.g. in
-    [0, 1), not raw indices up to N), or the features span more e-folds than float32 holds
-    and rows lose their support (measured at N = 3000 with integer positions: 0.5 relative
-    error against float64, 2.5e-7 with positions in [0, 1)). The value and output projections are the
-    layer's usual ones; the q/k projections and the pair MLP are still built (same names and
-    shapes as the dense layer) but unused by the low-rank forward (no gradient reaches them;
-    ``evaluate_with(method="dense")`` evaluates them exactly, e.g. the teacher kept by
-    :func:`itnet_ext.lowrank.fit`, and ``evaluate_with(method="lowrank")`` switches back).
-    State dicts: a low-rank layer holds every key of the dense layer with the same
-    configuration plus ``lowrank_phi.*`` / ``lowrank_psi.*``. So
-    ``lowrank.load_state_dict(dense.state_dict(), strict=False)`` loads all shared
-    parameters and reports exactly the ``lowrank_*`` keys as missing, and
-    ``dense.load_state_dict(lowrank.state_dict(), strict=False)`` reports exactly them as
-    unexpected; strict loading between the two fails (as for any architecture change).
-    With DDP, freeze the unused dense parameters or pass ``find_unused_parameters=True``.
+    Low-rank factorization (``method="lowrank"``): learned feature maps ``lowrank_phi`` /
+    ``lowrank_psi`` (:class:`itnet_ext.lowrank.FeatureMLP`, ``rank`` features per head,
+    hidden width ``lowrank_hidden``, default max(32, 2 rank)); the kernel, its supports, the
+    state-dict relation to a dense layer and the float32 position scale are described in
+    :mod:`itnet_ext.lowrank.evaluator`.
 
     Parameters (names as in ``nn.MultiheadAttention`` so state dicts are exchangeable):
     ``in_proj_weight`` / ``in_proj_bias`` (or ``q_proj_weight``, ``k_proj_weight``,
@@ -223,21 +218,7 @@ class IntegralTransform(nn.Module):
         if relative_positions and kernel_hidden == 0:
             raise ValueError("relative_positions=True needs the MLP term (kernel_hidden > 0)")
         lowrank = method == "lowrank"
-        if lowrank:
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-                raise ValueError(f"rank must be a positive int (features per head) with "
-                                 f"method='lowrank', got {rank!r}")
-            if lowrank_hidden is not None and (isinstance(lowrank_hidden, bool) or not isinstance(
-                    lowrank_hidden, int) or lowrank_hidden < 1):
-                raise ValueError(f"lowrank_hidden must be None or a positive int, got {lowrank_hidden!r}")
-            if offset_embedding:
-                raise ValueError("offset_embedding is not supported by method='lowrank'")
-            if window is not None:
-                raise ValueError("window is not supported by method='lowrank' (the factorized "
-                                 "kernel has global support); use method='dense' or 'sampled'")
-        elif rank is not None or lowrank_hidden is not None:
-            raise ValueError(f"rank / lowrank_hidden are only used by method='lowrank' (got "
-                             f"method={method!r})")
+        _lowrank.check_config(lowrank, rank, lowrank_hidden, offset_embedding, window, method)
         self._method, self._samples, self._proposal, self._sigma, self._near_window = \
             _sparse.check_method_config("dense" if lowrank else method, samples, proposal, sigma,
                                         near_window, pos_dim)
@@ -311,8 +292,6 @@ class IntegralTransform(nn.Module):
 
         # --- learned low-rank feature maps (method="lowrank") ---
         if lowrank:
-            from ..lowrank.feature_mlp import FeatureMLP
-
             hid = lowrank_hidden if lowrank_hidden is not None else max(32, 2 * rank)
             self.rank = rank
             self.lowrank_phi = FeatureMLP(E, D, num_heads, rank, hid, **factory_kwargs)
@@ -427,30 +406,6 @@ class IntegralTransform(nn.Module):
         return s
 
     # ----------------------------------------------------------------------------------
-    # converters (implemented in convert.py)
-    # ----------------------------------------------------------------------------------
-    @staticmethod
-    def from_multihead_attention(mha: nn.MultiheadAttention):
-        """An :class:`IntegralMultiheadAttention` reproducing ``mha`` exactly (same call convention)."""
-        from .convert import from_multihead_attention
-
-        return from_multihead_attention(mha)
-
-    @staticmethod
-    def from_conv1d(conv: nn.Conv1d):
-        """An :class:`IntegralConv1d` reproducing ``conv`` exactly (same call convention)."""
-        from .convert import from_conv1d
-
-        return from_conv1d(conv)
-
-    @staticmethod
-    def from_conv2d(conv: nn.Conv2d):
-        """An :class:`IntegralConv2d` reproducing ``conv`` exactly (same call convention)."""
-        from .convert import from_conv2d
-
-        return from_conv2d(conv)
-
-    # ----------------------------------------------------------------------------------
     # building blocks
     # ----------------------------------------------------------------------------------
     def _in_projection(self, query: Tensor, key: Tensor, value: Tensor):
@@ -477,34 +432,7 @@ class IntegralTransform(nn.Module):
         return (None if q is None else heads(q)), (None if k is None else heads(k)), heads(v)
 
     def _positions(self, pos: Optional[Tensor], name: str, batch: int, length: int, like: Tensor) -> Tensor:
-        D = self.pos_dim
-        if pos is None:
-            if D != 1:
-                raise ValueError(
-                    f"{name} is required when pos_dim={D} > 1 (the default is the integer index, 1-D only)"
-                )
-            return torch.arange(length, device=like.device, dtype=self._pos_dtype(like)).view(1, length, 1)
-        if not isinstance(pos, Tensor):
-            raise ValueError(f"{name} must be a tensor of shape (B or 1, {length}, {D})")
-        p = pos
-        if p.dim() == 1 and D == 1:
-            p = p.view(1, -1, 1)
-        elif p.dim() == 2:
-            p = p.unsqueeze(0)
-        if p.dim() != 3 or p.shape[1] != length or p.shape[2] != D or p.shape[0] not in (1, batch):
-            raise ValueError(
-                f"{name} must have shape (B or 1, {length}, {D}) = (batch or 1, length, pos_dim) "
-                f"(always batch-first), got {tuple(pos.shape)}"
-            )
-        if p.device != like.device:
-            raise ValueError(f"{name} is on {p.device} but the input is on {like.device}")
-        return p.to(self._pos_dtype(like))
-
-    @staticmethod
-    def _pos_dtype(like: Tensor) -> torch.dtype:
-        # at least float32: float16 / bfloat16 cannot hold integer positions past 2048 / 256,
-        # and windows / offset tables compare them exactly
-        return torch.promote_types(like.dtype, torch.float32)
+        return layer_positions(pos, name, batch, length, like, self.pos_dim)
 
     def _mlp_inputs(self, query: Tensor, key: Tensor, p_q: Tensor, p_k: Tensor):
         """u (B, N, R) and t (B, M, R) of the pair MLP."""
@@ -519,135 +447,6 @@ class IntegralTransform(nn.Module):
         t = TF.linear(key, B_f) + TF.linear(p_k.to(key.dtype), B_p)
         return u, t
 
-    def _transform(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        *,
-        query_pos: Optional[Tensor],
-        key_pos: Optional[Tensor],
-        self_attention: bool,
-        key_padding_mask: Optional[Tensor],
-        attn_mask: Optional[Tensor],
-        causal: bool,
-        projected=None,
-        sparse: Optional[dict] = None,
-    ) -> Tensor:
-        """Core on batch-first (B, L, C) tensors; masks already in the functional's convention.
-
-        ``sparse`` (methods "sampled" / "neighbors"): the forward's ``generator``,
-        ``neighbors``, ``key_scores``, ``is_batched`` and ``key_bias`` (a float
-        key_padding_mask's finite part, (B, M)); ``attn_mask`` must then be None (the
-        padding is in ``key_padding_mask``). Returns the head outputs (B, H, N, Dh).
-        """
-        B, N, _ = query.shape
-        M = key.shape[1]
-        sparse_method = self._method != "dense"
-        if sparse_method and attn_mask is not None:
-            raise ValueError(
-                f"attn_mask is not supported by method={self._method!r} (nor a float "
-                "key_padding_mask folded into it); use causal / is_causal, window, a bool "
-                "key_padding_mask, or method='dense'")
-        q, k, v = self._in_projection(query, key, value) if projected is None else projected
-        need_pos = self.kernel_hidden > 0 or self.window is not None or self.offset_table is not None
-        # the sampler needs the positions for a window, a local or stratified proposal
-        sampler_pos = self._method == "sampled" and (
-            self.window is not None or self._proposal in ("local", "stratified"))
-        default_pos = query_pos is None and key_pos is None
-        p_q = p_k = None
-        if need_pos or sampler_pos:
-            p_q = self._positions(query_pos, "query_pos", B, N, query)
-            if key_pos is None and self_attention and query_pos is not None:
-                p_k = p_q
-            else:
-                p_k = self._positions(key_pos, "key_pos", B, M, query)
-        u = t = None
-        if self.kernel_hidden > 0:
-            u, t = self._mlp_inputs(query, key, p_q, p_k)
-        use_pos = self.window is not None or self.offset_table is not None
-        if sparse_method:
-            pairs = self._pairs(
-                dict(sparse or {}), B=B, N=N, M=M, causal=causal, key_padding_mask=key_padding_mask,
-                p_q=None if default_pos else p_q, p_k=None if default_pos else p_k, v=v)
-            return _functional.sparse_integral_transform(
-                q,
-                k,
-                v,
-                **pairs,
-                u=u,
-                t=t,
-                W2=self.kernel_W2,
-                b2=self.kernel_b2,
-                activation=self.activation,
-                offset_table=self.offset_table,
-                q_pos=p_q if use_pos else None,
-                k_pos=p_k if use_pos else None,
-                window=self.window,
-                normalize=self.normalize,
-            )
-        return _functional.integral_transform(
-            q,
-            k,
-            v,
-            u=u,
-            t=t,
-            W2=self.kernel_W2,
-            b2=self.kernel_b2,
-            activation=self.activation,
-            offset_table=self.offset_table,
-            q_pos=p_q if use_pos else None,
-            k_pos=p_k if use_pos else None,
-            normalize=self.normalize,
-            causal=causal,
-            window=self.window,
-            key_padding_mask=key_padding_mask,
-            attn_mask=attn_mask,
-        )
-
-    def _pairs(self, sparse: dict, *, B, N, M, causal, key_padding_mask, p_q, p_k, v) -> dict:
-        """The pair-list arguments of the sparse op for the current method."""
-        generator = sparse.get("generator")
-        neighbors = sparse.get("neighbors")
-        key_scores = sparse.get("key_scores")
-        is_batched = sparse.get("is_batched", True)
-        key_bias = sparse.get("key_bias")
-        if key_bias is not None and self.normalize == "none":
-            raise ValueError(
-                "key_padding_mask: a float (additive) mask with finite non-zero entries is not "
-                "supported by the sparse methods with normalize='none' (only 0 / -inf); pass a "
-                "bool mask")
-        if self._method == "neighbors":
-            if key_scores is not None:
-                raise ValueError("key_scores is only used by method='sampled' with "
-                                 "proposal='saliency'")
-            return _sparse.neighbor_pairs(
-                neighbors, B=B, N=N, M=M, is_batched=is_batched, causal=causal,
-                padding=key_padding_mask, key_bias=key_bias, device=v.device, dtype=v.dtype)
-        # sampled
-        if neighbors is not None:
-            raise ValueError(f"neighbors is only used by method='neighbors' (this layer's "
-                             f"method is {self._method!r})")
-        if self._proposal == "saliency":
-            if key_scores is None:
-                raise ValueError(
-                    "key_scores is required with proposal='saliency': a per-key log-score "
-                    "(B, M) ((M,) unbatched); keys are drawn with q(j | i) = softmax over the "
-                    "support of the scores")
-            key_scores = _sparse.check_key_scores(key_scores, B, M, is_batched, v.device)
-        elif key_scores is not None:
-            raise ValueError(f"key_scores is only used by proposal='saliency' (this layer's "
-                             f"proposal is {self._proposal!r})")
-        return dict(zip(("idx", "log_w"), _sparse.sampled_pairs(
-            proposal=self._proposal, samples=self._samples, sigma=self._sigma,
-            near_window=self._near_window, normalize=self.normalize, B=B, N=N, M=M,
-            causal=causal, window=self.window, padding=key_padding_mask, key_bias=key_bias,
-            q_pos=p_q, k_pos=p_k, key_scores=key_scores, generator=generator,
-            device=v.device, dtype=v.dtype)))
-
-    # ----------------------------------------------------------------------------------
-    # method="lowrank"
-    # ----------------------------------------------------------------------------------
     def _value_projection(self, value: Tensor) -> Tensor:
         """v (B, H, M, Dh) from batch-first values (the value part of the in projection)."""
         if self.content:
@@ -659,57 +458,64 @@ class IntegralTransform(nn.Module):
         v = TF.linear(value, wv, bv)
         return v.view(v.shape[0], v.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _lowrank_features(self, query: Tensor, key: Tensor, p_q: Tensor, p_k: Tensor,
-                          padding: Optional[Tensor]):
-        """phi (B, H, N, F), psi (B, H, M, F) of batch-first inputs and positions; padded keys
-        (``padding`` (B, M) bool) get psi = 0. Softmax mode: stabilized exp features."""
-        from ..lowrank.feature_mlp import positive_features
-
-        phi = self.lowrank_phi(query, p_q)
-        psi = self.lowrank_psi(key, p_k)
-        if self.normalize == "softmax":
-            phi = positive_features(phi, is_query=True)
-            psi = positive_features(psi, is_query=False, padding=padding)
-        if padding is not None:
-            psi = psi.masked_fill(padding[:, None, :, None], 0.0)
-        return phi, psi
-
-    def _lowrank_forward(self, query, key, value, *, query_pos, key_pos, self_attention,
-                         key_padding_mask, attn_mask, causal, neighbors, key_scores, is_batched):
-        """Head outputs (B, H, N, Dh) of ``method="lowrank"``:
-        y_i = sum_j (phi_i . psi_j) v_j [/ sum_j phi_i . psi_j] over the support (j <= i when
-        causal; padded keys have psi_j = 0).
-
-        Evaluated by the fused :func:`itnet_ext.functional.lowrank_integral_transform`
-        (float32 accumulation for float32 / half inputs, float64 for float64), looked up at
-        call time."""
-        if attn_mask is not None:
-            raise ValueError("attn_mask is not supported by method='lowrank' (the factorized "
-                             "kernel cannot drop arbitrary pairs); use causal / is_causal, a "
-                             "bool key_padding_mask, or method='dense'")
-        if neighbors is not None:
-            raise ValueError("neighbors is only used by method='neighbors' (this layer's method "
-                             "is 'lowrank')")
-        if key_scores is not None:
-            raise ValueError("key_scores is only used by method='sampled' with "
-                             "proposal='saliency' (this layer's method is 'lowrank')")
-        B, N, _ = query.shape
-        M = key.shape[1]
-        padding, key_bias = _sparse.key_masks(key_padding_mask, B, M, is_batched, query.dtype)
-        if key_bias is not None:
-            raise ValueError("key_padding_mask: a float (additive) mask with finite non-zero "
-                             "entries is not supported by method='lowrank' (only 0 / -inf); "
-                             "pass a bool mask")
+    def _query_key_positions(self, query: Tensor, key: Tensor, query_pos, key_pos,
+                             self_attention: bool):
+        """p_q (B or 1, N, D), p_k (B or 1, M, D); in self attention key_pos defaults to
+        query_pos."""
+        B, N, M = query.shape[0], query.shape[1], key.shape[1]
         p_q = self._positions(query_pos, "query_pos", B, N, query)
         if key_pos is None and self_attention and query_pos is not None:
-            p_k = p_q
-        else:
-            p_k = self._positions(key_pos, "key_pos", B, M, query)
-        phi, psi = self._lowrank_features(query, key, p_q, p_k, padding)
-        v = self._value_projection(value)
-        phi, psi = phi.to(v.dtype), psi.to(v.dtype)
-        return _functional.lowrank_integral_transform(
-            phi, psi, v, feature_map="identity", normalize=self.normalize, causal=causal)
+            return p_q, p_q
+        return p_q, self._positions(key_pos, "key_pos", B, M, query)
+
+    def _kernel_inputs(self, query: Tensor, key: Tensor, value: Tensor, *, query_pos, key_pos,
+                       self_attention: bool, projected=None,
+                       sampler_pos: bool = False) -> KernelInputs:
+        """The projections of batch-first (B, L, C) inputs for the dense and sparse ops
+        (``projected``: q, k, v already computed). ``sampler_pos``: the sampler needs the
+        positions even when the kernel does not."""
+        q, k, v = self._in_projection(query, key, value) if projected is None else projected
+        need_pos = self.kernel_hidden > 0 or self.window is not None or self.offset_table is not None
+        p_q = p_k = None
+        if need_pos or sampler_pos:
+            p_q, p_k = self._query_key_positions(query, key, query_pos, key_pos, self_attention)
+        u = t = None
+        if self.kernel_hidden > 0:
+            u, t = self._mlp_inputs(query, key, p_q, p_k)
+        use_pos = self.window is not None or self.offset_table is not None
+        return KernelInputs(q, k, v, u, t, p_q, p_k, p_q if use_pos else None,
+                            p_k if use_pos else None)
+
+    def _transform(self, query: Tensor, key: Tensor, value: Tensor, *, query_pos, key_pos,
+                   self_attention: bool, key_padding_mask, attn_mask, causal: bool,
+                   projected=None, sparse: Optional[dict] = None) -> Tensor:
+        """Head outputs (B, H, N, Dh) of batch-first inputs with the masks already in the
+        op's convention (the converters' entry): the dense evaluation, or the sparse one
+        (``sparse``: see :func:`itnet_ext.sparse.evaluator.evaluate`)."""
+        kw = dict(query_pos=query_pos, key_pos=key_pos, self_attention=self_attention,
+                  key_padding_mask=key_padding_mask, attn_mask=attn_mask, causal=causal,
+                  projected=projected)
+        if self._method == "dense":
+            return _dense.evaluate(self, query, key, value, **kw)
+        return _sparse.evaluate(self, query, key, value, sparse=sparse, **kw)
+
+    def _lowrank_twin(self, rank: int, hidden: Optional[int]) -> "IntegralTransform":
+        """A new ``method="lowrank"`` layer with this layer's configuration and (strictly
+        loaded) shared parameters; its feature maps fresh (what :func:`itnet_ext.lowrank.fit`
+        starts from)."""
+        ref = self.out_proj.weight
+        twin = IntegralTransform(
+            self.embed_dim, self.num_heads, kernel_hidden=self.kernel_hidden,
+            content=self.content, activation=self.activation, normalize=self.normalize,
+            causal=self.causal, pos_dim=self.pos_dim, relative_positions=self.relative_positions,
+            bias=self.out_proj.bias is not None, kdim=self.kdim, vdim=self.vdim,
+            batch_first=self.batch_first, device=ref.device, dtype=ref.dtype, method="lowrank",
+            rank=rank, lowrank_hidden=hidden)
+        res = twin.load_state_dict(self.state_dict(), strict=False)
+        if res.unexpected_keys or not all(k.startswith("lowrank_") for k in res.missing_keys):
+            raise RuntimeError(f"IntegralTransform._lowrank_twin: state dicts differ beyond the "
+                               f"feature maps: {res}")
+        return twin.train(self.training)
 
     def _out(self, heads: Tensor, is_batched: bool) -> Tensor:
         B, H, N, Dh = heads.shape
@@ -756,7 +562,7 @@ class IntegralTransform(nn.Module):
                 ``idx`` (B, N, S) int64 or ``(idx, log_w)``, or CSR ``(row_ptr, col_idx)`` /
                 ``(row_ptr, col_idx, log_w)`` with row_ptr (B, N + 1), col_idx (B, E), as
                 returned by :func:`~itnet_ext.nn.radius_graph` / :func:`~itnet_ext.nn.knn_graph`
-                (layout: ``itnet_ext._validate_sparse``). ``log_w`` (default 0; -inf = absent
+                (layout: ``itnet_ext.sparse.validate``). ``log_w`` (default 0; -inf = absent
                 pair) is a per-pair log-weight: softmax weights exp(l + log_w), none weights
                 l * exp(log_w) (a quadrature weight). Pairs with a padded key, and with j > i
                 when causal, are dropped; pairs outside ``window`` too.
@@ -781,44 +587,9 @@ class IntegralTransform(nn.Module):
         if value is None:
             value = key
         q_in, k_in, v_in, is_batched = batch_first_inputs(self, query, key, value)
-        sparse = None
-        if self._method == "lowrank":
-            return self._out(self._lowrank_forward(
-                q_in, k_in, v_in, query_pos=query_pos, key_pos=key_pos,
-                self_attention=self_attention, key_padding_mask=key_padding_mask,
-                attn_mask=attn_mask, causal=self.causal or bool(is_causal), neighbors=neighbors,
-                key_scores=key_scores, is_batched=is_batched), is_batched)
-        if self._method == "dense":
-            if neighbors is not None:
-                raise ValueError("neighbors is only used by method='neighbors' (this layer's method "
-                                 "is 'dense'; see evaluate_with)")
-            if key_scores is not None:
-                raise ValueError("key_scores is only used by method='sampled' with "
-                                 "proposal='saliency' (this layer's method is 'dense')")
-            kpm, am = convert_masks(
-                key_padding_mask, attn_mask, q_in, k_in, num_heads=self.num_heads, is_batched=is_batched
-            )
-        else:
-            if attn_mask is not None:
-                raise ValueError(
-                    f"attn_mask is not supported by method={self._method!r}: the sparse methods "
-                    "take the support from key_padding_mask, causal / is_causal and window; use "
-                    "method='dense' (evaluate_with) for an arbitrary attn_mask")
-            kpm, key_bias = _sparse.key_masks(
-                key_padding_mask, q_in.shape[0], k_in.shape[1], is_batched, q_in.dtype)
-            am = None
-            sparse = dict(generator=generator, neighbors=neighbors, key_scores=key_scores,
-                          is_batched=is_batched, key_bias=key_bias)
-        heads = self._transform(
-            q_in,
-            k_in,
-            v_in,
-            query_pos=query_pos,
-            key_pos=key_pos,
-            self_attention=self_attention,
-            key_padding_mask=kpm,
-            attn_mask=am,
-            causal=self.causal or bool(is_causal),
-            sparse=sparse,
-        )
+        heads = _EVALUATORS[self._method].forward(
+            self, q_in, k_in, v_in, query_pos=query_pos, key_pos=key_pos,
+            self_attention=self_attention, key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask, causal=self.causal or bool(is_causal), is_batched=is_batched,
+            generator=generator, neighbors=neighbors, key_scores=key_scores)
         return self._out(heads, is_batched)

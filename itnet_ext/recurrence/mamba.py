@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
-from .. import functional as _F
+from ..scan import functional as _F
 
 __all__ = ["MambaMixer"]
 

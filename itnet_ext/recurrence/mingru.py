@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as TF
 
-from .. import functional as _F
+from ..scan import functional as _F
 
 __all__ = ["MinGRU", "MinLSTM"]
 

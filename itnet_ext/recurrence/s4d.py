@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import functional as _F
+from ..scan import functional as _F
 
 __all__ = ["S4D"]
 

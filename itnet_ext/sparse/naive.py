@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (_ELEMENT_BUDGET, _activation, _masked_softmax, _mlp_logits,
-                      _offset_rows, _run_chunks)
+from .validate import check_sparse_inputs
+from .._common.naive import (_ELEMENT_BUDGET, _masked_softmax, _mlp_logits, _offset_rows,
+                             _run_chunks, check_chunk_size, kernel_setup)
 
 
 def _csr_to_padded(row_ptr, col_idx, log_w):
@@ -50,7 +51,7 @@ def sparse_integral_transform(
 
     The pairs are given padded (``idx`` (B, N, S), ``log_w`` (B, N, S), -inf = absent) or as
     CSR (``row_ptr`` (B, N + 1), ``col_idx`` (B, E), ``log_w`` (B, E)); see
-    ``itnet_ext._validate_sparse`` for the layouts. The kernel arguments are those of
+    ``itnet_ext.sparse.validate`` for the layouts. The kernel arguments are those of
     :func:`integral_transform`; the pair list replaces causal / masks / key_weight (fold a
     key weight w_j into log_w as log w_j). For the pairs s of query i (keys j_s, logits
     l_h(i, j_s) exactly as the dense op's):
@@ -70,24 +71,17 @@ def sparse_integral_transform(
     computation dtype. Queries are processed in chunks (checkpointed when gradients are
     needed), as in the dense reference.
     """
-    from .._validate_sparse import check_sparse_inputs
-
-    sp = check_sparse_inputs(
-        q, k, v, idx=idx, log_w=log_w, row_ptr=row_ptr, col_idx=col_idx, u=u, t=t, W2=W2,
-        b2=b2, activation=activation, offset_table=offset_table, q_pos=q_pos, k_pos=k_pos,
-        window=window, normalize=normalize, scale=scale, return_lse=return_lse)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    kw = dict(locals())  # the arguments by name (one spelling of the list: the signature)
+    del kw["chunk_size"]  # the oracle's own evaluation choice
+    sp = check_sparse_inputs(**kw)
+    check_chunk_size(chunk_size)
     p = sp.kernel
     B, H, N, M, Dv = p.B, p.H, p.N, p.M, p.Dv
     device = p.device
-    cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
-
-    def cast(x):
-        return None if x is None else x.to(cdt)
-
-    qc, kc, vc = cast(q), cast(k), cast(v)
-    uc, tc, W2c, b2c, Ec = cast(u), cast(t), cast(W2), cast(b2), cast(offset_table)
+    ks = kernel_setup(p, q=q, k=k, v=v, u=u, t=t, W2=W2, b2=b2, offset_table=offset_table,
+                      q_pos=q_pos, k_pos=k_pos)
+    cdt, qp, kp, lo, hi, sizes, strides, act = (ks.cdt, ks.qp, ks.kp, ks.lo, ks.hi, ks.sizes,
+                                                ks.strides, ks.act)
 
     # ---- the pair list, padded (B, N, S) ----
     if sp.form == "padded":
@@ -107,20 +101,6 @@ def sparse_integral_transform(
     # arithmetic, so no inf - inf or 0 * inf reaches the output or the gradients.
     lwc = None if lw is None else \
         torch.where(present, lw.to(cdt), torch.zeros((), dtype=cdt, device=device))
-
-    # Positions (never differentiated): float64, default integer index (1, N, 1) / (1, M, 1).
-    qp = kp = None
-    if p.needs_positions:
-        qp = (q_pos.detach().to(torch.float64) if q_pos is not None
-              else torch.arange(N, device=device, dtype=torch.float64).reshape(1, N, 1))
-        kp = (k_pos.detach().to(torch.float64) if k_pos is not None
-              else torch.arange(M, device=device, dtype=torch.float64).reshape(1, M, 1))
-        lo = torch.tensor([w[0] for w in p.window], dtype=torch.float64, device=device)
-        hi = torch.tensor([w[1] for w in p.window], dtype=torch.float64, device=device)
-    if Ec is not None:
-        sizes = torch.tensor(p.offset_sizes, dtype=torch.long, device=device)
-        strides = torch.tensor(p.offset_strides, dtype=torch.long, device=device)
-    act = _activation(p.activation) if p.mlp else None
 
     def chunk_fn(s, e, qc, kc, vc, uc, tc, W2c, b2c, Ec, lwc):
         n = e - s
@@ -157,7 +137,7 @@ def sparse_integral_transform(
     # key-side rows dominate: B * S * (H * (Dk + Dv + 1) + R + D) per query).
     per_row = max(1, B * S * (H * (p.Dk + Dv + 1) + p.R + p.D + 1))
     chunk = max(1, min(chunk_size, _ELEMENT_BUDGET // per_row))
-    out, lse = _run_chunks(chunk_fn, N, chunk, (qc, kc, vc, uc, tc, W2c, b2c, Ec, lwc),
-                           (B, H, Dv), p.normalize == "softmax")
+    tensors = (ks.qc, ks.kc, ks.vc, ks.uc, ks.tc, ks.W2c, ks.b2c, ks.Ec, lwc)
+    out, lse = _run_chunks(chunk_fn, N, chunk, tensors, (B, H, Dv), p.normalize == "softmax")
     out = out.to(v.dtype)
     return (out, lse) if return_lse else out

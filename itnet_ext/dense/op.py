@@ -7,8 +7,7 @@ Argument order of both ops (see csrc/ops.cpp):
 """
 import torch
 
-from .. import _C  # noqa: F401  (registers the ops)
-from ._out_lse import check_devices, fake_grads, register_out_lse_autograd
+from .._common.op_autograd import check_devices, fake_grads, register_out_lse_autograd
 
 _TENSOR_ARGS = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "q_pos", "k_pos",
                 "key_weight", "key_padding_mask", "attn_mask")

@@ -10,18 +10,14 @@ saves only the inputs. The projection (FAVOR+'s random matrix, a buffer) gets no
 """
 import torch
 
-from .. import _C  # noqa: F401  (registers the ops)
-from ._out_lse import check_devices
+from .._common.checks import compute_dtype
+from .._common.names import FEATURE_MAPS, STABILIZERS, codes
+from .._common.op_autograd import check_devices, register_no_double_backward
 
-# csrc/lowrank/params.h: FeatureMap
-FEATURE_MAP_CODES = {"identity": 0, "elu+1": 1, "relu": 2, "favor+": 3}
-# csrc/lowrank/params.h: Stabilizer
-STABILIZE_NONE, STABILIZE_ROW, STABILIZE_SLICE = 0, 1, 2
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for float16 / bfloat16 / float32, float64 for float64 (the kernels' dtype)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# the kernels' codes, from the compiled table (csrc/lowrank/params.h)
+FEATURE_MAP_CODES = codes(FEATURE_MAPS)
+_STAB = codes(STABILIZERS)
+STABILIZE_NONE, STABILIZE_ROW, STABILIZE_SLICE = _STAB["none"], _STAB["row"], _STAB["slice"]
 
 
 def _num_features(x, projection):
@@ -80,17 +76,9 @@ def _features_backward(ctx, grad_phi):
     return dx if ctx.needs_input_grad[0] else None, None, None, None
 
 
-def _no_double_backward(name):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"itnet::{name}: double backward (gradients of gradients) of the "
-                           f"fused low-rank transform is not supported; use "
-                           f"itnet_ext.reference.lowrank_integral_transform for it")
-    return backward
-
-
 torch.library.register_autograd("itnet::lowrank_fwd", _fwd_backward, setup_context=_fwd_setup)
-torch.library.register_autograd("itnet::lowrank_bwd", _no_double_backward("lowrank_bwd"))
 torch.library.register_autograd("itnet::lowrank_features", _features_backward,
                                 setup_context=_features_setup)
-torch.library.register_autograd("itnet::lowrank_features_bwd",
-                                _no_double_backward("lowrank_features_bwd"))
+for _bwd in ("itnet::lowrank_bwd", "itnet::lowrank_features_bwd"):
+    register_no_double_backward(_bwd, "low-rank transform",
+                                "itnet_ext.reference.lowrank_integral_transform")

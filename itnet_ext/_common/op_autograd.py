@@ -1,20 +1,32 @@
-"""Shared by the fused (out, lse) ops, the dense and the sparse integral transform: fake-kernel
-helpers and the autograd registration.
+"""Fake-kernel and autograd helpers of the fused ops, shared by every strategy's op.py.
 
-Both forward ops take their tensor arguments first and the static ones after, and return
-(out, lse); their backward ops take (grad_out, out, lse, grad_lse, *the forward's arguments)
-and return one gradient per differentiable input.
+The (out, lse) ops, the dense and the sparse integral transform, take their tensor arguments
+first and the static ones after, and return (out, lse); their backward ops take (grad_out,
+out, lse, grad_lse, *the forward's arguments) and return one gradient per differentiable
+input: :func:`register_out_lse_autograd` registers that pattern once for both.
 """
 import torch
 
+from .. import _C  # noqa: F401  (loads the compiled library: the schemas the helpers register for)
 
-def check_devices(v, named):
-    """Every given tensor on v's device. The real kernels check this too; the fake kernel
-    must not turn a device mix (e.g. one argument on 'meta') into a silent result."""
+
+def check_devices(v, named, ref: str = "v"):
+    """Every given tensor on v's device (``ref`` names v in the message). The real kernels
+    check this too; the fake kernel must not turn a device mix (e.g. one argument on 'meta')
+    into a silent result."""
     for name, x in named:
         if x is not None and x.device != v.device:
-            raise RuntimeError(f"{name}: expected a tensor on {v.device} (the device of v), "
+            raise RuntimeError(f"{name}: expected a tensor on {v.device} (the device of {ref}), "
                                f"got {x.device}")
+
+
+def register_no_double_backward(op: str, what: str, oracle: str) -> None:
+    """A backward op's own autograd: a clear error for gradients of gradients."""
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{op}: double backward (gradients of gradients) of the fused "
+                           f"{what} is not supported; use {oracle} for it")
+
+    torch.library.register_autograd(op, backward)
 
 
 def fake_grads(v, args, grad_slots):
@@ -55,10 +67,6 @@ def register_out_lse_autograd(fwd: str, bwd: str, *, tensor_args, grad_names, so
                 result[slot] = g
         return tuple(result)
 
-    def double_backward(ctx, *grads):
-        raise RuntimeError(f"{bwd}: double backward (gradients of gradients) of the fused "
-                           f"{what} is not supported; use itnet_ext.reference for it")
-
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
-    torch.library.register_autograd(bwd, double_backward)
+    register_no_double_backward(bwd, what, "itnet_ext.reference")
 

@@ -1,6 +1,7 @@
-"""Pure-PyTorch references (oracles), one module per strategy: the dense integral transform
-(dense.py), the sparse / pair-list one (sparse.py), the decay scan (scan.py) and the low-rank
-one (lowrank.py).
+"""Pure-PyTorch references (oracles) of every fused op in one namespace; each lives beside its
+op, in its strategy's ``naive.py``: the dense integral transform (itnet_ext.dense.naive), the
+sparse / pair-list one (itnet_ext.sparse.naive), the decay scan (itnet_ext.scan.naive) and the
+low-rank one (itnet_ext.lowrank.naive).
 
 Straightforward math, gradients by autograd, float64-capable.  Queries are
 processed in chunks so that memory per chunk is O(chunk * M * (H + R)); when
@@ -12,10 +13,10 @@ Computation dtype: float64 if v is float64, else float32 (half / bfloat16
 inputs are upcast).  ``out`` is returned in v's dtype; ``lse`` in the
 computation dtype.
 """
-from .dense import integral_transform
-from .lowrank import lowrank_integral_transform
-from .scan import decay_scan, decay_scan_dense
-from .sparse import sparse_integral_transform
+from .dense.naive import integral_transform
+from .lowrank.naive import lowrank_integral_transform
+from .scan.naive import decay_scan, decay_scan_dense
+from .sparse.naive import sparse_integral_transform
 
 __all__ = ["integral_transform", "sparse_integral_transform", "decay_scan",
            "decay_scan_dense", "lowrank_integral_transform"]

@@ -1,7 +1,7 @@
 """Argument checks of the sparse (pair-list) integral transform (DESIGN section 2, sampled).
 
 The kernel terms are the dense op's (q, k, v, u, t, W2, b2, activation, offset_table,
-q_pos, k_pos, window, normalize, scale) and are checked by ``_validate.check_inputs``. The
+q_pos, k_pos, window, normalize, scale) and are checked by ``_common.kernel_args.check_inputs``. The
 support is not a mask but an explicit list of (query i, key j) pairs per batch element, in
 one of two forms:
 
@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import Problem, _require_dim, _require_tensor, _shape, check_inputs
+from .._common.checks import _require_dim, _require_tensor, _shape
+from .._common.kernel_args import Problem, check_inputs
 
 
 @dataclass(frozen=True)

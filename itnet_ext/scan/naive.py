@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .dense import integral_transform
-
-
-def _scan_compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .._common.checks import compute_dtype
+from ..dense.naive import integral_transform
+from .validate import check_scan_inputs
 
 
 def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
@@ -18,17 +16,15 @@ def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
         h_{t,d,r} = exp(a_{t,d,r}) h_{t-1,d,r} + psi_{t,g(d),r} x_{t,d}
         y_{t,d}   = sum_r phi_{t,g(d),r} h_{t,d,r} + skip_d x_{t,d}
 
-    Args: see ``itnet_ext._validate_scan`` (x (B, T, D); log_decay a tensor broadcasting to
+    Args: see ``itnet_ext.scan.validate`` (x (B, T, D); log_decay a tensor broadcasting to
     (B, T, D, Rk), a (D, Rk) tensor or the pair (dt, A) meaning dt * A; phi, psi (B, T, Rk) or
     (B, T, G, Rk); skip (D,); initial_state (B, D, Rk), default 0).
 
     Returns y (B, T, D) in x's dtype, and the final state (B, D, Rk) when
     ``return_final_state``. Computed in float64 for float64 inputs, else float32.
     """
-    from .._validate_scan import check_scan_inputs
-
     p = check_scan_inputs(x, log_decay, phi, psi, skip, initial_state)
-    cd = _scan_compute_dtype(p.dtype)
+    cd = compute_dtype(p.dtype)
     B, T, D, Rk = p.B, p.T, p.D, p.Rk
     xc = x.to(cd)
     phic, psic = p.phi.to(cd), p.psi.to(cd)
@@ -75,10 +71,8 @@ def decay_scan_dense(x, log_decay, phi, psi, *, skip=None, initial_state=None,
     that the scan is the O(T) evaluation of that kernel; the factors exp(+-L) limit it to
     short sequences or mild decays (|L| well inside the exponent range).
     """
-    from .._validate_scan import check_scan_inputs
-
     p = check_scan_inputs(x, log_decay, phi, psi, skip, initial_state)
-    cd = _scan_compute_dtype(p.dtype)
+    cd = compute_dtype(p.dtype)
     B, T, D, Rk = p.B, p.T, p.D, p.Rk
     L = torch.cumsum(p.full_decay().to(cd), dim=1)                        # (B, T, D, Rk)
     grp = D // p.G

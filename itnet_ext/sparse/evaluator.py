@@ -1,32 +1,39 @@
-"""The sparse evaluation methods of :class:`~itnet_ext.nn.IntegralTransform` (DESIGN section 2).
+"""``IntegralTransform(method="sampled" | "neighbors")``: the layer's kernel (same parameters)
+evaluated on a list of (query, key) pairs by
+:func:`itnet_ext.sparse.functional.sparse_integral_transform` (docs/design.md section 2,
+sampled), looked up at call time. This module builds that list:
 
-The layer's kernel (same parameters) is evaluated on a list of (query, key) pairs by
-:func:`itnet_ext.functional.sparse_integral_transform`. This module builds that list:
-
+- :func:`forward` / :func:`evaluate`: the layer's evaluation (masks, pairs, the op call);
 - :func:`check_method_config`: the ``method`` / ``samples`` / ``proposal`` / ``sigma`` /
   ``near_window`` settings, checked together;
-- :func:`key_masks`: the layer's ``key_padding_mask`` (``nn.MultiheadAttention``
-  convention) as a bool padding mask plus an optional additive per-key log-weight;
-- :func:`sampled_pairs`: draws of a proposal of :mod:`itnet_ext.nn.samplers` over the
-  support, with the importance log-weights of DESIGN section 2;
+- :func:`sampled_pairs`: draws of a proposal of :mod:`itnet_ext.sparse.samplers` over the
+  support, with the importance log-weights of docs/design.md section 2;
 - :func:`neighbor_pairs`: a user neighbourhood (CSR or padded) with the pairs outside the
   support (padded keys, ``j > i`` when causal) made absent (log-weight -inf).
+
+Estimators (``method="sampled"``): with draws j_1..j_S ~ q(. | i),
+``normalize="none"`` gives the unbiased (1/S) sum_s l(i, j_s) v_{j_s} / q(j_s | i), i.e.
+per-pair log-weight -log q - log S; ``"softmax"`` the self-normalized
+sum_s rho_s v_{j_s} / sum_s rho_s with rho_s = exp(l(i, j_s)) / q(j_s | i) (consistent,
+bias O(1/S)). Gradients are pathwise (through kernel values and values, not through the
+draws). A query with an empty support outputs ``out_proj.bias`` as in the dense method.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .._common.layer_inputs import key_masks, layer_window
+from . import functional as _functional
 from . import samplers as _samplers
-from ._inputs import layer_window
 
-__all__ = ["METHODS", "PROPOSALS", "check_method_config", "key_masks", "sampled_pairs",
-           "neighbor_pairs", "check_key_scores"]
+__all__ = ["METHODS", "PROPOSALS", "forward", "evaluate", "check_method_config",
+           "sampled_pairs", "neighbor_pairs", "check_key_scores"]
 
 METHODS = ("dense", "sampled", "neighbors")
 PROPOSALS = ("uniform", "local", "saliency", "stratified")
@@ -86,38 +93,97 @@ def check_method_config(method, samples, proposal, sigma, near_window, pos_dim: 
 
 
 # --------------------------------------------------------------------------------------------
+# the layer's evaluation
+# --------------------------------------------------------------------------------------------
+def forward(layer, query, key, value, *, query_pos, key_pos, self_attention, key_padding_mask,
+            attn_mask, causal, is_batched, generator, neighbors, key_scores):
+    """Head outputs (B, H, N, Dh) of batch-first inputs, masks in the layer's convention."""
+    if attn_mask is not None:
+        raise ValueError(
+            f"attn_mask is not supported by method={layer.method!r}: the sparse methods "
+            "take the support from key_padding_mask, causal / is_causal and window; use "
+            "method='dense' (evaluate_with) for an arbitrary attn_mask")
+    kpm, key_bias = key_masks(key_padding_mask, query.shape[0], key.shape[1], is_batched,
+                              query.dtype)
+    sparse = dict(generator=generator, neighbors=neighbors, key_scores=key_scores,
+                  is_batched=is_batched, key_bias=key_bias)
+    return evaluate(layer, query, key, value, query_pos=query_pos, key_pos=key_pos,
+                    self_attention=self_attention, key_padding_mask=kpm, attn_mask=None,
+                    causal=causal, sparse=sparse)
+
+
+def evaluate(layer, query, key, value, *, query_pos, key_pos, self_attention, key_padding_mask,
+             attn_mask, causal, projected=None, sparse: Optional[dict] = None):
+    """Head outputs with ``key_padding_mask`` a bool (B, M) padding mask. ``sparse``: the
+    forward's ``generator``, ``neighbors``, ``key_scores``, ``is_batched`` and ``key_bias``
+    (a float key_padding_mask's finite part, (B, M)); ``attn_mask`` must be None."""
+    if attn_mask is not None:
+        raise ValueError(
+            f"attn_mask is not supported by method={layer.method!r} (nor a float "
+            "key_padding_mask folded into it); use causal / is_causal, window, a bool "
+            "key_padding_mask, or method='dense'")
+    B, N, M = query.shape[0], query.shape[1], key.shape[1]
+    # the sampler needs the positions for a window, a local or stratified proposal
+    sampler_pos = layer.method == "sampled" and (
+        layer.window is not None or layer.proposal in ("local", "stratified"))
+    ki = layer._kernel_inputs(query, key, value, query_pos=query_pos, key_pos=key_pos,
+                              self_attention=self_attention, projected=projected,
+                              sampler_pos=sampler_pos)
+    default_pos = query_pos is None and key_pos is None
+    pairs = _pairs(layer, dict(sparse or {}), B=B, N=N, M=M, causal=causal,
+                   key_padding_mask=key_padding_mask,
+                   p_q=None if default_pos else ki.p_q, p_k=None if default_pos else ki.p_k,
+                   v=ki.v)
+    return _functional.sparse_integral_transform(
+        ki.q, ki.k, ki.v, **pairs, u=ki.u, t=ki.t, W2=layer.kernel_W2, b2=layer.kernel_b2,
+        activation=layer.activation, offset_table=layer.offset_table, q_pos=ki.q_pos,
+        k_pos=ki.k_pos, window=layer.window, normalize=layer.normalize)
+
+
+def _pairs(layer, sparse: dict, *, B, N, M, causal, key_padding_mask, p_q, p_k, v) -> dict:
+    """The pair-list arguments of the sparse op for the layer's method."""
+    generator = sparse.get("generator")
+    neighbors = sparse.get("neighbors")
+    key_scores = sparse.get("key_scores")
+    is_batched = sparse.get("is_batched", True)
+    key_bias = sparse.get("key_bias")
+    if key_bias is not None and layer.normalize == "none":
+        raise ValueError(
+            "key_padding_mask: a float (additive) mask with finite non-zero entries is not "
+            "supported by the sparse methods with normalize='none' (only 0 / -inf); pass a "
+            "bool mask")
+    if layer.method == "neighbors":
+        if key_scores is not None:
+            raise ValueError("key_scores is only used by method='sampled' with "
+                             "proposal='saliency'")
+        return neighbor_pairs(
+            neighbors, B=B, N=N, M=M, is_batched=is_batched, causal=causal,
+            padding=key_padding_mask, key_bias=key_bias, device=v.device, dtype=v.dtype)
+    # sampled
+    if neighbors is not None:
+        raise ValueError(f"neighbors is only used by method='neighbors' (this layer's "
+                         f"method is {layer.method!r})")
+    if layer.proposal == "saliency":
+        if key_scores is None:
+            raise ValueError(
+                "key_scores is required with proposal='saliency': a per-key log-score "
+                "(B, M) ((M,) unbatched); keys are drawn with q(j | i) = softmax over the "
+                "support of the scores")
+        key_scores = check_key_scores(key_scores, B, M, is_batched, v.device)
+    elif key_scores is not None:
+        raise ValueError(f"key_scores is only used by proposal='saliency' (this layer's "
+                         f"proposal is {layer.proposal!r})")
+    return dict(zip(("idx", "log_w"), sampled_pairs(
+        proposal=layer.proposal, samples=layer.samples, sigma=layer.sigma,
+        near_window=layer.near_window, normalize=layer.normalize, B=B, N=N, M=M,
+        causal=causal, window=layer.window, padding=key_padding_mask, key_bias=key_bias,
+        q_pos=p_q, k_pos=p_k, key_scores=key_scores, generator=generator,
+        device=v.device, dtype=v.dtype)))
+
+
+# --------------------------------------------------------------------------------------------
 # masks
 # --------------------------------------------------------------------------------------------
-def key_masks(key_padding_mask: Optional[Tensor], B: int, M: int, is_batched: bool,
-              dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """``key_padding_mask`` in the layer's convention (``(B, M)``, ``(M,)`` unbatched; bool
-    True = padding, or float additive) -> ``(padding (B, M) bool or None, key_bias (B, M)
-    float or None)``. A float mask's -inf entries become padding; its finite entries become
-    ``key_bias`` (an additive logit per key, kept only when some entry is non-zero)."""
-    if key_padding_mask is None:
-        return None, None
-    if not isinstance(key_padding_mask, Tensor):
-        raise ValueError("key_padding_mask must be a tensor")
-    want = (B, M) if is_batched else (M,)
-    if tuple(key_padding_mask.shape) != want:
-        raise ValueError(f"key_padding_mask must have shape {want} (batch, source length), "
-                         f"got {tuple(key_padding_mask.shape)}")
-    kpm = key_padding_mask.reshape(B, M)
-    if kpm.dtype == torch.bool:
-        return kpm, None
-    if not kpm.is_floating_point():
-        raise ValueError(f"key_padding_mask must be bool (True = ignore) or floating (additive), "
-                         f"got {kpm.dtype}")
-    kpm = kpm.detach()
-    if bool(torch.isnan(kpm).any()) or bool((kpm == float("inf")).any()):
-        raise ValueError("key_padding_mask: a float mask must not hold NaN or +inf")
-    pad = kpm == _NEG_INF
-    bias = torch.where(pad, torch.zeros((), dtype=kpm.dtype, device=kpm.device), kpm)
-    if not bool((bias != 0).any()):
-        return pad, None
-    return pad, bias.to(dtype)
-
-
 def _gather_key_bias(key_bias: Tensor, keys: Tensor) -> Tensor:
     """key_bias (B, M) at keys (B, ...) (any value; out-of-range ones are clamped: their
     pair is absent or rejected by the op)."""

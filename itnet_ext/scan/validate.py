@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ._validate import _shape
+from .._common.checks import _shape
 
 
 @dataclass

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import torch
 
+from .._common.checks import compute_dtype
+from .feature_maps import PositiveRandomFeatures, make_feature_map
+from .validate import check_lowrank_inputs
+
 
 def _resolve_feature_map(arg_name, fm):
-    """A feature map given by name (see ``itnet_ext.nn.feature_maps.FEATURE_MAPS``) or as a
+    """A feature map given by name (see ``itnet_ext.lowrank.feature_maps.FEATURE_MAPS``) or as a
     callable / module."""
-    from ..nn.feature_maps import make_feature_map
-
     if isinstance(fm, str):
         if fm == "favor+":
             # A name cannot carry the random projection that queries and keys must share.
@@ -24,11 +26,9 @@ def _resolve_feature_map(arg_name, fm):
     return fm
 
 
-def _apply_feature_map(arg_name, fm, x, *, is_query, normalize):
+def apply_feature_map(arg_name, fm, x, *, is_query, normalize):
     """phi = fm(x), passing the FAVOR+ stabilizer role; the stabilizer cancels only under
     softmax normalization, so it is off in ``none`` mode."""
-    from ..nn.feature_maps import PositiveRandomFeatures
-
     if isinstance(fm, PositiveRandomFeatures):
         if x.shape[-1] != fm.dim:
             raise ValueError(
@@ -113,8 +113,6 @@ def lowrank_integral_transform(
     Returns y (B, H, N, Dv) in v's dtype; computed in float64 for float64 v, else float32.
     Differentiable by autograd w.r.t. q, k, v (and the maps' parameters).
     """
-    from .._validate_lowrank import check_lowrank_inputs
-
     # ---- arguments -------------------------------------------------------------------------
     B, H, N, M, Dk, Dv = check_lowrank_inputs(q, k, v, normalize, causal, eps)
     if chunk_size is not None and (isinstance(chunk_size, bool)
@@ -125,14 +123,14 @@ def lowrank_integral_transform(
                                                                  key_feature_map)
 
     # ---- features ----------------------------------------------------------------------------
-    cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(v.dtype)
     qc, kc, vc = q.to(cdt), k.to(cdt), v.to(cdt)
     for fm in {id(fq): fq, id(fk): fk}.values():  # once per distinct module
         if hasattr(fm, "maybe_redraw"):
             fm.maybe_redraw()
     softmax = normalize == "softmax"
-    phi = _apply_feature_map("feature_map", fq, qc, is_query=True, normalize=normalize)
-    psi = _apply_feature_map("key_feature_map" if key_feature_map is not None else
+    phi = apply_feature_map("feature_map", fq, qc, is_query=True, normalize=normalize)
+    psi = apply_feature_map("key_feature_map" if key_feature_map is not None else
                              "feature_map", fk, kc, is_query=False, normalize=normalize)
     for name, x, n, label in (("feature_map", phi, N, "N"),
                               ("key_feature_map" if key_feature_map is not None

@@ -1,10 +1,12 @@
 """Input handling shared by the layers (:class:`IntegralTransform` and the converters).
 
 - :func:`layer_window`: the ``window`` constructor argument (the forms of
-  :func:`itnet_ext._validate.normalize_window` plus a number ``w`` and a broadcast pair).
+  :func:`itnet_ext._common.checks.normalize_window` plus a number ``w`` and a broadcast pair).
 - :func:`batch_first_inputs`: ``query`` / ``key`` / ``value`` in the module's layout
   (``nn.MultiheadAttention`` conventions) checked and turned into batch-first ``(B, L, C)``.
 - :func:`convert_masks`: ``nn.MultiheadAttention``-convention masks in the functional's convention.
+- :func:`key_masks`: a ``key_padding_mask`` as a bool padding mask plus an optional additive
+  per-key log-weight (the sparse and low-rank evaluations, which take no ``attn_mask``).
 """
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._validate import Window, normalize_window
+from .checks import Window, normalize_window
 
-__all__ = ["layer_window", "batch_first_inputs", "convert_masks"]
+__all__ = ["layer_window", "layer_positions", "batch_first_inputs", "convert_masks",
+           "key_masks"]
+
+_NEG_INF = float("-inf")
 
 
 def layer_window(window, pos_dim: int) -> Optional[Window]:
@@ -29,6 +34,40 @@ def layer_window(window, pos_dim: int) -> Optional[Window]:
     if win is None:
         return None
     return tuple(tuple(int(b) if b.is_integer() else b for b in pair) for pair in win)
+
+
+def position_dtype(like: Tensor) -> torch.dtype:
+    """At least float32: float16 / bfloat16 cannot hold integer positions past 2048 / 256,
+    and windows / offset tables compare them exactly."""
+    return torch.promote_types(like.dtype, torch.float32)
+
+
+def layer_positions(pos: Optional[Tensor], name: str, batch: int, length: int, like: Tensor,
+                    pos_dim: int) -> Tensor:
+    """A layer's ``query_pos`` / ``key_pos`` as (B or 1, length, pos_dim) in
+    :func:`position_dtype`; None is the integer index (pos_dim 1 only)."""
+    D = pos_dim
+    if pos is None:
+        if D != 1:
+            raise ValueError(
+                f"{name} is required when pos_dim={D} > 1 (the default is the integer index, 1-D only)"
+            )
+        return torch.arange(length, device=like.device, dtype=position_dtype(like)).view(1, length, 1)
+    if not isinstance(pos, Tensor):
+        raise ValueError(f"{name} must be a tensor of shape (B or 1, {length}, {D})")
+    p = pos
+    if p.dim() == 1 and D == 1:
+        p = p.view(1, -1, 1)
+    elif p.dim() == 2:
+        p = p.unsqueeze(0)
+    if p.dim() != 3 or p.shape[1] != length or p.shape[2] != D or p.shape[0] not in (1, batch):
+        raise ValueError(
+            f"{name} must have shape (B or 1, {length}, {D}) = (batch or 1, length, pos_dim) "
+            f"(always batch-first), got {tuple(pos.shape)}"
+        )
+    if p.device != like.device:
+        raise ValueError(f"{name} is on {p.device} but the input is on {like.device}")
+    return p.to(position_dtype(like))
 
 
 def _to_batch_first(x: Tensor, name: str, feat: int, is_batched: bool, batch_first: bool) -> Tensor:
@@ -151,3 +190,33 @@ def convert_masks(
     if kpm_add is not None:
         am_out = kpm_add if am_out is None else am_out + kpm_add
     return kpm_out, am_out
+
+
+def key_masks(key_padding_mask: Optional[Tensor], B: int, M: int, is_batched: bool,
+              dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """``key_padding_mask`` in the layer's convention (``(B, M)``, ``(M,)`` unbatched; bool
+    True = padding, or float additive) -> ``(padding (B, M) bool or None, key_bias (B, M)
+    float or None)``. A float mask's -inf entries become padding; its finite entries become
+    ``key_bias`` (an additive logit per key, kept only when some entry is non-zero)."""
+    if key_padding_mask is None:
+        return None, None
+    if not isinstance(key_padding_mask, Tensor):
+        raise ValueError("key_padding_mask must be a tensor")
+    want = (B, M) if is_batched else (M,)
+    if tuple(key_padding_mask.shape) != want:
+        raise ValueError(f"key_padding_mask must have shape {want} (batch, source length), "
+                         f"got {tuple(key_padding_mask.shape)}")
+    kpm = key_padding_mask.reshape(B, M)
+    if kpm.dtype == torch.bool:
+        return kpm, None
+    if not kpm.is_floating_point():
+        raise ValueError(f"key_padding_mask must be bool (True = ignore) or floating (additive), "
+                         f"got {kpm.dtype}")
+    kpm = kpm.detach()
+    if bool(torch.isnan(kpm).any()) or bool((kpm == float("inf")).any()):
+        raise ValueError("key_padding_mask: a float mask must not hold NaN or +inf")
+    pad = kpm == _NEG_INF
+    bias = torch.where(pad, torch.zeros((), dtype=kpm.dtype, device=kpm.device), kpm)
+    if not bool((bias != 0).any()):
+        return pad, None
+    return pad, bias.to(dtype)

@@ -1,24 +1,74 @@
-"""Pieces shared by the reference oracles: the kernel MLP's activations, the per-pair
-logit terms, the masked softmax and the query-chunk runner."""
+"""Pieces shared by the strategies' float64 oracles (their naive.py): the pair MLP's
+activations, the per-pair logit terms, the masked softmax and the query-chunk runner."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from .checks import compute_dtype
+from .names import ACTIVATIONS
 
 # Upper bound on B * chunk * M * (H + R) elements per chunk (~256 MB of float32
 # for the largest per-chunk tensor).  ``chunk_size`` is further capped by it.
 _ELEMENT_BUDGET = 1 << 26
 
 
+# The pair-MLP activations' PyTorch formulas (the oracle side of csrc/common/activation.h),
+# by their names in the kernels' table.
+ACTIVATION_FORMULAS = {
+    "relu": F.relu,
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+if set(ACTIVATION_FORMULAS) != set(ACTIVATIONS):
+    raise ImportError(f"itnet_ext: the kernels' activations {ACTIVATIONS} and the oracle's "
+                      f"{tuple(ACTIVATION_FORMULAS)} differ: the compiled library does not match "
+                      f"this Python package (rebuild it)")
+
+
 def _activation(name):
-    if name == "relu":
-        return F.relu
-    if name == "gelu":
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "silu":
-        return F.silu
-    raise ValueError(f"activation: unknown {name!r}")
+    if name not in ACTIVATION_FORMULAS:
+        raise ValueError(f"activation: unknown {name!r}")
+    return ACTIVATION_FORMULAS[name]
+
+
+def check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+
+
+def kernel_setup(p, *, q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos):
+    """What the dense and the sparse oracle both start from, for a checked ``Problem`` p:
+    the kernel inputs in the compute dtype (``qc``, ``kc``, ``vc``, ``uc``, ``tc``, ``W2c``,
+    ``b2c``, ``Ec``; None where absent), float64 positions ``qp`` / ``kp`` (never
+    differentiated; default the integer index (1, N, 1) / (1, M, 1); None when nothing reads
+    them), the window bounds ``lo`` / ``hi``, the offset box ``sizes`` / ``strides`` and the
+    activation ``act``."""
+    device = p.device
+    cdt = compute_dtype(v.dtype)
+
+    def cast(x):
+        return None if x is None else x.to(cdt)
+
+    ks = SimpleNamespace(cdt=cdt, qc=cast(q), kc=cast(k), vc=cast(v), uc=cast(u), tc=cast(t),
+                         W2c=cast(W2), b2c=cast(b2), Ec=cast(offset_table), qp=None, kp=None,
+                         lo=None, hi=None, sizes=None, strides=None,
+                         act=_activation(p.activation) if p.mlp else None)
+    if p.needs_positions:
+        ks.qp = (q_pos.detach().to(torch.float64) if q_pos is not None
+                 else torch.arange(p.N, device=device, dtype=torch.float64).reshape(1, p.N, 1))
+        ks.kp = (k_pos.detach().to(torch.float64) if k_pos is not None
+                 else torch.arange(p.M, device=device, dtype=torch.float64).reshape(1, p.M, 1))
+    if p.window is not None:
+        ks.lo = torch.tensor([w[0] for w in p.window], dtype=torch.float64, device=device)
+        ks.hi = torch.tensor([w[1] for w in p.window], dtype=torch.float64, device=device)
+    if offset_table is not None:
+        ks.sizes = torch.tensor(p.offset_sizes, dtype=torch.long, device=device)
+        ks.strides = torch.tensor(p.offset_strides, dtype=torch.long, device=device)
+    return ks
 
 
 def _offset_rows(off, lo, sizes, strides):

@@ -1,4 +1,5 @@
-"""Input validation shared by the reference oracle and the fused wrapper.
+"""The kernel terms' checks (docs/design.md section 1), shared by the dense and the sparse
+op and by their oracles, so that all of them reject the same inputs with the same messages.
 
 ``check_inputs`` takes exactly the arguments of ``integral_transform`` and
 either raises ``ValueError`` with a message naming the offending argument and
@@ -9,16 +10,16 @@ strides).  Tensors are not modified or copied.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-ACTIVATIONS = ("relu", "gelu", "silu")
-NORMALIZATIONS = ("softmax", "none")
+from .checks import (NORMALIZATIONS, Window, _is_number, _require_dim, _require_tensor, _shape,
+                     normalize_window, offset_layout)
+from .names import ACTIVATIONS
 
-Window = Tuple[Tuple[float, float], ...]
+__all__ = ["Problem", "check_inputs"]
 
 
 @dataclass(frozen=True)
@@ -49,109 +50,6 @@ class Problem:
     device: torch.device                   # v.device
 
 
-def _shape(x: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in x.shape) + ")"
-
-
-def _require_tensor(name: str, x, ndim: int, layout: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor of shape {layout}, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D tensor {layout}, got shape {_shape(x)}")
-
-
-def _require_dim(name: str, x: torch.Tensor, axis: int, expected: int, label: str, layout: str,
-                 allow_one: bool = False) -> None:
-    got = x.shape[axis]
-    if got == expected or (allow_one and got == 1):
-        return
-    what = f"{expected} or 1" if allow_one and expected != 1 else f"{expected}"
-    raise ValueError(
-        f"{name}: expected shape {layout} with {label} = {what}, got shape {_shape(x)}")
-
-
-def _is_number(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.dim() == 0
-    return isinstance(x, numbers.Real)
-
-
-def normalize_window(window, D: Optional[int] = None, *, scalar: bool = False,
-                     broadcast: bool = False,
-                     dim_label: str = "the position dimension D") -> Optional[Window]:
-    """Parse ``window`` into a tuple of D ``(lo, hi)`` float pairs.
-
-    Accepts None, a single pair ``(lo, hi)`` (D = 1), a sequence of pairs, or a
-    tensor of shape (2,) / (D, 2).  When ``D`` is given the number of pairs must
-    match it (``dim_label`` names D in that error).
-
-    Two more forms, for the layers (``itnet_ext.nn``), are opt-in:
-    ``scalar=True``: a number ``w >= 0`` means ``(-w, w)`` in each of the D dims;
-    ``broadcast=True``: a single pair ``(lo, hi)`` is used for each of the D dims.
-    """
-    if window is None:
-        return None
-    if isinstance(window, torch.Tensor):
-        window = window.tolist()
-    n_dims = 1 if D is None else D
-    if scalar and _is_number(window) and not isinstance(window, bool):
-        if window < 0:
-            raise ValueError(f"window: a number w means (-w, w) and must be >= 0, got {window}")
-        window = [(-window, window)] * n_dims
-    if isinstance(window, (str, bytes)) or not isinstance(window, Sequence):
-        raise ValueError(
-            f"window: expected {'a number w, ' if scalar else ''}a pair (lo, hi) or a sequence "
-            f"of D pairs ((lo_0, hi_0), ...), got {type(window).__name__}")
-    if len(window) == 2 and all(_is_number(w) for w in window):
-        pairs = [tuple(window)] * (n_dims if broadcast else 1)
-    else:
-        pairs = []
-        for d, p in enumerate(window):
-            if isinstance(p, torch.Tensor):
-                p = p.tolist()
-            if (isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) != 2
-                    or not all(_is_number(w) for w in p)):
-                raise ValueError(
-                    f"window: expected a pair (lo, hi) or a sequence of D pairs ((lo_0, hi_0), ...); "
-                    f"entry {d} is {p!r}")
-            pairs.append(tuple(p))
-    if len(pairs) == 0:
-        raise ValueError("window: expected at least one (lo, hi) pair, got an empty sequence")
-    out = []
-    for d, (lo, hi) in enumerate(pairs):
-        lo, hi = float(lo), float(hi)
-        if math.isnan(lo) or math.isnan(hi):
-            raise ValueError(f"window: bounds must not be NaN, got ({lo}, {hi}) for dim {d}")
-        if lo > hi:
-            raise ValueError(f"window: expected lo <= hi, got ({lo}, {hi}) for dim {d}")
-        out.append((lo, hi))
-    if D is not None and len(out) != D:
-        raise ValueError(
-            f"window: expected {D} (lo, hi) pair(s) to match {dim_label} = {D}, "
-            f"got {len(out)}")
-    return tuple(out)
-
-
-def offset_layout(window: Window) -> Tuple[Tuple[int, ...], Tuple[int, ...], int]:
-    """(sizes, strides, volume) of the offset-table box over ``window``.
-
-    Row-major, last dim fastest: idx = sum_d (o_d - lo_d) * strides[d].
-    Requires finite integer bounds.
-    """
-    sizes = []
-    for d, (lo, hi) in enumerate(window):
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo != int(lo) or hi != int(hi):
-            raise ValueError(
-                f"offset_table: requires window bounds that are finite integers, "
-                f"got ({lo}, {hi}) for dim {d}")
-        sizes.append(int(hi) - int(lo) + 1)
-    strides = [1] * len(sizes)
-    for d in range(len(sizes) - 2, -1, -1):
-        strides[d] = strides[d + 1] * sizes[d + 1]
-    volume = 1
-    for s in sizes:
-        volume *= s
-    return tuple(sizes), tuple(strides), volume
 
 
 def check_inputs(

@@ -8,7 +8,7 @@ from typing import Tuple
 
 import torch
 
-from ._validate import NORMALIZATIONS, _require_dim, _require_tensor
+from .._common.checks import NORMALIZATIONS, _require_dim, _require_tensor
 
 
 def check_lowrank_inputs(q, k, v, normalize, causal, eps) -> Tuple[int, ...]:

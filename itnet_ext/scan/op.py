@@ -9,22 +9,15 @@ public forms to these.
 """
 import torch
 
-from .. import _C  # noqa: F401  (registers the ops)
+from .._common.op_autograd import check_devices, register_no_double_backward
 
 _ARGS = ("x", "log_decay", "dt", "A", "phi", "psi", "skip", "initial_state")
 CKPT_EVERY = 64  # csrc/scan/params.h: kCkptEvery
 
 
-def _check_devices(x, named):
-    for name, t in named:
-        if t is not None and t.device != x.device:
-            raise RuntimeError(f"{name}: expected a tensor on {x.device} (the device of x), "
-                               f"got {t.device}")
-
-
 @torch.library.register_fake("itnet::decay_scan_fwd")
 def _fwd_fake(x, log_decay, dt, A, phi, psi, skip, initial_state, checkpoint=False):
-    _check_devices(x, zip(_ARGS, (x, log_decay, dt, A, phi, psi, skip, initial_state)))
+    check_devices(x, zip(_ARGS, (x, log_decay, dt, A, phi, psi, skip, initial_state)), "x")
     B, T, D = x.shape
     Rk = phi.shape[-1]
     # checkpoints: the state before every 64th step, CPU only (CUDA keeps its own)
@@ -37,8 +30,8 @@ def _fwd_fake(x, log_decay, dt, A, phi, psi, skip, initial_state, checkpoint=Fal
 def _bwd_fake(grad_y, grad_final_state, *args):
     args, checkpoints = args[:len(_ARGS)], args[len(_ARGS):]
     x = args[0]
-    _check_devices(x, zip(("grad_y", "grad_final_state") + _ARGS + ("checkpoints",),
-                          (grad_y, grad_final_state) + tuple(args) + tuple(checkpoints)))
+    check_devices(x, zip(("grad_y", "grad_final_state") + _ARGS + ("checkpoints",),
+                         (grad_y, grad_final_state) + tuple(args) + tuple(checkpoints)), "x")
     # contiguous gradients in the inputs' shapes; an absent input gets an empty tensor
     return tuple(t.new_empty(t.shape) if t is not None else x.new_empty((0,)) for t in args)
 
@@ -60,10 +53,5 @@ def _backward(ctx, grad_y, grad_final_state, _grad_ckpt):
                  for g, t, need in zip(grads, saved, ctx.needs_input_grad)) + (None,)
 
 
-def _double_backward(ctx, *grads):
-    raise RuntimeError("itnet::decay_scan_bwd: double backward (gradients of gradients) of the "
-                       "fused decay scan is not supported; use itnet_ext.reference.decay_scan")
-
-
 torch.library.register_autograd("itnet::decay_scan_fwd", _backward, setup_context=_setup_context)
-torch.library.register_autograd("itnet::decay_scan_bwd", _double_backward)
+register_no_double_backward("itnet::decay_scan_bwd", "decay scan", "itnet_ext.reference.decay_scan")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import check_inputs
-from ._common import (_ELEMENT_BUDGET, _activation, _masked_softmax, _mlp_logits,
-                      _offset_rows, _run_chunks)
+from .._common.kernel_args import check_inputs
+from .._common.naive import (_ELEMENT_BUDGET, _masked_softmax, _mlp_logits, _offset_rows,
+                             _run_chunks, check_chunk_size, kernel_setup)
 
 
 def integral_transform(
@@ -25,24 +25,18 @@ def integral_transform(
     chunk_size=1024,
 ):
     """Reference ``integral_transform``; see spec / DESIGN.md section 1."""
-    p = check_inputs(
-        q, k, v, u=u, t=t, W2=W2, b2=b2, activation=activation, offset_table=offset_table,
-        q_pos=q_pos, k_pos=k_pos, normalize=normalize, key_weight=key_weight, causal=causal,
-        window=window, key_padding_mask=key_padding_mask, attn_mask=attn_mask, scale=scale,
-        return_lse=return_lse)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    kw = dict(locals())  # the arguments by name (one spelling of the list: the signature)
+    del kw["chunk_size"]  # the oracle's own evaluation choice
+    p = check_inputs(**kw)
+    check_chunk_size(chunk_size)
 
     B, H, N, M, Dv = p.B, p.H, p.N, p.M, p.Dv
     device = p.device
-    cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
-
-    def cast(x):
-        return None if x is None else x.to(cdt)
-
-    qc, kc, vc = cast(q), cast(k), cast(v)
-    uc, tc, W2c, b2c, Ec = cast(u), cast(t), cast(W2), cast(b2), cast(offset_table)
-    wc = cast(key_weight)  # (B or 1, M)
+    ks = kernel_setup(p, q=q, k=k, v=v, u=u, t=t, W2=W2, b2=b2, offset_table=offset_table,
+                      q_pos=q_pos, k_pos=k_pos)
+    cdt, qp, kp, lo, hi, sizes, strides, act = (ks.cdt, ks.qp, ks.kp, ks.lo, ks.hi, ks.sizes,
+                                                ks.strides, ks.act)
+    wc = None if key_weight is None else key_weight.to(cdt)  # (B or 1, M)
     mask_f = attn_mask.to(cdt) if p.attn_mask_kind == "float" else None
     mask_b = attn_mask if p.attn_mask_kind == "bool" else None
     if attn_mask is not None:  # view as 4-D, broadcastable to (B, H, N, M)
@@ -52,20 +46,6 @@ def integral_transform(
         else:
             mask_b = mask_b.reshape(shape4)
 
-    # Positions (never differentiated): float64, default integer index (1, N, 1) / (1, M, 1).
-    qp = kp = None
-    if p.needs_positions:
-        qp = (q_pos.detach().to(torch.float64) if q_pos is not None
-              else torch.arange(N, device=device, dtype=torch.float64).reshape(1, N, 1))
-        kp = (k_pos.detach().to(torch.float64) if k_pos is not None
-              else torch.arange(M, device=device, dtype=torch.float64).reshape(1, M, 1))
-    if p.window is not None:
-        lo = torch.tensor([w[0] for w in p.window], dtype=torch.float64, device=device)
-        hi = torch.tensor([w[1] for w in p.window], dtype=torch.float64, device=device)
-    if Ec is not None:
-        sizes = torch.tensor(p.offset_sizes, dtype=torch.long, device=device)
-        strides = torch.tensor(p.offset_strides, dtype=torch.long, device=device)
-    act = _activation(p.activation) if p.mlp else None
     j_idx = torch.arange(M, device=device)
 
     def chunk_fn(s, e, qc, kc, vc, uc, tc, W2c, b2c, Ec, wc, mask_f):
@@ -119,7 +99,7 @@ def integral_transform(
     # Chunk size: user bound, further capped by the per-chunk element budget.
     per_row = max(1, B * M * (H + p.R + 1))
     chunk = max(1, min(chunk_size, _ELEMENT_BUDGET // per_row))
-    out, lse = _run_chunks(chunk_fn, N, chunk, (qc, kc, vc, uc, tc, W2c, b2c, Ec, wc, mask_f),
-                           (B, H, Dv), p.normalize == "softmax")
+    tensors = (ks.qc, ks.kc, ks.vc, ks.uc, ks.tc, ks.W2c, ks.b2c, ks.Ec, wc, mask_f)
+    out, lse = _run_chunks(chunk_fn, N, chunk, tensors, (B, H, Dv), p.normalize == "softmax")
     out = out.to(v.dtype)
     return (out, lse) if return_lse else out
