@@ -166,3 +166,15 @@ def test_fused_entry_and_oracle_take_the_same_arguments(name):
              "sparse_integral_transform": check_sparse_inputs}.get(name)
     if check is not None:
         assert _params(check, drop=("check_values", "n_queries")) == _params(fused)
+
+
+def test_names_come_from_the_compiled_table():
+    import torch
+
+    from itnet_ext._common import names
+
+    assert names.ACTIVATIONS == tuple(torch.ops.itnet.enum_names("activation"))
+    assert names.FEATURE_MAPS == tuple(torch.ops.itnet.enum_names("feature_map"))
+    assert set(names.ACTIVATIONS) >= {"relu", "gelu", "silu"}
+    with pytest.raises(RuntimeError, match="kind"):
+        torch.ops.itnet.enum_names("nonsense")

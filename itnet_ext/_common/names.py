@@ -1,18 +1,19 @@
 """The names of the kernels' integer codes, in code order: the pair-MLP activations, the
-low-rank feature maps and the FAVOR+ stabilizers, in one place for the whole package
-(interim: a copy of the C++ enums until the compiled library exports its table).
+low-rank feature maps and the FAVOR+ stabilizers. One table, kept in C++ beside the formulas
+(csrc/common/activation.h, csrc/lowrank/params.h); Python reads it from the compiled library
+(``torch.ops.itnet.enum_names``), so no list here is synced by hand.
 """
 from __future__ import annotations
 
 from typing import Dict, Tuple
 
-_TABLE = {"activation": ("relu", "gelu", "silu"),
-          "feature_map": ("identity", "elu+1", "relu", "favor+"),
-          "stabilizer": ("none", "row", "slice")}
+import torch
+
+from .. import _C  # noqa: F401  (registers torch.ops.itnet.*)
 
 
 def _names(kind: str) -> Tuple[str, ...]:
-    return _TABLE[kind]
+    return tuple(torch.ops.itnet.enum_names(kind))
 
 
 def codes(names: Tuple[str, ...]) -> Dict[str, int]:
