@@ -61,7 +61,7 @@ TORCH_LIBRARY(itnet, m) {
   m.def("dense_bwd(Tensor grad_out, Tensor out, Tensor lse, Tensor? grad_lse, " ITNET_DENSE_ARGS
         ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor du, Tensor dt, Tensor dW2, Tensor db2, "
         "Tensor doffset_table, Tensor dkey_weight)");
-  // Decay scan (DESIGN section 2, low-rank causal with a decay; see
+  // Decay scan (docs/design.md section 2, low-rank causal with a decay; see
   // itnet_ext.functional.decay_scan). log_decay is 4-D (B|1, T|1, D, Rk|1),
   // or None with the factored pair (dt (B, T, D), A (D, Rk)); phi / psi are
   // (B, T, G, Rk). Returns y (B, T, D) and the state after the last step.
@@ -78,7 +78,7 @@ TORCH_LIBRARY(itnet, m) {
         "Tensor? checkpoints=None) -> "
         "(Tensor dx, Tensor dlog_decay, Tensor ddt, Tensor dA, Tensor dphi, Tensor dpsi, "
         "Tensor dskip, Tensor dinitial_state)");
-  // Sparse (pair-list) integral transform (DESIGN section 2, sampled and
+  // Sparse (pair-list) integral transform (docs/design.md section 2, sampled and
   // neighbourhoods): the dense op's kernel terms evaluated on the pairs
   // row_ptr (B, N + 1) / col_idx (B, E) with per-pair log-weights log_w
   // (B, E) (-inf = absent pair; see itnet_ext.functional.sparse_integral_transform,
@@ -90,7 +90,7 @@ TORCH_LIBRARY(itnet, m) {
   m.def("sparse_bwd(Tensor grad_out, Tensor out, Tensor lse, Tensor? grad_lse, "
         ITNET_SPARSE_ARGS ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor du, Tensor dt, "
         "Tensor dW2, Tensor db2, Tensor doffset_table, Tensor dlog_w)");
-  // Low-rank integral transform (DESIGN section 2, lowrank), non-causal, with
+  // Low-rank integral transform (docs/design.md section 2, lowrank), non-causal, with
   // the feature map applied in the kernel (feature_map: 0 identity, 1 elu+1,
   // 2 relu, 3 favor+ with its (F, Dk) projection): out_i = phi_i^T S
   // [/ phi_i^T z] with S = sum_j psi_j v_j^T, z = sum_j psi_j; rows with

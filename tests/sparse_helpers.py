@@ -35,7 +35,7 @@ def _seed(*key):
 # --------------------------------------------------------------------------------------------
 def dense_support(kw, window=True):
     """(B, N, M) bool: the dense op's support of a problem without attn_mask (key padding,
-    causal, window), written out from the definition in DESIGN section 1."""
+    causal, window), written out from the definition in docs/design.md section 1."""
     v = kw["v"]
     B, _, M, _ = v.shape
     N = next(kw[n].shape[-2] if n == "q" else kw[n].shape[1]

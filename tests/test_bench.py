@@ -3,7 +3,7 @@
 Runs the real command line in a subprocess with tiny sizes, one repeat and one
 thread, and checks the JSON it writes: every expected row, finite positive
 times and memory, the targets block and the metadata. Speed itself is not
-tested (DESIGN section 4: speed is measured by bench/, not by timed tests).
+tested (docs/design.md section 4: speed is measured by bench/, not by timed tests).
 """
 import json
 import math

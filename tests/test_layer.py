@@ -1,5 +1,5 @@
 """The general IntegralTransform layer: every option runs, matches an independent naive
-implementation of DESIGN.md section 1 (built here from the layer's parameters), equals
+implementation of docs/design.md section 1 (built here from the layer's parameters), equals
 nn.MultiheadAttention when it is attention, sends gradients to every parameter, and
 rejects bad arguments clearly.
 """

@@ -1,7 +1,7 @@
-"""IntegralTransform's sparse evaluation methods (DESIGN section 2): ``method="neighbors"``
+"""IntegralTransform's sparse evaluation methods (docs/design.md section 2): ``method="neighbors"``
 (a given pair list) and ``method="sampled"`` (importance-weighted Monte Carlo).
 
-Oracle: a naive float64 evaluation of DESIGN section 1 built here from the layer's
+Oracle: a naive float64 evaluation of docs/design.md section 1 built here from the layer's
 parameters (``naive`` below, independent of the library), with an explicit support and
 per-pair weights, and the dense layer itself (tested against its own naive oracle in
 tests/test_layer.py).

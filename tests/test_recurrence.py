@@ -1,4 +1,4 @@
-"""The recurrent layers of itnet_ext.recurrence (DESIGN section 3, linear recurrences) against
+"""The recurrent layers of itnet_ext.recurrence (docs/design.md section 3, linear recurrences) against
 independent sequential oracles written here from the published equations (plain loops over
 t in float64, no decay scan): S4D (real and complex, zero-order hold), Mamba-1's mixer (a
 line-by-line pure-PyTorch Mamba loaded with the same mamba_ssm-named weights), minGRU and

@@ -1,6 +1,6 @@
 """Monte Carlo estimators of the sampled evaluation, run through the fused sparse op.
 
-DESIGN section 2 (sampled): per query, S keys drawn from a proposal q(. | i) and
+docs/design.md section 2 (sampled): per query, S keys drawn from a proposal q(. | i) and
 
     none     y_i ~= (1/S) sum_s l(i, j_s) w_{j_s} v_{j_s} / q(j_s | i)      (unbiased)
     softmax  y_i ~= sum_s rho_s v_{j_s} / sum_s rho_s,  rho_s = exp(l) w / q  (consistent)

@@ -1,4 +1,4 @@
-// Parameters of the fused low-rank integral transform (DESIGN section 2,
+// Parameters of the fused low-rank integral transform (docs/design.md section 2,
 // lowrank), non-causal:
 //
 //   phi_i = fmap(q_i), psi_j = fmap(k_j)                          (F features)

@@ -1,4 +1,4 @@
-// Parameters of the decay scan (DESIGN section 2, low-rank causal kernel with a decay):
+// Parameters of the decay scan (docs/design.md section 2, low-rank causal kernel with a decay):
 //
 //   h_{t,d,r} = exp(a_{t,d,r}) h_{t-1,d,r} + psi_{t,g(d),r} x_{t,d},   h_{-1} = h0
 //   y_{t,d}   = sum_r phi_{t,g(d),r} h_{t,d,r} + skip_d x_{t,d}

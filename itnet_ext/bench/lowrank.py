@@ -1,6 +1,6 @@
 """Low-rank benchmark: ``python -m itnet_ext.bench --lowrank``.
 
-The same layer evaluated two ways (DESIGN section 2, lowrank), side by side on the same inputs
+The same layer evaluated two ways (docs/design.md section 2, lowrank), side by side on the same inputs
 and device: a dense :class:`~itnet_ext.nn.IntegralTransform` (``method="dense"``, the fused
 dense op) and the low-rank layer :func:`itnet_ext.lowrank.fit` distils from it
 (``method="lowrank"``, ``rank=F``; called as a layer, however it evaluates).

@@ -16,7 +16,7 @@ import torch
 
 from .measure import GIB, MIB, _Runner
 
-# the project's targets (DESIGN / issue text)
+# the project's targets (the issues)
 TARGET_ATTN_VS_SDPA = 1.5  # fused attention-only time <= 1.5x SDPA
 TARGET_MLP_VS_SDPA = 2.0  # fused MLP (R=32) time <= 2x SDPA
 TARGET_MLP_VS_REF = 4.0  # fused MLP at least 4x faster than the reference ...

@@ -2,7 +2,7 @@
 
 Two parts (``--sparse-part mc|gno|all``, default all), on the same device (default CPU):
 
-**mc** -- Monte Carlo evaluation of a self-attention-like transform (DESIGN section 2, sampled).
+**mc** -- Monte Carlo evaluation of a self-attention-like transform (docs/design.md section 2, sampled).
 B=1, H=4, Dk=Dv=32, M=N in ``--sparse-sizes`` (default 4096,16384), content term plus the pair
 MLP (R=16, gelu), softmax. The kernel is smooth in a 1-D position p_i = (i + 1/2) / N:
 q, k, v are random linear maps of the Fourier features [1, sin(2 pi f p), cos(2 pi f p)],

@@ -31,7 +31,7 @@ def integral_transform(
     scale=None,
     return_lse=False,
 ):
-    r"""y_i^h = sum_{j in S(i)} a_h(i, j) v_j^h with the learnable kernel of DESIGN section 1.
+    r"""y_i^h = sum_{j in S(i)} a_h(i, j) v_j^h with the learnable kernel of docs/design.md section 1.
 
     Logit of the pair (i, j) for head h (terms enabled by their arguments)::
 

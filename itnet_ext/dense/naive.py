@@ -1,4 +1,4 @@
-"""The dense integral transform's oracle (DESIGN section 1)."""
+"""The dense integral transform's oracle (docs/design.md section 1)."""
 from __future__ import annotations
 
 import torch
@@ -24,7 +24,7 @@ def integral_transform(
     return_lse=False,
     chunk_size=1024,
 ):
-    """Reference ``integral_transform``; see spec / DESIGN.md section 1."""
+    """Reference ``integral_transform``; see docs/design.md section 1."""
     kw = dict(locals())  # the arguments by name (one spelling of the list: the signature)
     del kw["chunk_size"]  # the oracle's own evaluation choice
     p = check_inputs(**kw)

@@ -1,4 +1,4 @@
-r"""Feature maps of the low-rank integral transform (DESIGN section 2, lowrank).
+r"""Feature maps of the low-rank integral transform (docs/design.md section 2, lowrank).
 
 A feature map takes per-head features (B, H, N, Dk) to (B, H, N, F); the low-rank transform
 uses l(i, j) ~= phi(q_i) . psi(k_j). Deterministic maps are plain functions:

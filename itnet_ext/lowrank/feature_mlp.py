@@ -1,4 +1,4 @@
-r"""Learned feature maps of the low-rank evaluation (DESIGN section 2, lowrank).
+r"""Learned feature maps of the low-rank evaluation (docs/design.md section 2, lowrank).
 
 :class:`FeatureMLP` maps per-point inputs ``[features f ; positions p]`` (B, n, C + D) to
 per-head raw features ``z`` (B, H, n, F) with one hidden layer plus a linear skip path::

@@ -1,4 +1,4 @@
-r"""Distill a low-rank layer from a trained dense layer: :func:`fit` (DESIGN section 2, lowrank).
+r"""Distill a low-rank layer from a trained dense layer: :func:`fit` (docs/design.md section 2, lowrank).
 
 What is fitted. The dense layer's kernel on the sample inputs, per head h, over the support
 S(i) (all keys, minus padded ones, j <= i when causal):

@@ -73,7 +73,7 @@ def _lowrank_features(arg_name, fm, kernel_map, x, *, is_query, softmax, cdt):
 
 def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="none",
                                causal=False, key_feature_map=None, eps=0.0):
-    r"""Fused low-rank integral transform (DESIGN section 2, lowrank): the kernel
+    r"""Fused low-rank integral transform (docs/design.md section 2, lowrank): the kernel
     l(i, j) ~= phi_i . psi_j with phi_i = feature_map(q_i), psi_j = (key_feature_map or
     feature_map)(k_j),
 

@@ -1,4 +1,4 @@
-"""The low-rank integral transform's oracle (DESIGN section 2, lowrank)."""
+"""The low-rank integral transform's oracle (docs/design.md section 2, lowrank)."""
 from __future__ import annotations
 
 import torch
@@ -48,7 +48,7 @@ def _causal_cumsum(phi, psi, v, softmax):
 
 
 def _causal_chunked(phi, psi, v, softmax, chunk):
-    """Causal numerator / denominator by chunks (DESIGN section 2, lowrank): inside a chunk
+    """Causal numerator / denominator by chunks (docs/design.md section 2, lowrank): inside a chunk
     the exact quadratic form (phi_c psi_c^T, lower-triangular incl. the diagonal) @ v_c;
     across chunks the state S = sum of psi_j v_j^T (F, Dv) and z = sum of psi_j over the
     previous chunks. Memory O(chunk^2 + F * Dv) per (b, h) instead of O(N * F * Dv)."""

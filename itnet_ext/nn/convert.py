@@ -1,6 +1,6 @@
 """Exact converters: ``nn.MultiheadAttention`` and ``nn.Conv1d`` / ``nn.Conv2d`` as integral transforms.
 
-See ``shared/DESIGN.md`` section 3.
+See docs/design.md section 3.
 
 - :class:`IntegralMultiheadAttention`: content term only, softmax; same constructor,
   ``forward`` signature, return value and parameter names as ``nn.MultiheadAttention``

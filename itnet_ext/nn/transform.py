@@ -96,7 +96,7 @@ class IntegralTransform(nn.Module):
         kdim, vdim: key / value feature sizes (default ``embed_dim``).
         batch_first: ``(B, N, E)`` inputs/outputs instead of ``(N, B, E)``.
 
-        method: how the kernel is evaluated (DESIGN section 2), with the same parameters:
+        method: how the kernel is evaluated (docs/design.md section 2), with the same parameters:
             ``"dense"`` (exact, every key of the support; the default), ``"sampled"``
             (importance-weighted Monte Carlo: ``samples`` keys per query drawn from
             ``proposal``), ``"neighbors"`` (the pairs of a neighbourhood passed to

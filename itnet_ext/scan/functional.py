@@ -26,7 +26,7 @@ def _check_stable(p):
 
 def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
                return_final_state=False, stable=False):
-    r"""Causal low-rank kernel with a decay, evaluated in O(T) by a fused scan (DESIGN section 2).
+    r"""Causal low-rank kernel with a decay, evaluated in O(T) by a fused scan (docs/design.md section 2).
 
     Per channel d and state r (channel d reads group g(d) = d // (D / G) of phi / psi)::
 

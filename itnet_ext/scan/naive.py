@@ -1,4 +1,4 @@
-"""The decay scan's oracles (DESIGN section 2, low-rank causal with a decay): the sequential
+"""The decay scan's oracles (docs/design.md section 2, low-rank causal with a decay): the sequential
 loop and the same kernel evaluated densely through the dense oracle."""
 from __future__ import annotations
 

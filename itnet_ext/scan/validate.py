@@ -1,4 +1,4 @@
-"""Argument checks and normalization of the decay scan (DESIGN section 2, lowrank causal).
+"""Argument checks and normalization of the decay scan (docs/design.md section 2, lowrank causal).
 
     h_{t,d,r} = exp(a_{t,d,r}) h_{t-1,d,r} + psi_{t,g(d),r} x_{t,d}
     y_{t,d}   = sum_r phi_{t,g(d),r} h_{t,d,r} + skip_d x_{t,d}

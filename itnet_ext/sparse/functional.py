@@ -22,7 +22,7 @@ def sparse_integral_transform(
     scale=None,
     return_lse=False,
 ):
-    r"""The integral transform evaluated on listed (query, key) pairs only (DESIGN section 2).
+    r"""The integral transform evaluated on listed (query, key) pairs only (docs/design.md section 2).
 
     Monte Carlo (keys drawn by a sampler of :mod:`itnet_ext.nn.samplers`, with the
     importance log-weights of :func:`~itnet_ext.nn.samplers.importance_log_weights`) and
@@ -47,7 +47,7 @@ def sparse_integral_transform(
 
     A key listed twice is two pairs; a pair whose offset lies outside ``window`` is left
     out; a row without pairs outputs 0 (lse -inf). Gradients flow to q, k, v, u, t, W2, b2,
-    offset_table and log_w (pathwise, DESIGN section 2), not to indices or positions.
+    offset_table and log_w (pathwise, docs/design.md section 2), not to indices or positions.
 
     Kernels (CPU float32 / float64; CUDA float32 / float64): one query row per work item,
     its pairs gathered in chunks and the pair MLP evaluated in registers; nothing of size

@@ -1,4 +1,4 @@
-"""The sparse (pair-list) integral transform's oracle (DESIGN section 2, sampled /
+"""The sparse (pair-list) integral transform's oracle (docs/design.md section 2, sampled /
 neighbourhoods): the dense kernel evaluated on listed pairs only."""
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def sparse_integral_transform(
     A repeated key is a separate pair. A pair whose offset lies outside ``window`` is
     excluded, as the dense op excludes it from the support. A row without a pair outputs 0
     (lse -inf) with zero gradients. With log_w = log(w_s / (S q(j_s | i))) this is the
-    importance-sampling estimate of DESIGN section 2 (self-normalized for softmax, where
+    importance-sampling estimate of docs/design.md section 2 (self-normalized for softmax, where
     the constant 1/S cancels).
 
     Differentiable w.r.t. q, k, v, u, t, W2, b2, offset_table and log_w (pathwise; the

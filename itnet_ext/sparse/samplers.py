@@ -1,4 +1,4 @@
-"""Proposals (samplers) and Monte Carlo estimators for the sampled evaluation (DESIGN section 2).
+"""Proposals (samplers) and Monte Carlo estimators for the sampled evaluation (docs/design.md section 2).
 
 A sampler draws, for every query i, S keys j_1..j_S i.i.d. (with replacement) from a proposal
 q(. | i) over the support of row i and returns
@@ -33,7 +33,7 @@ within ~1e-16 (relative) of a CDF step: in practice never.
 
 Gradients: the samplers and log_q are not differentiable (indices are discrete; the saliency
 scores are detached). Gradients of the estimate flow pathwise through the kernel values and
-values (DESIGN section 2), and through ``key_weight`` in :func:`importance_log_weights`.
+values (docs/design.md section 2), and through ``key_weight`` in :func:`importance_log_weights`.
 
 Cost: the samplers are plain PyTorch. :func:`uniform` without padding and with the default
 index positions costs O(B N S) (the support of a row is an interval). Otherwise a sampler

@@ -1,4 +1,4 @@
-"""Argument checks of the sparse (pair-list) integral transform (DESIGN section 2, sampled).
+"""Argument checks of the sparse (pair-list) integral transform (docs/design.md section 2, sampled).
 
 The kernel terms are the dense op's (q, k, v, u, t, W2, b2, activation, offset_table,
 q_pos, k_pos, window, normalize, scale) and are checked by ``_common.kernel_args.check_inputs``. The
