@@ -5,7 +5,7 @@
 //
 // Adding an activation: one entry in ITNET_ACTIVATIONS and its Act<>
 // specialization below. The dispatch (common/dispatch.h), the argument check
-// (dense/prepare.cpp) and the Python names (torch.ops.itnet.enum_names
+// (common/prepare_terms.cpp) and the Python names (torch.ops.itnet.enum_names
 // ("activation")) follow from the list.
 #pragma once
 

@@ -1,25 +1,23 @@
 // The arguments of one dense op call, bundled once (DenseArgs::from) by the
 // CPU and CUDA entry points and read by prepare() and the CUDA paths: the
 // argument list is spelled out in the schema (ITNET_DENSE_ARGS, ops.cpp), in
-// the entry signatures the dispatcher needs, and in DenseArgs::from.
+// the entry signatures the dispatcher needs, and in DenseArgs::from. The
+// pair kernel's arguments (KernelArgs) are shared with the sparse op; the
+// dense op adds per-key weights, key padding, an attention mask and causality.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <vector>
+#include "common/kernel_args.h"
 
 namespace itnet {
 namespace dense {
 
-struct DenseArgs {
-  c10::optional<at::Tensor> q, k;
-  at::Tensor v;
-  c10::optional<at::Tensor> u, t, W2, b2, offset_table, q_pos, k_pos, key_weight,
-      key_padding_mask, attn_mask;
-  std::vector<double> window_lo, window_hi;
-  double scale = 1.0;
-  int64_t activation = 0;
-  bool softmax = true, causal = false;
+using itnet::GradArgs;
+
+struct DenseArgs : KernelArgs {
+  c10::optional<at::Tensor> key_weight, key_padding_mask, attn_mask;
+  bool causal = false;
 
   // In the schema's order (ITNET_DENSE_ARGS).
   static DenseArgs from(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
@@ -34,23 +32,17 @@ struct DenseArgs {
                         const c10::optional<at::Tensor>& attn_mask,
                         at::ArrayRef<double> window_lo, at::ArrayRef<double> window_hi,
                         double scale, int64_t activation, bool softmax, bool causal) {
-    return DenseArgs{q,         k,
-                     v,         u,
-                     t,         W2,
-                     b2,        offset_table,
-                     q_pos,     k_pos,
-                     key_weight, key_padding_mask,
-                     attn_mask, window_lo.vec(),
-                     window_hi.vec(), scale,
-                     activation, softmax,
-                     causal};
+    DenseArgs a;
+    static_cast<KernelArgs&>(a) = KernelArgs{q,     k,     v,        u,
+                                             t,     W2,    b2,       offset_table,
+                                             q_pos, k_pos, window_lo.vec(), window_hi.vec(),
+                                             scale, activation, softmax};
+    a.key_weight = key_weight;
+    a.key_padding_mask = key_padding_mask;
+    a.attn_mask = attn_mask;
+    a.causal = causal;
+    return a;
   }
-};
-
-// The backward's extra inputs (dense_bwd's leading arguments).
-struct GradArgs {
-  at::Tensor grad_out, out, lse;
-  c10::optional<at::Tensor> grad_lse;
 };
 
 }  // namespace dense

@@ -28,6 +28,7 @@
 #include <climits>
 
 #include "common/dispatch.h"
+#include "common/pair_grad.h"
 #include "dense/cuda_kernel.h"
 #include "dense/cuda_pair.cuh"
 
@@ -47,37 +48,18 @@ struct Launch {
   int64_t ntiles;
 };
 
-template <class T>
-__device__ __forceinline__ T dot(const T* x, const T* y, int64_t n) {
-  T acc = T(0);
-  for (int64_t d = 0; d < n; ++d) acc += x[d] * y[d];
-  return acc;
-}
-
 // dS of one pair (and the contribution to the key-weight gradient, and the
-// weight a the value row gets). s = -inf: off the support, all 0.
-template <class T>
-struct PairGrad {
-  T ds, a, kw;
-};
-
+// weight a the value row gets), common/pair_grad.h. s = -inf: off the
+// support, all 0.
 template <class T>
 __device__ __forceinline__ PairGrad<T> pair_grad(const BwdParams& bp, T s, const T* dOi,
                                                  const T* vj, int64_t row, T w) {
-  PairGrad<T> g{T(0), T(0), T(0)};
-  if (s == neg_inf<T>()) return g;
+  if (s == neg_inf<T>()) return PairGrad<T>{T(0), T(0), T(0)};
   const FwdParams& p = bp.f;
   const T dp = dot(dOi, vj, p.Dv);
-  if (p.softmax) {
-    g.a = Ops<T>::exp(s - softmax_bwd_shift(cptr<T>(bp.lse)[row]));
-    g.ds = g.a * (dp - cptr<T>(bp.delta)[row]);
-    g.kw = g.ds;  // d / d(log w_j)
-  } else {
-    g.a = s * w;
-    g.ds = dp * w;
-    g.kw = dp * s;  // d / d w_j
-  }
-  return g;
+  if (!p.softmax) return itnet::pair_grad(false, s, w, dp, T(0), T(0));
+  return itnet::pair_grad(true, s, w, dp, softmax_bwd_shift(cptr<T>(bp.lse)[row]),
+                          cptr<T>(bp.delta)[row]);
 }
 
 // ---------------------------------------------------------------------------
@@ -160,7 +142,7 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
             const T dsj = s_ds[jj];
             if (dsj == T(0)) continue;
             const int64_t jk = j0 + jj;
-            const T* tj = p.tT ? cptr<T>(p.tT) + (b * p.M + jk) * R : nullptr;
+            const T* tj = p.t ? cptr<T>(p.t) + (b * p.M + jk) * R : nullptr;
             const T* er = p.E ? cptr<T>(p.E) + s_erow[jj] * R : nullptr;
             T dact;
             const T hid = Act<A, T>::fwd_grad(pair_preact(ui, tj, er, r), dact);
@@ -225,7 +207,7 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
     const T w = p.key_scale ? cptr<T>(p.key_scale)[b * p.M + j] : T(1);
     T* dvj = static_cast<T*>(bp.dv) + (bh * p.M + j) * Dv;
     T* dkj = qbh ? static_cast<T*>(bp.dk) + (bh * p.M + j) * Dk : nullptr;
-    const T* tj = p.tT ? cptr<T>(p.tT) + (b * p.M + j) * R : nullptr;
+    const T* tj = p.t ? cptr<T>(p.t) + (b * p.M + j) * R : nullptr;
     if (want_dt)
       for (int64_t r = lane; r < R; r += kWarp) dt_acc[r] = T(0);
     T kw_acc = T(0);  // this lane's share of the key-weight gradient
@@ -239,7 +221,7 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
         const T s = pair_logit<T, A>(p, b, h, i, j, erow);
         g = pair_grad(bp, s, dObh + i * Dv, vj, bh * N + i, w);
       }
-      kw_acc += g.kw;
+      kw_acc += g.dw;
       if (!__any_sync(kFullMask, g.ds != T(0) || g.a != T(0))) continue;
       __syncwarp();  // previous step's values fully read
       s_ds[lane] = g.ds;

@@ -2,7 +2,7 @@
 // kernels (cuda_fwd.cu, cuda_bwd.cu). Plain C++: no ATen, no torch headers.
 //
 // Layouts are those of prepare() with key_tile = 0 (see prepare.h / params.h):
-// q, k, v contiguous, u (B, N, R), t (B, M, R) in FwdParams::tT, key_bias /
+// q, k, v contiguous, u (B, N, R), t (B, M, R) in KernelParams::t, key_bias /
 // key_scale (B, M), positions float64, the attention mask through its strides.
 // Supported element types: float and double (float16 / bfloat16 calls beyond
 // the flash kernels' limits reach them as float32 copies, see dense_cuda.cpp).

@@ -1,10 +1,10 @@
-// Device helpers of the CUDA dense kernels (cuda_fwd.cu, cuda_bwd.cu): warp
-// reductions, a portable atomic add, and the logit of one (query, key) pair
-// for one head, built from the shared math of csrc/common (activations,
-// support predicates, offset indexing). Every kernel works warp by warp: a
-// warp owns one row (a query in the forward and the query-side backward, a
-// key in the key-side backward) and its 32 lanes evaluate 32 pairs of that
-// row at a time, one pair per lane.
+// Device helpers of the CUDA dense kernels (cuda_fwd.cu, cuda_bwd.cu): the
+// logit of one (query, key) pair for one head, built from the shared math of
+// csrc/common (activations, support predicates, offset indexing, the warp
+// helpers of common/cuda_warp.cuh), and the backward's shared-memory layout.
+// Every kernel works warp by warp: a warp owns one row (a query in the
+// forward and the query-side backward, a key in the key-side backward) and
+// its 32 lanes evaluate 32 pairs of that row at a time, one pair per lane.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "common/activation.h"
+#include "common/cuda_warp.cuh"
 #include "common/math.h"
 #include "common/support.h"
 #include "dense/params.h"
@@ -20,55 +21,13 @@ namespace itnet {
 namespace dense {
 namespace cuda {
 
-constexpr int kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-template <class T>
-__device__ __forceinline__ T warp_sum(T x) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
-  return x;
-}
-
-template <class T>
-__device__ __forceinline__ T warp_max(T x) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) {
-    const T y = __shfl_xor_sync(kFullMask, x, o);
-    x = y > x ? y : x;
-  }
-  return x;
-}
-
-__device__ __forceinline__ void atomic_add(float* addr, float x) { atomicAdd(addr, x); }
-
-__device__ __forceinline__ void atomic_add(double* addr, double x) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 600
-  // no native double atomicAdd before sm_60
-  unsigned long long* a = reinterpret_cast<unsigned long long*>(addr);
-  unsigned long long old = *a, assumed;
-  do {
-    assumed = old;
-    old = atomicCAS(a, assumed, __double_as_longlong(x + __longlong_as_double(assumed)));
-  } while (assumed != old);
-#else
-  atomicAdd(addr, x);
-#endif
-}
-
-// Typed views of the raw pointers of FwdParams.
-template <class T>
-__device__ __forceinline__ const T* cptr(const void* p) {
-  return static_cast<const T*>(p);
-}
-
-// Pre-activation of hidden unit r of the pair MLP: u_i + (t_j + E[o(i, j)]),
-// the operand order of the CPU kernels. Null rows count as 0.
-template <class T>
-__device__ __forceinline__ T pair_preact(const T* ui, const T* tj, const T* er, int64_t r) {
-  const T te = (tj ? tj[r] : T(0)) + (er ? er[r] : T(0));
-  return (ui ? ui[r] : T(0)) + te;
-}
+using itnet::cuda::atomic_add;
+using itnet::cuda::cptr;
+using itnet::cuda::kFullMask;
+using itnet::cuda::kWarp;
+using itnet::cuda::pair_preact;
+using itnet::cuda::warp_max;
+using itnet::cuda::warp_sum;
 
 // Rows of u, t and E that the pair (i, j) reads (null when absent).
 template <class T>
@@ -83,7 +42,7 @@ __device__ __forceinline__ MlpRows<T> mlp_rows(const FwdParams& p, int64_t b, in
                                                int64_t j, int64_t erow) {
   MlpRows<T> rows;
   rows.u = p.u ? cptr<T>(p.u) + (b * p.N + i) * p.R : nullptr;
-  rows.t = p.tT ? cptr<T>(p.tT) + (b * p.M + j) * p.R : nullptr;  // (B, M, R) on CUDA
+  rows.t = p.t ? cptr<T>(p.t) + (b * p.M + j) * p.R : nullptr;  // (B, M, R) on CUDA
   rows.e = p.E ? cptr<T>(p.E) + erow * p.R : nullptr;
   return rows;
 }

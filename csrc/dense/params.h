@@ -9,57 +9,30 @@
 
 #include <cstdint>
 
-#include "common/support.h"
+#include "common/kernel_params.h"
 
 namespace itnet {
 namespace dense {
 
-struct FwdParams {
-  int64_t B = 0, H = 0, N = 0, M = 0, Dk = 0, Dv = 0, R = 0;
-
-  // Which logit terms are on. Decided from the arguments, not from the
-  // pointers: a zero-size tensor has a null data pointer but is present.
-  bool content = false;  // q, k given
-  bool mlp = false;      // W2 given
-
-  // content term
-  const void* q = nullptr;    // (B, H, N, Dk)
-  const void* k = nullptr;    // (B, H, M, Dk)
+// The pair kernel (KernelParams: shapes, terms, support, outputs) plus what
+// only the dense op has.
+struct FwdParams : KernelParams {
   // CPU kernels read k, v (backward) and t per key tile, transposed:
-  // (B, H, nt, Dk, kCpuBlockK) etc., nt = ceil(M / kCpuBlockK), zero padded
-  const void* kT = nullptr;   // (B, H, nt, Dk, tile)
-  const void* v = nullptr;    // (B, H, M, Dv)
-  const void* vT = nullptr;   // (B, H, nt, Dv, tile), backward only
-  double scale = 1.0;
+  // (B, H, nt, Dk, kCpuBlockK) etc., nt = ceil(M / kCpuBlockK), zero padded;
+  // null on CUDA, whose kernels read k, v, t in their natural layout.
+  const void* kT = nullptr;  // (B, H, nt, Dk, tile)
+  const void* vT = nullptr;  // (B, H, nt, Dv, tile), backward only
+  const void* tT = nullptr;  // (B, nt, R, tile) or null
 
-  // MLP term
-  const void* u = nullptr;     // (B, N, R) or null (= 0)
-  const void* tT = nullptr;    // (B, nt, R, tile) on CPU, or null (= 0)
-  const void* W2 = nullptr;    // (H, R)
-  const void* b2 = nullptr;    // (H,) or null
-  const void* E = nullptr;     // offset table (O, R) or null
-  int64_t O = 0;
-  int activation = 0;          // itnet::Activation
-
-  // support
-  Window window;               // window.dims == 0: no window
-  const double* qpos = nullptr;  // (Bq, N, D), Bq in {1, B}; null when unused
-  const double* kpos = nullptr;  // (Bk, M, D)
-  int64_t qpos_bstride = 0, kpos_bstride = 0;  // 0 when broadcast over batch
   bool causal = false;
-  // per-key additive bias (B, M): 0 / log w_j (softmax) and -inf for padded keys
+  // per-key additive bias (B, M): 0 / log w_j (softmax) and -inf for padded
+  // keys; in the aux dtype, as are key_scale and the mask
   const void* key_bias = nullptr;
   // per-key weight (B, M) for `none` mode (null = 1)
   const void* key_scale = nullptr;
   // additive attention mask, any broadcast of (B, H, N, M): element strides
   const void* mask = nullptr;
   int64_t mask_stride[4] = {0, 0, 0, 0};
-
-  bool softmax = true;
-
-  // outputs
-  void* out = nullptr;  // (B, H, N, Dv)
-  void* lse = nullptr;  // (B, H, N), softmax mode only
 };
 
 struct BwdParams {

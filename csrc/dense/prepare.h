@@ -1,13 +1,13 @@
-// Turns the op's arguments (DenseArgs, dense/args.h) into a FwdParams: shape / dtype / device checks
-// (the Python wrapper checks shapes first with friendlier messages; these
-// guard direct torch.ops calls), data checks (NaN or non-integer positions,
-// non-positive weights), and the layouts the kernels read. Shared by the CPU
-// and CUDA entry points. key_tile > 0 also builds the key-tile-transposed
-// copies kT, vT (backward) and tT of the CPU kernels (see params.h). `aux`
-// (default: v's dtype) is the dtype of u, t, W2, b2, the offset table, the
-// key bias / scale and the attention mask: float32 for the 16-bit flash
-// kernels, which accumulate in float32. n_queries >= 0 gives N when neither q
-// nor u does (the sparse op takes it from its pair list) instead of q_pos.
+// Turns the op's arguments (DenseArgs, dense/args.h) into a FwdParams, shared
+// by the CPU and CUDA entry points: the pair kernel through prepare_terms()
+// (common/prepare_terms.h: checks, natural layouts, padded keys zeroed), then
+// the dense op's own parts: per-key weights (finite, positive) and padding as
+// a key bias / scale, the attention mask, causality. key_tile > 0 also builds
+// the key-tile-transposed copies kT, vT (backward) and tT of the CPU kernels
+// (see params.h). `aux` (default: v's dtype) is the dtype of u, t, W2, b2, the
+// offset table, the key bias / scale and the attention mask: float32 for the
+// 16-bit flash kernels, which accumulate in float32. n_queries >= 0 gives N
+// when neither q nor u does, instead of q_pos.
 #pragma once
 
 #include <ATen/ATen.h>

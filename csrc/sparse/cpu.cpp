@@ -27,11 +27,12 @@ std::tuple<at::Tensor, at::Tensor> sparse_fwd_cpu(
     const c10::optional<at::Tensor>& k_pos, const at::Tensor& row_ptr, const at::Tensor& col_idx,
     const c10::optional<at::Tensor>& log_w, at::ArrayRef<double> window_lo,
     at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax) {
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr, col_idx,
-                        log_w, window_lo, window_hi, scale, activation, softmax,
-                        /*key_major=*/true);
+  const SparseArgs a = SparseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr,
+                                        col_idx, log_w, window_lo, window_hi, scale, activation,
+                                        softmax);
+  Prepared pr = prepare(a, /*key_major=*/true);
   SparseParams& p = pr.params;
-  const dense::FwdParams& f = p.f;
+  const KernelParams& f = p.f;
   at::Tensor out = at::empty({f.B, f.H, f.N, f.Dv}, v.options());
   at::Tensor lse = softmax ? at::empty({f.B, f.H, f.N}, v.options()) : at::empty({0}, v.options());
   p.f.out = out.data_ptr();
@@ -52,15 +53,15 @@ GradTuple sparse_bwd_cpu(
     const at::Tensor& row_ptr, const at::Tensor& col_idx, const c10::optional<at::Tensor>& log_w,
     at::ArrayRef<double> window_lo, at::ArrayRef<double> window_hi, double scale,
     int64_t activation, bool softmax) {
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr, col_idx,
-                        log_w, window_lo, window_hi, scale, activation, softmax,
-                        /*key_major=*/true);
-  const dense::FwdParams& f = pr.params.f;
+  const SparseArgs a = SparseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr,
+                                        col_idx, log_w, window_lo, window_hi, scale, activation,
+                                        softmax);
+  Prepared pr = prepare(a, /*key_major=*/true);
+  const KernelParams& f = pr.params.f;
   // One buffer of key-side / parameter gradients per thread (at::parallel_for
   // hands each task its thread's id in [0, get_num_threads())).
   const int64_t copies = at::get_num_threads();
-  const Backward bw = prepare_backward(pr, grad_out, out, lse, grad_lse, v, u, t, b2,
-                                       offset_table, log_w, softmax, copies);
+  const Backward bw = prepare_backward(pr, GradArgs{grad_out, out, lse, grad_lse}, a, copies);
   if (f.B * f.N > 0 && f.H > 0) {
     const BwdFn fn =
         v.scalar_type() == at::kDouble ? cpu_kernels().bwd_f64 : cpu_kernels().bwd_f32;
@@ -71,7 +72,7 @@ GradTuple sparse_bwd_cpu(
       fn(bw.params, b, e, tid);
     });
   }
-  return bw.finish(u, t);
+  return bw.finish(a);
 }
 
 }  // namespace

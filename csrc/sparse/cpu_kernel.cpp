@@ -36,10 +36,10 @@ constexpr int64_t kC = kCpuPairChunk;
 // whole-vector stores into the (R x kC) chunk buffers need kC % vector width == 0
 static_assert(kC % 16 == 0, "kCpuPairChunk must be a multiple of the widest vector");
 
-inline const double* qpos_of(const dense::FwdParams& p, int64_t b) {
+inline const double* qpos_of(const KernelParams& p, int64_t b) {
   return p.qpos + b * p.qpos_bstride;
 }
-inline const double* kpos_of(const dense::FwdParams& p, int64_t b) {
+inline const double* kpos_of(const KernelParams& p, int64_t b) {
   return p.kpos + b * p.kpos_bstride;
 }
 
@@ -123,7 +123,7 @@ struct Scratch {
   // per pair: the heads' logits / dS, dP and weights (H each)
   std::vector<T> dOr, shiftH, deltaH, hS, hP, hA;
 
-  Scratch(const dense::FwdParams& p, bool backward) {
+  Scratch(const KernelParams& p, bool backward) {
     const int64_t VS = Vectorized<T>::size();
     S.resize(p.H * kC);
     if (p.mlp) {
@@ -160,7 +160,7 @@ struct Scratch {
 template <class T>
 void gather_chunk(const SparseParams& sp, int64_t b, int64_t i, int64_t& e, int64_t end,
                   Scratch<T>& ws) {
-  const dense::FwdParams& p = sp.f;
+  const KernelParams& p = sp.f;
   const int64_t* col = sp.col_idx + b * sp.E;
   const T* lw = sp.log_w ? static_cast<const T*>(sp.log_w) + b * sp.E : nullptr;
   const int D = p.window.dims;
@@ -183,8 +183,8 @@ void gather_chunk(const SparseParams& sp, int64_t b, int64_t i, int64_t& e, int6
 // Key-side MLP pre-activations of the chunk, transposed: te[r][c]. One
 // contiguous output row per r (the rows of t are gathered).
 template <class T>
-const T* chunk_key_preact(const dense::FwdParams& p, int64_t b, Scratch<T>& ws) {
-  const T* t = static_cast<const T*>(p.tT);  // (B, M, R) with key_tile = 0
+const T* chunk_key_preact(const KernelParams& p, int64_t b, Scratch<T>& ws) {
+  const T* t = static_cast<const T*>(p.t);  // (B, M, R)
   const T* E = static_cast<const T*>(p.E);
   if (!t && !E) return nullptr;
   const int64_t R = p.R, n = ws.n;
@@ -210,7 +210,7 @@ const T* chunk_key_preact(const dense::FwdParams& p, int64_t b, Scratch<T>& ws) 
 // Logits of every head for the chunk's pairs: S[h][c].
 template <class T, Activation A>
 void chunk_logits(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
-  const dense::FwdParams& p = sp.f;
+  const KernelParams& p = sp.f;
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
   const int64_t n = ws.n, H = p.H;
@@ -258,7 +258,7 @@ void chunk_logits(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) 
 
 template <class T, Activation A>
 void fwd_row(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
-  const dense::FwdParams& p = sp.f;
+  const KernelParams& p = sp.f;
   const int64_t H = p.H, Dv = p.Dv;
   T* O = ws.O.data();
   std::fill(ws.O.begin(), ws.O.end(), T(0));
@@ -326,7 +326,7 @@ void chunk_mlp_backward(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch
                         T* dt_t, T* dE_t) {
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
-  const dense::FwdParams& p = bp.s.f;
+  const KernelParams& p = bp.s.f;
   const int64_t R = p.R, H = p.H, n = ws.n;
   const T* te = chunk_key_preact(p, b, ws);
   const T* ui = p.u ? static_cast<const T*>(p.u) + (b * p.N + i) * R : nullptr;
@@ -427,7 +427,7 @@ T pair_head_grads(bool softmax, T* s, const T* dP, T lw, T w, const T* shift, co
 template <class T, Activation A>
 void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, int64_t tid) {
   const SparseParams& sp = bp.s;
-  const dense::FwdParams& p = sp.f;
+  const KernelParams& p = sp.f;
   const int64_t H = p.H, Dv = p.Dv, Dk = p.Dk, R = p.R, B = p.B, M = p.M;
   const int64_t* rp = sp.row_ptr + b * (p.N + 1);
   // key-major key-side tensors and buffers: (B, M, H, D)
@@ -508,7 +508,7 @@ void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, in
 
 template <class T, Activation A>
 void bwd_range(const SparseBwdParams& bp, int64_t begin, int64_t end, int64_t tid) {
-  const dense::FwdParams& p = bp.s.f;
+  const KernelParams& p = bp.s.f;
   Scratch<T> ws(p, /*backward=*/true);
   for (int64_t row = begin; row < end; ++row) bwd_row<T, A>(bp, row / p.N, row % p.N, ws, tid);
   if (p.mlp) {

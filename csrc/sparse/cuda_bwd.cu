@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int HC = HeadGroup<T>::value;
   const SparseParams& sp = bp.s;
-  const FwdParams& p = sp.f;
+  const KernelParams& p = sp.f;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t nwarps = static_cast<int64_t>(blockDim.x) / kWarp;
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
             const T dl = softmax ? delta[rowh] : T(0);
             g = pair_grad(softmax, pick(lg, hh), lw, dP, shift, dl);
           }
-          dlw += g.dlw;
+          dlw += g.dw;
           if (db2p) {
             const T tot = warp_sum(g.ds);
             if (lane == 0) db2p[h] += tot;
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
         T du_acc = T(0);
         for (int c = 0; c < n; ++c) {
           const int64_t jc = s.j[c], oc = s.o[c];
-          const T* t_row = p.tT ? cptr<T>(p.tT) + (b * M + jc) * R : nullptr;
+          const T* t_row = p.t ? cptr<T>(p.t) + (b * M + jc) * R : nullptr;
           const T* e_row = p.E ? cptr<T>(p.E) + oc * R : nullptr;
           const T dpre = pair_dpre<T, A>(p, s.buf, c, r, u_row, t_row, e_row);
           du_acc += dpre;
@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int HC = HeadGroup<T>::value;
   const SparseParams& sp = bp.s;
-  const FwdParams& p = sp.f;
+  const KernelParams& p = sp.f;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t nwarps = static_cast<int64_t>(blockDim.x) / kWarp;
@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
     }
     if (!want_dt) return;
     __syncwarp();  // dS of every head (s.buf) is written
-    const T* t_row = cptr<T>(p.tT) + (b * M + j) * R;
+    const T* t_row = cptr<T>(p.t) + (b * M + j) * R;
     T* dt_j = dt + (b * M + j) * R;
     for (int64_t r = lane; r < R; r += kWarp) {
       T acc = T(0);
@@ -313,18 +313,18 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
 
 const char* dtype_name(int64_t elem) { return elem == 8 ? "float64" : "float32"; }
 
-WarpLayout row_layout(const FwdParams& f, int64_t elem) {
+WarpLayout row_layout(const KernelParams& f, int64_t elem) {
   return WarpLayout::make(elem, f.H, f.R, /*head_buf=*/f.mlp, /*ml=*/false, /*hid=*/f.mlp);
 }
 
 WarpLayout key_layout(const SparseBwdParams& bp, int64_t elem, int HC) {
-  const FwdParams& f = bp.s.f;
+  const KernelParams& f = bp.s.f;
   const bool want_dt = f.mlp && bp.dt != nullptr;
   return WarpLayout::make(elem, f.H, f.R, /*head_buf=*/want_dt, /*ml=*/false,
                           /*hid=*/f.mlp && f.H > HC);
 }
 
-int fit_or_fail(const WarpLayout& L, const FwdParams& f, int64_t elem, const CudaDevice& dev,
+int fit_or_fail(const WarpLayout& L, const KernelParams& f, int64_t elem, const CudaDevice& dev,
                 const char* what) {
   const int warps = warps_that_fit(L.bytes, dev.smem_optin);
   TORCH_CHECK(warps > 0, "sparse_bwd (CUDA): H = ", f.H, " heads and R = ", f.R,
@@ -344,7 +344,7 @@ void set_smem(Kernel* kernel, int64_t smem) {
 template <class T, Activation A>
 void launch(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan& plan,
             cudaStream_t stream) {
-  const FwdParams& f = bp.s.f;
+  const KernelParams& f = bp.s.f;
   constexpr int HC = HeadGroup<T>::value;
   const int64_t elem = sizeof(T);
   {
@@ -395,7 +395,7 @@ void launch_act(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwd
 CudaBwdPlan cuda_sparse_bwd_plan(const SparseBwdParams& bp, bool is_double, bool deterministic,
                                  const CudaDevice& dev) {
   using namespace cuda;
-  const dense::FwdParams& f = bp.s.f;
+  const KernelParams& f = bp.s.f;
   const int64_t elem = is_double ? 8 : 4;
   CudaBwdPlan plan;
   const WarpLayout L = row_layout(f, elem);
@@ -426,7 +426,7 @@ CudaBwdPlan cuda_sparse_bwd_plan(const SparseBwdParams& bp, bool is_double, bool
 
 void cuda_sparse_bwd(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan& plan,
                      bool is_double, cudaStream_t stream) {
-  const dense::FwdParams& f = bp.s.f;
+  const KernelParams& f = bp.s.f;
   if (f.B * f.N == 0 || f.H == 0) return;
   TORCH_CHECK(f.Dv == 0 || (bp.dout != nullptr && bp.dv != nullptr),
               "sparse_bwd (CUDA): dout / dv missing");

@@ -4,9 +4,9 @@
 // 32, the logits of one lane's pair for a group of heads, and the per-pair
 // gradient formulas. The math itself is the shared one: Act<A, T> and the
 // online-softmax helpers (common/math.h), the window and offset indexing
-// (common/support.h), the per-pair rules (sparse/pair.h), and the dense CUDA
-// kernels' warp reductions, atomics and MLP pre-activation
-// (dense/cuda_pair.cuh). Included only by .cu files.
+// (common/support.h), the per-pair rules (common/pair_grad.h, sparse/pair.h),
+// and the warp reductions, atomics and MLP pre-activation of
+// common/cuda_warp.cuh. Included only by .cu files.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,9 +14,10 @@
 #include <cstdint>
 
 #include "common/activation.h"
+#include "common/cuda_warp.cuh"
 #include "common/math.h"
 #include "common/support.h"
-#include "dense/cuda_pair.cuh"
+#include "common/pair_grad.h"
 #include "sparse/pair.h"
 #include "sparse/params.h"
 
@@ -24,14 +25,13 @@ namespace itnet {
 namespace sparse {
 namespace cuda {
 
-using dense::FwdParams;
-using dense::cuda::atomic_add;
-using dense::cuda::cptr;
-using dense::cuda::kFullMask;
-using dense::cuda::kWarp;
-using dense::cuda::pair_preact;
-using dense::cuda::warp_max;
-using dense::cuda::warp_sum;
+using itnet::cuda::atomic_add;
+using itnet::cuda::cptr;
+using itnet::cuda::kFullMask;
+using itnet::cuda::kWarp;
+using itnet::cuda::pair_preact;
+using itnet::cuda::warp_max;
+using itnet::cuda::warp_sum;
 
 constexpr int kMaxWarps = 4;  // warps (rows or keys) per block, at most
 // __launch_bounds__ minimum blocks per SM: 4 x 128 threads caps a thread at 128
@@ -170,7 +170,7 @@ __device__ __forceinline__ void walk_pairs(int64_t begin, int64_t end, const War
 // one). pq / kpos_b: the query's position row and the batch's key positions
 // (null without a window).
 template <class T>
-__device__ __forceinline__ bool pair_takes_part(const FwdParams& p, T lw, int64_t j,
+__device__ __forceinline__ bool pair_takes_part(const KernelParams& p, T lw, int64_t j,
                                                 const double* pq, const double* kpos_b,
                                                 int64_t& o) {
   o = 0;
@@ -188,7 +188,7 @@ __device__ __forceinline__ bool pair_takes_part(const FwdParams& p, T lw, int64_
 // that takes part (pair_takes_part); an absent pair's key is never read.
 template <class T>
 struct RowFetch {
-  const FwdParams& p;
+  const KernelParams& p;
   const int64_t* col;
   const T* logw;
   const double* pq;
@@ -225,7 +225,7 @@ struct PairRows {
 };
 
 template <class T>
-__device__ __forceinline__ PairRows<T> pair_rows(const FwdParams& p, int64_t b, int64_t i,
+__device__ __forceinline__ PairRows<T> pair_rows(const KernelParams& p, int64_t b, int64_t i,
                                                  int64_t j, int64_t o) {
   PairRows<T> rw{nullptr, nullptr, nullptr, nullptr, nullptr};
   if (p.content && p.Dk > 0) {
@@ -234,7 +234,7 @@ __device__ __forceinline__ PairRows<T> pair_rows(const FwdParams& p, int64_t b, 
   }
   if (p.mlp && p.R > 0) {
     if (p.u) rw.u = cptr<T>(p.u) + (b * p.N + i) * p.R;
-    if (p.tT) rw.t = cptr<T>(p.tT) + (b * p.M + j) * p.R;  // (B, M, R) with key_tile = 0
+    if (p.t) rw.t = cptr<T>(p.t) + (b * p.M + j) * p.R;  // (B, M, R) with key_tile = 0
     if (p.E) rw.e = cptr<T>(p.E) + o * p.R;
   }
   return rw;
@@ -247,7 +247,7 @@ __device__ __forceinline__ PairRows<T> pair_rows(const FwdParams& p, int64_t b, 
 // (written by an earlier head group of the same chunk) instead of evaluating
 // the activations, which are then stored there when hid is given.
 template <class T, Activation A, int HC>
-__device__ __forceinline__ void group_logits(const FwdParams& p, const PairRows<T>& rw,
+__device__ __forceinline__ void group_logits(const KernelParams& p, const PairRows<T>& rw,
                                              int64_t h0, int nh, T* hid, bool hid_ready,
                                              T (&s)[HC]) {
 #pragma unroll
@@ -299,36 +299,17 @@ __device__ __forceinline__ T pick(const T (&s)[HC], int k) {
   return r;
 }
 
-template <class T>
-__device__ __forceinline__ T dot(const T* x, const T* y, int64_t n) {
-  T acc = T(0);
-  for (int64_t d = 0; d < n; ++d) acc += x[d] * y[d];
-  return acc;
-}
-
-// What one pair contributes in the backward, for one head: the weight a its
-// value row got, the logit gradient dS and the log-weight gradient.
-template <class T>
-struct PairGrad {
-  T a, ds, dlw;
-};
-
-// l: the logit (without lw); dP = <dO_i, v_j>; shift = softmax_bwd_shift(lse_i),
-// delta = rowsum(dO_i O_i) - grad_lse_i (softmax mode only).
+// What one pair contributes in the backward, for one head (common/pair_grad.h),
+// with dw the log-weight gradient. l: the logit (without lw); dP = <dO_i, v_j>;
+// shift = softmax_bwd_shift(lse_i), delta = rowsum(dO_i O_i) - grad_lse_i
+// (softmax mode only).
 template <class T>
 __device__ __forceinline__ PairGrad<T> pair_grad(bool softmax, T l, T lw, T dP, T shift,
                                                  T delta) {
-  PairGrad<T> g;
-  if (softmax) {
-    g.a = Ops<T>::exp(l + lw - shift);
-    g.ds = softmax_logit_grad(g.a, dP, delta);
-    g.dlw = g.ds;
-  } else {
-    const T w = pair_weight(lw);
-    g.a = l * w;
-    g.ds = none_logit_grad(w, dP);
-    g.dlw = none_log_weight_grad(l, w, dP);
-  }
+  if (softmax) return itnet::pair_grad(true, l + lw, T(1), dP, shift, delta);
+  const T w = pair_weight(lw);
+  PairGrad<T> g = itnet::pair_grad(false, l, w, dP, shift, delta);
+  g.dw = none_log_weight_grad(l, w, dP);  // d/d(log w) = w d/dw
   return g;
 }
 
@@ -336,7 +317,7 @@ __device__ __forceinline__ PairGrad<T> pair_grad(bool softmax, T l, T lw, T dP, 
 // (sum_h dS_h[c] W2[h, r]) act'(pre), with dS of every head in ds_buf
 // (H x 32) and the pair's u / t / E rows (null when absent).
 template <class T, Activation A>
-__device__ __forceinline__ T pair_dpre(const FwdParams& p, const T* ds_buf, int c, int64_t r,
+__device__ __forceinline__ T pair_dpre(const KernelParams& p, const T* ds_buf, int c, int64_t r,
                                        const T* u_row, const T* t_row, const T* e_row) {
   const T* w2 = cptr<T>(p.W2) + r;
   T dsum = T(0);

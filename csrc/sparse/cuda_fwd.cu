@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
     sparse_fwd_kernel(const SparseParams sp, const WarpLayout L) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int HC = HeadGroup<T>::value;
-  const FwdParams& p = sp.f;
+  const KernelParams& p = sp.f;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t nwarps = static_cast<int64_t>(blockDim.x) / kWarp;
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
 
 template <class T, Activation A>
 void launch(const SparseParams& p, const CudaDevice& dev, cudaStream_t stream) {
-  const FwdParams& f = p.f;
+  const KernelParams& f = p.f;
   constexpr int HC = HeadGroup<T>::value;
   const WarpLayout L = WarpLayout::make(sizeof(T), f.H, f.R, /*head_buf=*/false,
                                         /*ml=*/f.softmax, /*hid=*/f.mlp && f.H > HC);
@@ -147,7 +147,7 @@ void launch_act(const SparseParams& p, const CudaDevice& dev, cudaStream_t strea
 
 void cuda_sparse_fwd(const SparseParams& p, bool is_double, const CudaDevice& dev,
                      cudaStream_t stream) {
-  const dense::FwdParams& f = p.f;
+  const KernelParams& f = p.f;
   if (f.B * f.N == 0 || f.H == 0) return;
   TORCH_CHECK((f.Dv == 0 || f.out != nullptr) && (!f.softmax || f.lse != nullptr),
               "sparse_fwd (CUDA): output buffers missing");

@@ -39,9 +39,9 @@
 // deterministic for a given plan (which depends on the sizes and the GPU
 // only).
 //
-// Layouts: those of sparse::prepare() (dense::FwdParams with key_tile = 0:
+// Layouts: those of sparse::prepare() (KernelParams, common/kernel_params.h:
 // q (B, H, N, Dk), k (B, H, M, Dk), v (B, H, M, Dv) contiguous, u (B, N, R),
-// t (B, M, R) in f.tT, positions float64 with batch strides) and of
+// t (B, M, R), positions float64 with batch strides) and of
 // prepare_backward() with copies = 1 (every gradient buffer zero-filled).
 // Element types: float and double.
 #pragma once

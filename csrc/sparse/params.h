@@ -1,20 +1,21 @@
 // Raw-pointer view of one call of the sparse (pair-list) integral transform,
 // filled by the entry points (sparse/cpu.cpp, sparse/sparse_cuda.cpp) and read
-// by the kernels. The kernel terms are the dense op's (dense::FwdParams, with
-// key_tile = 0: every tensor contiguous in its natural layout, t (B, M, R));
+// by the kernels. The pair kernel is the one the dense op has too
+// (KernelParams, common/kernel_params.h: every tensor contiguous in its
+// natural layout, t (B, M, R));
 // the support is the pair list, always in CSR form here: the padded form
 // (idx (B, N, S)) is CSR with row_ptr[b, i] = i * S (sparse/prepare.cpp).
 #pragma once
 
 #include <cstdint>
 
-#include "dense/params.h"
+#include "common/kernel_params.h"
 
 namespace itnet {
 namespace sparse {
 
 struct SparseParams {
-  dense::FwdParams f;  // kernel terms; f.causal = false, no mask / key weight
+  KernelParams f;  // the pair kernel: terms, window, normalization, outputs
   // pairs of query i of batch b: entries row_ptr[b, i] <= e < row_ptr[b, i + 1]
   const int64_t* row_ptr = nullptr;  // (B, N + 1)
   const int64_t* col_idx = nullptr;  // (B, E), keys in [0, M) where the pair is present

@@ -2,13 +2,11 @@
 
 #include "common/grad.h"
 #include "common/math.h"
-#include "dense/prepare.h"
+#include "common/prepare_terms.h"
 
 namespace itnet {
 namespace sparse {
 namespace {
-
-std::string shape_str(const at::Tensor& x) { return c10::str(x.sizes()); }
 
 void check_index_tensor(const at::Tensor& x, const at::Tensor& v, const char* name,
                         const char* layout) {
@@ -66,16 +64,11 @@ void check_pair_values(const at::Tensor& row_ptr, const at::Tensor& col_idx,
 
 }  // namespace
 
-Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
-                 const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                 const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
-                 const c10::optional<at::Tensor>& b2,
-                 const c10::optional<at::Tensor>& offset_table,
-                 const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
-                 const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                 const c10::optional<at::Tensor>& log_w, at::ArrayRef<double> window_lo,
-                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool key_major) {
+Prepared prepare(const SparseArgs& a, bool key_major) {
+  const at::Tensor& v = a.v;
+  const at::Tensor& row_ptr = a.row_ptr;
+  const at::Tensor& col_idx = a.col_idx;
+  const c10::optional<at::Tensor>& log_w = a.log_w;
   TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
               "v: expected dtype float32 or float64 (the sparse op's kernels), got ",
               v.scalar_type());
@@ -85,12 +78,8 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
               shape_str(row_ptr));
   const int64_t N = row_ptr.size(1) - 1;
 
-  const dense::DenseArgs terms = dense::DenseArgs::from(
-      q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, /*key_weight=*/c10::nullopt,
-      /*key_padding_mask=*/c10::nullopt, /*attn_mask=*/c10::nullopt, window_lo, window_hi, scale,
-      activation, softmax, /*causal=*/false);
-  dense::Prepared kp = dense::prepare(terms, /*key_tile=*/0, /*backward=*/false,
-                                      /*aux=*/c10::nullopt, /*n_queries=*/N);
+  PreparedTerms kp = prepare_terms(a, /*key_padding_mask=*/c10::nullopt, /*aux=*/c10::nullopt,
+                                   /*n_queries=*/N);
   Prepared pr;
   pr.keep_alive = std::move(kp.keep_alive);
   SparseParams& p = pr.params;
@@ -124,26 +113,19 @@ Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Ten
   if (log_w.has_value()) p.log_w = keep(*log_w);
   p.key_major = key_major;
   if (key_major) {
-    // from the prepared (padding-free, contiguous) tensors the params point into
-    const dense::FwdParams& f = p.f;
-    auto km = [&](const void* ptr, int64_t D) {
-      at::Tensor x = at::from_blob(const_cast<void*>(ptr), {f.B, f.H, f.M, D}, v.options());
-      return keep(x.transpose(1, 2));
-    };
-    p.v_km = km(f.v, f.Dv);
-    if (f.content) p.k_km = km(f.k, f.Dk);
+    // from the prepared (contiguous) tensors the params point into
+    p.v_km = keep(kp.v.transpose(1, 2));
+    if (kp.k.defined()) p.k_km = keep(kp.k.transpose(1, 2));
   }
   return pr;
 }
 
-Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const at::Tensor& out,
-                          const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
-                          const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                          const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& b2,
-                          const c10::optional<at::Tensor>& offset_table,
-                          const c10::optional<at::Tensor>& log_w, bool softmax, int64_t copies) {
-  const dense::FwdParams& p = fwd.params.f;
-  check_grad_inputs(grad_out, out, lse, grad_lse, v, p.N, softmax, v.scalar_type());
+Backward prepare_backward(const Prepared& fwd, const GradArgs& g, const SparseArgs& a,
+                          int64_t copies) {
+  const KernelParams& p = fwd.params.f;
+  const at::Tensor& v = a.v;
+  const bool softmax = a.softmax;
+  check_grad_inputs(g.grad_out, g.out, g.lse, g.grad_lse, v, p.N, softmax, v.scalar_type());
   Backward bw;
   SparseBwdParams& bp = bw.params;
   bp.s = fwd.params;
@@ -151,10 +133,10 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
     bw.keep_alive.push_back(x);
     return x.data_ptr();
   };
-  bp.dout = keep(grad_out.contiguous());
+  bp.dout = keep(g.grad_out.contiguous());
   if (softmax) {
-    bp.lse = keep(lse.contiguous());
-    bp.delta = keep(softmax_delta(grad_out, out, grad_lse).contiguous());
+    bp.lse = keep(g.lse.contiguous());
+    bp.delta = keep(softmax_delta(g.grad_out, g.out, g.grad_lse).contiguous());
   }
   const auto opts = v.options();
   auto make = [&](bool given, std::vector<int64_t> shape, bool per_copy) {
@@ -164,8 +146,8 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   };
   const bool mlp = p.mlp;
   bw.dq = make(p.content, {p.B, p.H, p.N, p.Dk}, false);
-  bw.du = make(mlp && u.has_value(), {p.B, p.N, p.R}, false);
-  bw.dlog_w = make(log_w.has_value(), {p.B, fwd.params.E}, false);
+  bw.du = make(mlp && a.u.has_value(), {p.B, p.N, p.R}, false);
+  bw.dlog_w = make(a.log_w.has_value(), {p.B, fwd.params.E}, false);
   // the flag, not the pointer: a zero-size tensor (Dv = 0) has a null data pointer
   bw.key_major = fwd.params.key_major;
   if (bw.key_major) {
@@ -175,10 +157,10 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
     bw.dk = make(p.content, {p.B, p.H, p.M, p.Dk}, true);
     bw.dv = make(true, {p.B, p.H, p.M, p.Dv}, true);
   }
-  bw.dt = make(mlp && t.has_value(), {p.B, p.M, p.R}, true);
+  bw.dt = make(mlp && a.t.has_value(), {p.B, p.M, p.R}, true);
   bw.dW2 = make(mlp, {p.H, p.R}, true);
-  bw.db2 = make(mlp && b2.has_value(), {p.H}, true);
-  bw.dE = make(mlp && offset_table.has_value(), {p.O, p.R}, true);
+  bw.db2 = make(mlp && a.b2.has_value(), {p.H}, true);
+  bw.dE = make(mlp && a.offset_table.has_value(), {p.O, p.R}, true);
   // kernels only touch a gradient buffer that has elements
   auto ptr = [](const at::Tensor& x) { return x.numel() ? x.data_ptr() : nullptr; };
   bp.dq = ptr(bw.dq);
@@ -193,12 +175,11 @@ Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const
   return bw;
 }
 
-GradTuple Backward::finish(const c10::optional<at::Tensor>& u,
-                           const c10::optional<at::Tensor>& t) const {
+GradTuple Backward::finish(const SparseArgs& a) const {
   auto total = [](const at::Tensor& x) { return x.dim() > 1 ? x.sum(0) : x; };
   at::Tensor gdu = du, gdt = total(dt);
-  if (u.has_value() && du.dim() > 1) gdu = reduce_to(gdu, *u);
-  if (t.has_value() && dt.dim() > 1) gdt = reduce_to(gdt, *t);
+  if (a.u.has_value() && du.dim() > 1) gdu = reduce_to(gdu, *a.u);
+  if (a.t.has_value() && dt.dim() > 1) gdt = reduce_to(gdt, *a.t);
   at::Tensor gdk = total(dk), gdv = total(dv);
   if (key_major) {  // (B, M, H, D) -> the inputs' (B, H, M, D), contiguous
     if (gdk.dim() == 4) gdk = gdk.transpose(1, 2).contiguous();

@@ -1,6 +1,7 @@
 // Argument checks and layouts of the sparse (pair-list) integral transform,
-// shared by the CPU and CUDA entry points. The kernel terms go through the
-// dense op's prepare() (same checks, same messages); this adds the pair list:
+// shared by the CPU and CUDA entry points. The pair kernel goes through
+// prepare_terms() (common/prepare_terms.h: the dense op's checks and
+// messages); this adds the pair list:
 // row_ptr (B, N + 1), col_idx (B, E), log_w (B, E), with the value checks
 // that need the data (row_ptr order and range, keys in [0, M), no NaN / +inf
 // log-weight). They guard direct torch.ops calls; the Python wrapper checks
@@ -12,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "sparse/args.h"
 #include "sparse/params.h"
 
 namespace itnet {
@@ -22,16 +24,8 @@ struct Prepared {
   std::vector<at::Tensor> keep_alive;
 };
 
-Prepared prepare(const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
-                 const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                 const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
-                 const c10::optional<at::Tensor>& b2,
-                 const c10::optional<at::Tensor>& offset_table,
-                 const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
-                 const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                 const c10::optional<at::Tensor>& log_w, at::ArrayRef<double> window_lo,
-                 at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-                 bool key_major = false);
+// key_major: also the key-major copies of k and v (sparse/params.h).
+Prepared prepare(const SparseArgs& a, bool key_major = false);
 
 using GradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -46,15 +40,11 @@ struct Backward {
   // Gradients in sparse_bwd's output order (q, k, v, u, t, W2, b2,
   // offset_table, log_w), summed over copies and reduced to the inputs'
   // (possibly batch-broadcast) shapes; empty tensors for absent inputs.
-  GradTuple finish(const c10::optional<at::Tensor>& u, const c10::optional<at::Tensor>& t) const;
+  GradTuple finish(const SparseArgs& a) const;
 };
 
-Backward prepare_backward(const Prepared& fwd, const at::Tensor& grad_out, const at::Tensor& out,
-                          const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
-                          const at::Tensor& v, const c10::optional<at::Tensor>& u,
-                          const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& b2,
-                          const c10::optional<at::Tensor>& offset_table,
-                          const c10::optional<at::Tensor>& log_w, bool softmax, int64_t copies);
+Backward prepare_backward(const Prepared& fwd, const GradArgs& g, const SparseArgs& a,
+                          int64_t copies);
 
 }  // namespace sparse
 }  // namespace itnet

@@ -53,10 +53,12 @@ std::tuple<at::Tensor, at::Tensor> sparse_fwd_cuda(
     at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax) {
   check_cuda_value(v, "sparse_fwd");
   const c10::cuda::CUDAGuard guard(v.device());
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr, col_idx,
-                        log_w, window_lo, window_hi, scale, activation, softmax);
+  const SparseArgs a = SparseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr,
+                                        col_idx, log_w, window_lo, window_hi, scale, activation,
+                                        softmax);
+  Prepared pr = prepare(a);
   SparseParams& p = pr.params;
-  const dense::FwdParams& f = p.f;
+  const KernelParams& f = p.f;
   // the kernel accumulates the output rows in place and writes every lse
   at::Tensor out = at::zeros({f.B, f.H, f.N, f.Dv}, v.options());
   at::Tensor lse = softmax ? at::empty({f.B, f.H, f.N}, v.options()) : at::empty({0}, v.options());
@@ -85,17 +87,19 @@ GradTuple sparse_bwd_cuda(
     int64_t activation, bool softmax) {
   check_cuda_value(v, "sparse_bwd");
   const c10::cuda::CUDAGuard guard(v.device());
-  Prepared pr = prepare(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr, col_idx,
-                        log_w, window_lo, window_hi, scale, activation, softmax);
+  const SparseArgs a = SparseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr,
+                                        col_idx, log_w, window_lo, window_hi, scale, activation,
+                                        softmax);
+  Prepared pr = prepare(a);
   // one gradient buffer each (copies = 1), zero-filled
-  const Backward bw = prepare_backward(pr, grad_out, out, lse, grad_lse, v, u, t, b2,
-                                       offset_table, log_w, softmax, /*copies=*/1);
-  const dense::FwdParams& f = pr.params.f;
+  const Backward bw =
+      prepare_backward(pr, GradArgs{grad_out, out, lse, grad_lse}, a, /*copies=*/1);
+  const KernelParams& f = pr.params.f;
   const int64_t B = f.B, N = f.N, M = f.M, E = pr.params.E;
   // no pair: all zero. M == 0 too: prepare() admits only absent pairs then (a present
   // pair's key is in [0, M)), and the key-side buffers (dk, dv) have no elements, so
   // cuda_sparse_bwd's buffer checks would reject the call.
-  if (B * N == 0 || f.H == 0 || E == 0 || M == 0) return bw.finish(u, t);
+  if (B * N == 0 || f.H == 0 || E == 0 || M == 0) return bw.finish(a);
 
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const bool is_double = v.scalar_type() == at::kDouble;
@@ -142,7 +146,7 @@ GradTuple sparse_bwd_cuda(
   if (dW2_part.defined()) bw.dW2.copy_(dW2_part.sum(0, /*keepdim=*/true));
   if (db2_part.defined()) bw.db2.copy_(db2_part.sum(0, /*keepdim=*/true));
   if (dE_part.defined()) bw.dE.copy_(dE_part.sum(0, /*keepdim=*/true));
-  return bw.finish(u, t);
+  return bw.finish(a);
 }
 
 }  // namespace

@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(128)
   load_rows_async<T, kBk, kD, kLd, Cfg::kThreads>(v_s, v, Dv, p.M - j0, Dv, tid);
   cp_async_commit();
   if (kMlp) {
-    const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
+    const float* t = p.t ? static_cast<const float*>(p.t) + (b * p.M + j0) * R : nullptr;
     load_rows_f32(t_s, t, kBk, p.M - j0, R, ld, tid, Cfg::kThreads);
     stage_mlp_params(p, h, w2_s, e_s, ld, R4, tid, Cfg::kThreads);
     for (int c = tid; c < kBk * ld; c += Cfg::kThreads) dt_s[c] = 0.f;
@@ -392,7 +392,7 @@ __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
     load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(v_buf + buf * kBc * kLd, v + j0 * Dv, Dv,
                                                     p.M - j0, Dv, tid);
     if (kMlp) {
-      const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
+      const float* t = p.t ? static_cast<const float*>(p.t) + (b * p.M + j0) * R : nullptr;
       load_rows_f32_async(t_buf + buf * kBc * ld, t, kBc, p.M - j0, R, ld, tid, Cfg::kThreads);
     }
   };

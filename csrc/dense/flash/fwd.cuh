@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
     load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(v_s, v + j0 * Dv, Dv, p.M - j0, Dv, tid);
     cp_async_commit();
     if (kMlp) {
-      const float* t = p.tT ? static_cast<const float*>(p.tT) + (b * p.M + j0) * R : nullptr;
+      const float* t = p.t ? static_cast<const float*>(p.t) + (b * p.M + j0) * R : nullptr;
       load_rows_f32(t_s, t, kBc, p.M - j0, R, L.ld, tid, Cfg::kThreads);
     }
 
