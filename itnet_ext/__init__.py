@@ -6,3 +6,4 @@ from . import dense, lowrank, scan, sparse  # noqa: F401,E402
 from . import functional, reference  # noqa: F401,E402  (every strategy's entries / oracles)
 from .nn import IntegralTransform  # noqa: F401,E402
 from . import recurrence  # noqa: F401,E402
+from . import models  # noqa: F401,E402  (ITNet blocks, stacks and encoders on top of the layers)
