@@ -15,7 +15,8 @@ import pytest
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "itnet_ext")
 
 RANK = {"_C": 0, "_common": 1, "dense": 2, "sparse": 2, "scan": 2, "lowrank": 2, "nn": 3,
-        "recurrence": 4, "models": 4, "functional": 5, "reference": 5, "__init__": 6, "bench": 7}
+        "recurrence": 4, "models": 4, "functional": 5, "reference": 5, "__init__": 6, "bench": 7,
+        "data": 1, "distributed": 4, "experiments": 7}
 STRATEGIES = ("dense", "sparse", "scan", "lowrank")
 
 
