@@ -1,0 +1,172 @@
+"""Worker side of tests/test_distributed.py: cases run inside every spawned gloo process.
+
+Each case builds the whole problem from one seed (the same on every rank), evaluates the
+single-process fused op on it (the oracle) with autograd, then this rank's shard through
+itnet_ext.distributed and compares outputs and gradients to float64 rounding. Replicated
+parameters are compared after summing the ranks' contributions.
+"""
+import traceback
+
+import torch
+import torch.distributed as dist
+
+import itnet_ext  # noqa: F401
+from itnet_ext import distributed as D
+from itnet_ext.functional import integral_transform as local_op
+
+B, H, Dk, Dv, R = 2, 2, 4, 3, 5
+
+
+def _problem(seed, n, *, content=True, mlp=True, offset=False, window=None, kw=False,
+             kpm=False, t_batch=B):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    x = {"v": r(B, H, n, Dv)}
+    if content:
+        x["q"], x["k"] = r(B, H, n, Dk), r(B, H, n, Dk)
+    if mlp:
+        x.update(u=r(B, n, R), t=r(t_batch, n, R), W2=r(H, R), b2=r(H))
+    if offset:
+        vol = window[0][1] - window[0][0] + 1
+        x["offset_table"] = r(vol, R)
+    if kw:
+        x["key_weight"] = torch.rand(B, n, generator=g, dtype=torch.float64) + 0.5
+    if kpm:
+        m = torch.rand(B, n, generator=g) < 0.3
+        m[0] = True                                   # batch 0: every key padded (empty rows)
+        x["key_padding_mask"] = m
+    return x
+
+
+SEQ_DIM = {"q": 2, "k": 2, "v": 2, "u": 1, "t": 1, "key_weight": 1, "key_padding_mask": 1,
+           "q_pos": 1, "k_pos": 1}
+REPLICATED = ("W2", "b2", "offset_table")
+
+
+def _compare(name, seed, n, opts, problem_kw, use_lse=False):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    layout = opts.get("layout", "contiguous")
+    full = _problem(seed, n, **problem_kw)
+    leaves = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in full.items()}
+    static = {k: opts[k] for k in ("causal", "window", "normalize", "activation") if k in opts}
+    g = torch.Generator().manual_seed(seed + 1)
+    w_out = torch.randn(B, H, n, Dv, generator=g, dtype=torch.float64)
+    w_lse = torch.randn(B, H, n, generator=g, dtype=torch.float64)
+
+    def loss(res, wo, wl):
+        if use_lse:
+            out, lse = res
+            lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+            return (out * wo).sum() + (lse * wl).sum()
+        return (res * wo).sum()
+
+    ref = local_op(leaves.get("q"), leaves.get("k"), leaves["v"], return_lse=use_lse,
+                   **{k: v for k, v in leaves.items() if k not in ("q", "k", "v")}, **static)
+    loss(ref, w_out, w_lse).backward()
+
+    mine = {}
+    for k, v in full.items():
+        x = D.shard(v, SEQ_DIM[k], rank, world, layout) if k in SEQ_DIM else v
+        mine[k] = x.clone().requires_grad_(x.is_floating_point())
+    res = D.integral_transform(mine.get("q"), mine.get("k"), mine["v"], return_lse=use_lse,
+                               layout=layout, comm=opts.get("comm", "ring"),
+                               **{k: v for k, v in mine.items() if k not in ("q", "k", "v")},
+                               **static)
+    shard = lambda x, d: D.shard(x, d, rank, world, layout)
+    loss(res, shard(w_out, 2), shard(w_lse, 2)).backward()
+    out_ref = ref[0] if use_lse else ref
+    out = res[0] if use_lse else res
+    torch.testing.assert_close(out, shard(out_ref, 2), atol=1e-12, rtol=1e-10,
+                               msg=lambda m: f"{name} out: {m}")
+    if use_lse:
+        torch.testing.assert_close(res[1], shard(ref[1], 2), atol=1e-12, rtol=1e-10,
+                                   msg=lambda m: f"{name} lse: {m}")
+    for k, leaf in leaves.items():
+        if not leaf.is_floating_point():
+            continue
+        gm = mine[k].grad
+        if k in REPLICATED:
+            gm = gm.clone()
+            dist.all_reduce(gm)
+            want = leaf.grad
+        else:
+            want = shard(leaf.grad, SEQ_DIM[k])
+        torch.testing.assert_close(gm, want, atol=1e-11, rtol=1e-9,
+                                   msg=lambda m, k=k: f"{name} grad {k}: {m}")
+
+
+def _n(world, mult=3):
+    return 2 * world * mult          # divisible by the 2P chunks of the zigzag layout
+
+
+CASES = {
+    "softmax_ring": lambda w: _compare("softmax_ring", 1, _n(w), {}, {}),
+    "softmax_allgather": lambda w: _compare("softmax_allgather", 2, _n(w),
+                                            {"comm": "allgather"}, {}),
+    "causal_zigzag_ring": lambda w: _compare(
+        "causal_zigzag_ring", 3, _n(w), {"causal": True, "layout": "zigzag"}, {}),
+    "causal_contiguous_allgather": lambda w: _compare(
+        "causal_contiguous_allgather", 4, _n(w), {"causal": True, "comm": "allgather"}, {}),
+    "window_offset_causal_zigzag": lambda w: _compare(
+        "window_offset_causal_zigzag", 5, _n(w),
+        {"causal": True, "layout": "zigzag", "window": [(-4, 0)]},
+        {"offset": True, "window": [(-4, 0)]}),
+    "none_weights_padding": lambda w: _compare(
+        "none_weights_padding", 6, _n(w), {"normalize": "none"},
+        {"kw": True, "kpm": True}),
+    "softmax_padding_lse": lambda w: _compare(
+        "softmax_padding_lse", 7, _n(w), {"layout": "zigzag"},
+        {"kw": True, "kpm": True}, use_lse=True),
+    "mlp_only_t_batch1": lambda w: _compare(
+        "mlp_only_t_batch1", 8, _n(w), {"causal": True, "activation": "silu"},
+        {"content": False, "t_batch": 1}),
+    "content_only_none_window": lambda w: _compare(
+        "content_only_none_window", 9, _n(w),
+        {"normalize": "none", "window": [(-3, 5)], "comm": "allgather"}, {"mlp": False}),
+}
+
+
+def _expect_error(name, fn, match):
+    try:
+        fn()
+    except ValueError as e:
+        assert match in str(e), f"{name}: message {str(e)!r} lacks {match!r}"
+        return
+    raise AssertionError(f"{name}: no error raised")
+
+
+def error_cases():
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = 4 + (rank == 1)                                # rank 1: one extra key and query
+    x = torch.randn(1, 1, n, 2, dtype=torch.float64)
+    _expect_error("shard sizes", lambda: D.integral_transform(x, x, x), "same shape")
+    y = torch.randn(1, 1, 4, 2, dtype=torch.float64 if rank == 0 else torch.float32)
+    _expect_error("dtypes", lambda: D.integral_transform(y, y, y), "same dtype")
+    z = torch.randn(1, 1, 4, 2, dtype=torch.float64)
+    _expect_error("attn_mask", lambda: D.integral_transform(
+        z, z, z, attn_mask=torch.ones(4, 4, dtype=torch.bool)), "attn_mask")
+    _expect_error("layout", lambda: D.integral_transform(z, z, z, layout="ring"), "layout")
+    # a group of one rank: the local op, exactly
+    solo = None
+    for r in range(world):                             # every rank creates every group
+        gr = dist.new_group([r])
+        if r == rank:
+            solo = gr
+    torch.testing.assert_close(D.integral_transform(z, z, z, group=solo, causal=True),
+                               local_op(z, z, z, causal=True), atol=0, rtol=0)
+
+
+def run(rank, world, init_file, names, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    torch.set_num_threads(1)
+    failures = []
+    for name in names:
+        try:
+            (error_cases if name == "errors" else lambda: CASES[name](world))()
+        except Exception:
+            failures.append(f"[rank {rank}] {name}:\n{traceback.format_exc()}")
+        dist.barrier()
+    with open(f"{result_file}.{rank}", "w") as f:
+        f.write("\n".join(failures))
+    dist.destroy_process_group()
