@@ -126,6 +126,123 @@ CASES = {
 }
 
 
+def _sparse_problem(seed, n, S=5, *, content=True, mlp=True, offset=False):
+    """A random pair list over the whole key set (padded form: idx -1 / log_w -inf for
+    absent pairs; some rows empty), plus the kernel arguments of :func:`_problem`."""
+    x = _problem(seed, n, content=content, mlp=mlp)
+    g = torch.Generator().manual_seed(seed + 100)
+    x["idx"] = torch.randint(0, n, (B, n, S), generator=g)
+    lw = torch.randn(B, n, S, generator=g, dtype=torch.float64) * 0.5
+    absent = torch.rand(B, n, S, generator=g) < 0.3
+    absent[:, 0] = True                                       # query 0: no pairs at all
+    x["idx"] = torch.where(absent, -1, x["idx"])
+    x["log_w"] = torch.where(absent, float("-inf"), lw)
+    if offset:                                                # window (-n, n): all pairs
+        x["offset_table"] = torch.randn(2 * n + 1, R, generator=g, dtype=torch.float64)
+    return x
+
+
+def _to_csr(idx, log_w):
+    """Padded -> CSR without the absent pairs (per batch widths padded to the widest)."""
+    Bn, N, S = idx.shape
+    keep = ~torch.isneginf(log_w)
+    counts = keep.sum(2)
+    rp = torch.cat([torch.zeros(Bn, 1, dtype=torch.int64), counts.cumsum(1)], 1)
+    E = max(1, int(counts.sum(1).max()))
+    col = torch.zeros(Bn, E, dtype=torch.int64)
+    lw = torch.zeros(Bn, E, dtype=log_w.dtype)
+    for b in range(Bn):
+        m = keep[b].flatten()
+        col[b, :int(m.sum())] = idx[b].flatten()[m]
+        lw[b, :int(m.sum())] = log_w[b].flatten()[m]
+    return rp, col, lw
+
+
+def _compare_sparse(name, seed, n, opts, problem_kw, use_lse=False, csr=False):
+    from itnet_ext.functional import sparse_integral_transform as local_sparse
+    rank, world = dist.get_rank(), dist.get_world_size()
+    layout = opts.get("layout", "contiguous")
+    full = _sparse_problem(seed, n, **problem_kw)
+    if "offset_table" in full:
+        opts = dict(opts, window=[(-n, n)])
+    static = {k: opts[k] for k in ("window", "normalize", "activation") if k in opts}
+    g = torch.Generator().manual_seed(seed + 1)
+    w_out = torch.randn(B, H, n, Dv, generator=g, dtype=torch.float64)
+    w_lse = torch.randn(B, H, n, generator=g, dtype=torch.float64)
+
+    def loss(res, wo, wl):
+        if use_lse:
+            out, lse = res
+            return (out * wo).sum() + (torch.where(torch.isfinite(lse), lse, 0) * wl).sum()
+        return (res * wo).sum()
+
+    leaves = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in full.items()}
+    ref = local_sparse(leaves.get("q"), leaves.get("k"), leaves["v"], return_lse=use_lse,
+                       **{k: v for k, v in leaves.items() if k not in ("q", "k", "v")},
+                       **static)
+    loss(ref, w_out, w_lse).backward()
+    seq = dict(SEQ_DIM, idx=1, log_w=1)
+    mine = {}
+    for k, v in full.items():
+        x = D.shard(v, seq[k], rank, world, layout) if k in seq else v
+        mine[k] = x.clone().requires_grad_(x.is_floating_point())
+    pairs = {"idx": mine["idx"], "log_w": mine["log_w"]}
+    if csr:
+        rp, col, lw = _to_csr(mine["idx"], mine["log_w"].detach())
+        lw.requires_grad_(True)
+        pairs = {"row_ptr": rp, "col_idx": col, "log_w": lw}
+    res = D.sparse_integral_transform(
+        mine.get("q"), mine.get("k"), mine["v"], return_lse=use_lse, layout=layout,
+        comm=opts.get("comm", "ring"), **pairs,
+        **{k: v for k, v in mine.items() if k not in ("q", "k", "v", "idx", "log_w")},
+        **static)
+    shard = lambda x, d: D.shard(x, d, rank, world, layout)
+    loss(res, shard(w_out, 2), shard(w_lse, 2)).backward()
+    out, out_ref = (res[0], ref[0]) if use_lse else (res, ref)
+    torch.testing.assert_close(out, shard(out_ref, 2), atol=1e-12, rtol=1e-10,
+                               msg=lambda m: f"{name} out: {m}")
+    for k, leaf in leaves.items():
+        if not leaf.is_floating_point():
+            continue
+        gm = mine[k].grad
+        if k == "log_w" and csr:
+            continue                       # compared below, in the CSR entries' order
+        if k in REPLICATED:
+            gm = gm.clone()
+            dist.all_reduce(gm)
+            want = leaf.grad
+        else:
+            want = shard(leaf.grad, seq[k])
+        if k == "log_w":                   # absent pairs: gradient 0 (the oracle may say NaN)
+            gm = torch.where(torch.isneginf(mine[k].detach()), 0, gm)
+            want = torch.where(torch.isneginf(mine[k].detach()), 0, want)
+        torch.testing.assert_close(gm, want, atol=1e-11, rtol=1e-9,
+                                   msg=lambda m, k=k: f"{name} grad {k}: {m}")
+    if csr:
+        want_lw = shard(leaves["log_w"].grad, 1)
+        _, _, want_csr = _to_csr(mine["idx"], torch.where(
+            torch.isneginf(mine["log_w"].detach()), float("-inf"), want_lw))
+        rp = pairs["row_ptr"]
+        listed = torch.arange(pairs["col_idx"].shape[1])[None] < rp[:, -1:]
+        torch.testing.assert_close(torch.where(listed, pairs["log_w"].grad, 0),
+                                   torch.where(listed, want_csr, 0), atol=1e-11, rtol=1e-9,
+                                   msg=lambda m: f"{name} grad log_w (csr): {m}")
+
+
+SPARSE_CASES = {
+    "sparse_softmax_ring": lambda w: _compare_sparse("sparse_softmax_ring", 11, _n(w), {}, {}),
+    "sparse_zigzag_allgather_lse": lambda w: _compare_sparse(
+        "sparse_zigzag_allgather_lse", 12, _n(w), {"layout": "zigzag", "comm": "allgather"},
+        {}, use_lse=True),
+    "sparse_none_csr": lambda w: _compare_sparse(
+        "sparse_none_csr", 13, _n(w), {"normalize": "none"}, {}, csr=True),
+    "sparse_mlp_offset": lambda w: _compare_sparse(
+        "sparse_mlp_offset", 14, _n(w), {"activation": "relu"},
+        {"content": False, "offset": True}),
+}
+CASES.update(SPARSE_CASES)
+
+
 def _expect_error(name, fn, match):
     try:
         fn()

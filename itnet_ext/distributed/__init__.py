@@ -5,9 +5,9 @@ torch.distributed: the integral is additive over a partition of the keys, so par
     out = itnet_ext.distributed.integral_transform(q_shard, k_shard, v_shard, ...,
                                                    group=pg, layout="zigzag", causal=True)
 """
-from .functional import COMMS, integral_transform
+from .functional import COMMS, integral_transform, sparse_integral_transform
 from .layout import LAYOUTS, chunk_ids, global_index, num_chunks, shard, unshard
 from .merge import merge_softmax
 
-__all__ = ["integral_transform", "shard", "unshard", "chunk_ids", "num_chunks",
+__all__ = ["integral_transform", "sparse_integral_transform", "shard", "unshard", "chunk_ids", "num_chunks",
            "global_index", "merge_softmax", "LAYOUTS", "COMMS"]

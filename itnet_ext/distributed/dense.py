@@ -16,18 +16,16 @@ second merge.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .._common.checks import window_bounds
-from .._common.kernel_args import check_inputs
-from .._common.names import ACTIVATIONS
 from ..dense import op as _op  # noqa: F401  (registers itnet::dense_*)
-from .comm import Ring, world_of
+from .comm import world_of
 from .layout import chunk_ids
 from .merge import merge_into
+from .ring import visit, visit_grad
 
 # what travels with a key block, in this order
 KEY_SIDE = ("k", "v", "t", "k_pos", "key_weight", "key_padding_mask")
@@ -46,6 +44,7 @@ class Plan:
     act: int
     softmax: bool
     causal: bool
+    bytes_sent: int = 0       # of the last forward: the communication volume per step
 
 
 def _pairs(plan: Plan, rank: int, src: int, world: int, n_q: int, n_k: int):
@@ -131,31 +130,19 @@ class _ShardedDense(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: Plan, q, k, v, u, t, W2, b2, off, q_pos, k_pos, kw, kpm):
         rank, world = world_of(plan.group)
-        ring = Ring(plan.group)
         n_q = (q if q is not None else u if u is not None else q_pos).shape[2 if q is not None else 1]
         B, H, n_k, Dv = v.shape
         out = v.new_zeros((B, H, n_q, Dv), dtype=torch.float32 if v.dtype in
                           (torch.float16, torch.bfloat16) else v.dtype)
         lse = out.new_full((B, H, n_q), float("-inf")) if plan.softmax else v.new_empty((0,))
-        acc = (out, lse)
+        acc = [(out, lse)]
         qs, params = (q, u, q_pos), (W2, b2, off)
-        block = [k, v, t, k_pos, kw, kpm]
-        blocks = _gather(plan, block) if plan.comm == "allgather" else None
-        for step in range(world):
-            src = (rank - step) % world
-            if blocks is not None:
-                acc = _forward_block(plan, acc, qs, params, blocks[src],
-                                     _pairs(plan, rank, src, world, n_q, n_k))
-                continue
-            handle = None
-            if step < world - 1:
-                nxt, handle = ring.start(block)
-            acc = _forward_block(plan, acc, qs, params, block,
-                                 _pairs(plan, rank, src, world, n_q, n_k))
-            if handle is not None:
-                ring.wait(handle)
-                block = nxt
-        out, lse = acc
+
+        def block_fn(block, src):
+            acc[0] = _forward_block(plan, acc[0], qs, params, block,
+                                    _pairs(plan, rank, src, world, n_q, n_k))
+        plan.bytes_sent = visit(plan.group, plan.comm, [k, v, t, k_pos, kw, kpm], block_fn)
+        out, lse = acc[0]
         out = out.to(v.dtype)
         ctx.plan = plan
         ctx.save_for_backward(q, k, v, u, t, W2, b2, off, q_pos, k_pos, kw, kpm, out, lse)
@@ -168,7 +155,6 @@ class _ShardedDense(torch.autograd.Function):
         plan = ctx.plan
         q, k, v, u, t, W2, b2, off, q_pos, k_pos, kw, kpm, out, lse = ctx.saved_tensors
         rank, world = world_of(plan.group)
-        ring = Ring(plan.group)
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         grad_out = grad_out.contiguous()
@@ -177,71 +163,12 @@ class _ShardedDense(torch.autograd.Function):
         q_acc = [None if x is None else torch.zeros_like(x) for x in (q, u)]
         p_acc = [None if x is None else torch.zeros_like(x) for x in (W2, b2, off)]
         qs, params = (q, u, q_pos), (W2, b2, off)
-        block = [k, v, t, k_pos, kw, kpm]
-        if plan.comm == "allgather":
-            blocks = _gather(plan, block)
-            shares = [_backward_block(plan, grad_out, out, lse, glse, qs, params, blocks[s],
-                                      _pairs(plan, rank, s, world, n_q, n_k), q_acc, p_acc)
-                      for s in range(world)]
-            k_grads = _reduce_scatter(plan, shares)
-        else:
-            acc_prev = None
-            for step in range(world):
-                src = (rank - step) % world
-                kv_h = g_h = None
-                if step < world - 1:
-                    nxt, kv_h = ring.start(block)
-                if acc_prev is not None:       # the share of this block the ranks before added
-                    g_in, g_h = ring.start(acc_prev)
-                share = _backward_block(plan, grad_out, out, lse, glse, qs, params, block,
-                                        _pairs(plan, rank, src, world, n_q, n_k), q_acc, p_acc)
-                if g_h is not None:
-                    ring.wait(g_h)
-                    share = [s if s is None else s + gi for s, gi in zip(share, g_in)]
-                acc_prev = share
-                if kv_h is not None:
-                    ring.wait(kv_h)
-                    block = nxt
-            k_grads = ring.exchange(acc_prev)  # one more hop: each block's share comes home
-        dk, dv, dt, dkw = k_grads
+
+        def block_fn(block, src):
+            return _backward_block(plan, grad_out, out, lse, glse, qs, params, block,
+                                   _pairs(plan, rank, src, world, n_q, n_k), q_acc, p_acc)
+        dk, dv, dt, dkw = visit_grad(plan.group, plan.comm, [k, v, t, k_pos, kw, kpm], block_fn)
         dq, du = q_acc
         dW2, db2, doff = p_acc
         return (None, dq, dk, dv, du, dt if t is not None else None, dW2, db2, doff, None,
                 None, dkw if kw is not None else None, None)
-
-
-def _gather(plan, block) -> List[list]:
-    """Every rank's key block (all-gather variant), indexed by rank."""
-    import torch.distributed as dist
-    rank, world = world_of(plan.group)
-    per = [[None] * len(block) for _ in range(world)]
-    for i, x in enumerate(block):
-        if x is None:
-            continue
-        x = x.contiguous()
-        got = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(got, x, group=plan.group)
-        for r in range(world):
-            per[r][i] = got[r]
-    return per
-
-
-def _reduce_scatter(plan, shares) -> list:
-    """Sum every rank's share of each block's key-side gradient at the block's owner."""
-    import torch.distributed as dist
-    rank, world = world_of(plan.group)
-    out = []
-    for i in range(len(KEY_GRADS)):
-        if shares[0][i] is None:
-            out.append(None)
-            continue
-        parts = [s[i].contiguous() for s in shares]
-        mine = torch.empty_like(parts[rank])
-        if dist.get_backend(plan.group) == "nccl":
-            dist.reduce_scatter(mine, parts, group=plan.group)
-        else:                                  # gloo has no reduce-scatter
-            whole = torch.stack(parts)
-            dist.all_reduce(whole, group=plan.group)
-            mine = whole[rank].clone()
-        out.append(mine)
-    return out
