@@ -243,6 +243,52 @@ SPARSE_CASES = {
 CASES.update(SPARSE_CASES)
 
 
+def _compare_lowrank(name, seed, n, kw, fm_factory=None):
+    from itnet_ext.functional import lowrank_integral_transform as local_lowrank
+    rank, world = dist.get_rank(), dist.get_world_size()
+    g = torch.Generator().manual_seed(seed)
+    full = {"q": torch.randn(B, H, n, Dk, generator=g, dtype=torch.float64) * 0.5,
+            "k": torch.randn(B, H, n, Dk, generator=g, dtype=torch.float64) * 0.5,
+            "v": torch.randn(B, H, n, Dv, generator=g, dtype=torch.float64)}
+    w_out = torch.randn(B, H, n, Dv, generator=g, dtype=torch.float64)
+    if fm_factory is not None:
+        torch.manual_seed(seed)                        # the same projection on every rank
+        kw = dict(kw, feature_map=fm_factory())
+    leaves = {k: v.clone().requires_grad_() for k, v in full.items()}
+    ref = local_lowrank(leaves["q"], leaves["k"], leaves["v"], **kw)
+    (ref * w_out).sum().backward()
+    shard = lambda x: D.shard(x, 2, rank, world, "contiguous")
+    mine = {k: shard(v).clone().requires_grad_() for k, v in full.items()}
+    res = D.lowrank_integral_transform(mine["q"], mine["k"], mine["v"], **kw)
+    (res * shard(w_out)).sum().backward()
+    torch.testing.assert_close(res, shard(ref), atol=1e-12, rtol=1e-10,
+                               msg=lambda m: f"{name} out: {m}")
+    for k in full:
+        torch.testing.assert_close(mine[k].grad, shard(leaves[k].grad), atol=1e-11,
+                                   rtol=1e-9, msg=lambda m, k=k: f"{name} grad {k}: {m}")
+
+
+def _favor():
+    from itnet_ext.nn.feature_maps import PositiveRandomFeatures
+    return PositiveRandomFeatures(Dk, 8).double()
+
+
+LOWRANK_CASES = {
+    "lowrank_identity_none": lambda w: _compare_lowrank("lowrank_identity_none", 21, _n(w), {}),
+    "lowrank_elu_softmax_causal": lambda w: _compare_lowrank(
+        "lowrank_elu_softmax_causal", 22, _n(w),
+        {"feature_map": "elu+1", "normalize": "softmax", "causal": True}),
+    "lowrank_relu_softmax": lambda w: _compare_lowrank(
+        "lowrank_relu_softmax", 23, _n(w), {"feature_map": "relu", "normalize": "softmax"}),
+    "lowrank_callable_causal": lambda w: _compare_lowrank(
+        "lowrank_callable_causal", 24, _n(w),
+        {"feature_map": lambda x: torch.cat([x.exp(), x.square()], -1), "causal": True}),
+    "lowrank_favor_none": lambda w: _compare_lowrank(
+        "lowrank_favor_none", 25, _n(w), {}, fm_factory=_favor),
+}
+CASES.update(LOWRANK_CASES)
+
+
 def _expect_error(name, fn, match):
     try:
         fn()

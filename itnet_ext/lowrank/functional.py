@@ -10,7 +10,7 @@ from . import op as lr
 from .naive import apply_feature_map
 from .validate import check_lowrank_inputs
 
-__all__ = ["lowrank_integral_transform"]
+__all__ = ["lowrank_integral_transform", "features"]
 
 
 def _kernel_feature_map(arg_name, fm, Dk):
@@ -71,6 +71,34 @@ def _lowrank_features(arg_name, fm, kernel_map, x, *, is_query, softmax, cdt):
     return phi.to(cdt)
 
 
+def _feature_pair(q, k, v, feature_map, fk, kq, kk, same, softmax):
+    """(phi, psi, compute dtype): query and key features as the unfused paths use them."""
+    cdt = compute_dtype(v.dtype)
+    phi = _lowrank_features("feature_map", feature_map, kq, q, is_query=True, softmax=softmax,
+                            cdt=cdt)
+    psi = _lowrank_features("key_feature_map" if not same else "feature_map", fk, kk, k,
+                            is_query=False, softmax=softmax, cdt=cdt)
+    if phi.shape[3] != psi.shape[3]:
+        raise ValueError(f"key_feature_map: query features have F = {phi.shape[3]} but key "
+                         f"features have F = {psi.shape[3]}")
+    return phi, psi, cdt
+
+
+def features(q, k, v, *, feature_map="identity", key_feature_map=None, normalize="none"):
+    """(phi (B, H, N, F), psi (B, H, M, F), compute dtype): the features the low-rank op
+    evaluates, by the same code (kernel maps by the features op, FAVOR+ stabilized per
+    query row / key slice in softmax mode). For callers that combine the key sums
+    themselves (the sharded op of itnet_ext.distributed). No redraw happens here."""
+    Dk = q.shape[-1]
+    softmax = normalize == "softmax"
+    same = key_feature_map is None or key_feature_map is feature_map or (
+        isinstance(key_feature_map, str) and key_feature_map == feature_map)
+    fk = feature_map if same else key_feature_map
+    kq = _kernel_feature_map("feature_map", feature_map, Dk)
+    kk = kq if same else _kernel_feature_map("key_feature_map", key_feature_map, Dk)
+    return _feature_pair(q, k, v, feature_map, fk, kq, kk, same, softmax)
+
+
 def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="none",
                                causal=False, key_feature_map=None, eps=0.0):
     r"""Fused low-rank integral transform (docs/design.md section 2, lowrank): the kernel
@@ -129,14 +157,7 @@ def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="no
             projection = projection.to(device=v.device)
         return torch.ops.itnet.lowrank_fwd(q, k, v, projection, code, softmax, eps)
 
-    cdt = compute_dtype(v.dtype)
-    phi = _lowrank_features("feature_map", feature_map, kq, q, is_query=True, softmax=softmax,
-                            cdt=cdt)
-    psi = _lowrank_features("key_feature_map" if not same else "feature_map", fk, kk, k,
-                            is_query=False, softmax=softmax, cdt=cdt)
-    if phi.shape[3] != psi.shape[3]:
-        raise ValueError(f"key_feature_map: query features have F = {phi.shape[3]} but key "
-                         f"features have F = {psi.shape[3]}")
+    phi, psi, cdt = _feature_pair(q, k, v, feature_map, fk, kq, kk, same, softmax)
     vc = v.to(cdt)
     if not causal:
         return torch.ops.itnet.lowrank_fwd(phi, psi, vc, None, 0, softmax, eps).to(v.dtype)
