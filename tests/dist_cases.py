@@ -289,6 +289,97 @@ LOWRANK_CASES = {
 CASES.update(LOWRANK_CASES)
 
 
+def _layer(seed, **kw):
+    from itnet_ext.nn import IntegralTransform
+    torch.manual_seed(seed)
+    return IntegralTransform(8, 2, kernel_hidden=R, batch_first=True, dtype=torch.float64, **kw)
+
+
+def layer_case(name, seed, n, layout, **kw):
+    """The sharded layer against the same layer unsharded: outputs, input and parameter
+    gradients; the state dict is untouched by the switch."""
+    import copy
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ref_layer = _layer(seed, **kw)
+    layer = D.shard_layer(copy.deepcopy(ref_layer), layout=layout)
+    assert list(layer.state_dict()) == list(ref_layer.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(B, n, 8, generator=g, dtype=torch.float64)
+    (ref_layer(x) * w).sum().backward()
+    shard = lambda t: D.shard(t, 1, rank, world, layout)
+    xs = shard(x.detach()).requires_grad_()
+    out = layer(xs)
+    (out * shard(w)).sum().backward()
+    torch.testing.assert_close(out, shard(ref_layer(x).detach()), atol=1e-12, rtol=1e-10,
+                               msg=lambda m: f"{name} out: {m}")
+    torch.testing.assert_close(xs.grad, shard(x.grad), atol=1e-11, rtol=1e-9,
+                               msg=lambda m: f"{name} grad x: {m}")
+    for (pn, p), pr in zip(layer.named_parameters(), ref_layer.parameters()):
+        gp = p.grad.clone()
+        dist.all_reduce(gp)
+        torch.testing.assert_close(gp, pr.grad, atol=1e-11, rtol=1e-9,
+                                   msg=lambda m, pn=pn: f"{name} grad {pn}: {m}")
+    D.unshard_layer(layer)
+    torch.testing.assert_close(layer(x), ref_layer(x), atol=0, rtol=0)
+
+
+def ddp_case(name, seed, n, layout):
+    """DDP over the ranks, each holding its shard of the same sequences (context parallel):
+    with every rank's loss scaled by world / (total tokens), DDP's gradient average is the
+    gradient of the single-process mean loss, so five SGD steps follow the single-process
+    run to rounding."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def model():
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(3, 8, dtype=torch.float64),
+                                   _layer(seed, causal=True, offset_embedding=True,
+                                          window=[(-5, 0)]),
+                                   torch.nn.Linear(8, 2, dtype=torch.float64))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(B, n, 2, generator=g, dtype=torch.float64)
+    single = model()
+    opt = torch.optim.SGD(single.parameters(), lr=0.05)
+    ref_losses = []
+    for _ in range(5):
+        loss = (single(x) - y).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ref_losses.append(loss.item())
+    sharded = model()
+    D.shard_layer(sharded[1], layout=layout)
+    ddp = torch.nn.parallel.DistributedDataParallel(sharded)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    xs, ys = D.shard(x, 1, rank, world, layout), D.shard(y, 1, rank, world, layout)
+    losses = []
+    for _ in range(5):
+        local = (ddp(xs) - ys).square().sum() / y.numel()
+        opt.zero_grad()
+        (local * world).backward()
+        opt.step()
+        total = local.detach().clone()
+        dist.all_reduce(total)
+        losses.append(total.item())
+    assert max(abs(a - b) for a, b in zip(losses, ref_losses)) < 1e-12, (losses, ref_losses)
+    assert losses[-1] < losses[0]
+    for p, q in zip(sharded.parameters(), single.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-12, rtol=1e-10,
+                                   msg=lambda m: f"{name} parameters after 5 steps: {m}")
+
+
+CASES.update({
+    "layer_mlp_causal_zigzag": lambda w: layer_case(
+        "layer_mlp_causal_zigzag", 31, _n(w), "zigzag", causal=True),
+    "layer_offset_window_contiguous": lambda w: layer_case(
+        "layer_offset_window_contiguous", 32, _n(w), "contiguous", offset_embedding=True,
+        window=[(-3, 3)], relative_positions=True),
+    "ddp_zigzag": lambda w: ddp_case("ddp_zigzag", 33, _n(w), "zigzag"),
+})
+
+
 def _expect_error(name, fn, match):
     try:
         fn()
@@ -309,6 +400,13 @@ def error_cases():
     _expect_error("attn_mask", lambda: D.integral_transform(
         z, z, z, attn_mask=torch.ones(4, 4, dtype=torch.bool)), "attn_mask")
     _expect_error("layout", lambda: D.integral_transform(z, z, z, layout="ring"), "layout")
+    from itnet_ext.nn import IntegralTransform
+    _expect_error("layer method", lambda: D.shard_layer(
+        IntegralTransform(8, 2, method="lowrank", rank=4)), "no sharded layer")
+    _expect_error("layer type", lambda: D.shard_layer(torch.nn.Linear(2, 2)),
+                  "IntegralTransform")
+    _expect_error("sparse indices", lambda: D.sparse_integral_transform(
+        z, z, z, idx=torch.full((1, 4, 2), 4 * world)), "global key indices")
     # a group of one rank: the local op, exactly
     solo = None
     for r in range(world):                             # every rank creates every group

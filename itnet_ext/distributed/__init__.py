@@ -6,10 +6,11 @@ torch.distributed: the integral is additive over a partition of the keys, so par
                                                    group=pg, layout="zigzag", causal=True)
 """
 from .functional import COMMS, integral_transform, sparse_integral_transform
+from .layer import shard_layer, unshard_layer
 from .lowrank import lowrank_integral_transform
 from .layout import LAYOUTS, chunk_ids, global_index, num_chunks, shard, unshard
 from .merge import merge_softmax
 
 __all__ = ["integral_transform", "sparse_integral_transform", "lowrank_integral_transform",
-           "shard", "unshard", "chunk_ids", "num_chunks",
+           "shard_layer", "unshard_layer", "shard", "unshard", "chunk_ids", "num_chunks",
            "global_index", "merge_softmax", "LAYOUTS", "COMMS"]

@@ -587,7 +587,9 @@ class IntegralTransform(nn.Module):
         if value is None:
             value = key
         q_in, k_in, v_in, is_batched = batch_first_inputs(self, query, key, value)
-        heads = _EVALUATORS[self._method].forward(
+        # a per-layer evaluator (itnet_ext.distributed.shard_layer installs one) wins
+        evaluator = self.__dict__.get("_sharded_evaluator") or _EVALUATORS[self._method]
+        heads = evaluator.forward(
             self, q_in, k_in, v_in, query_pos=query_pos, key_pos=key_pos,
             self_attention=self_attention, key_padding_mask=key_padding_mask,
             attn_mask=attn_mask, causal=self.causal or bool(is_causal), is_batched=is_batched,
