@@ -19,6 +19,7 @@ from .report import _cpu_seconds, _default_out, _metadata, _rows, _targets, form
 from .lowrank import main_lowrank
 from .scan import main_scan
 from .sparse import main_sparse
+from .distributed import main_distributed
 
 
 # ======================================================================================
@@ -109,6 +110,11 @@ def build_parser():
                    help="do not run the dense layer above this N (O(N^2); default 32768)")
     g.add_argument("--lowrank-dense-call-limit-s", type=float, default=45.0,
                    help="do not run a dense call predicted (quadratic from the previous N) to exceed this (45)")
+    g = p.add_argument_group("distributed section (--distributed; see itnet_ext/bench/distributed.py)")
+    g.add_argument("--distributed", action="store_true",
+                   help="strong / weak scaling of the sharded ops over gloo CPU processes")
+    g.add_argument("--dist-n", type=int, default=4096, help="strong scaling: whole N (4096)")
+    g.add_argument("--dist-worlds", default="1,2,4", help="process counts (1,2,4)")
     return p
 
 
@@ -234,6 +240,8 @@ def main(argv=None):
         return main_sparse(args, parser)
     if args.lowrank:
         return main_lowrank(args, parser)
+    if args.distributed:
+        return main_distributed(args, parser)
     result = run(args)
     out = Path(args.out) if args.out else _default_out(torch.device(args.device))
     path = write_json(result, out)

@@ -32,6 +32,8 @@ class Ring:
             else (rank - 1) % world
         self.bytes_sent = 0
 
+    sent_total = 0     # bytes every Ring of this process has sent (read by the benchmark)
+
     def start(self, tensors: Sequence[Optional[Tensor]]):
         """Post the exchange of ``tensors`` (None entries travel as None): returns
         (buffers the previous rank's tensors arrive in, a handle for :meth:`wait`)."""
@@ -48,6 +50,7 @@ class Ring:
             reqs.append(dist.irecv(buf, self.prev, group=self.group))
             bufs.append(buf)
             self.bytes_sent += x.numel() * x.element_size()
+            Ring.sent_total += x.numel() * x.element_size()
         return bufs, (reqs, keep)
 
     @staticmethod

@@ -15,7 +15,13 @@ from torch import Tensor
 
 from ..lowrank.functional import features, lowrank_integral_transform as _local
 from ..lowrank.validate import check_lowrank_inputs
-from .comm import agree, world_of
+from .comm import Ring, agree, world_of
+
+
+def _count_all_reduce(x, group):
+    """Bytes a rank sends in a ring all-reduce of x: 2 (P - 1) / P of it."""
+    world = world_of(group)[1]
+    Ring.sent_total += 2 * (world - 1) * x.numel() * x.element_size() // world
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -27,12 +33,14 @@ class _AllReduceSum(torch.autograd.Function):
         ctx.group = group
         y = x.contiguous().clone()
         dist.all_reduce(y, group=group)
+        _count_all_reduce(y, group)
         return y
 
     @staticmethod
     def backward(ctx, g):
         g = g.contiguous().clone()
         dist.all_reduce(g, group=ctx.group)
+        _count_all_reduce(g, ctx.group)
         return g, None
 
 
@@ -46,12 +54,14 @@ class _AllGatherStack(torch.autograd.Function):
         ctx.rank = rank
         got = [torch.empty_like(x.contiguous()) for _ in range(world)]
         dist.all_gather(got, x.contiguous(), group=group)
+        Ring.sent_total += (world - 1) * x.numel() * x.element_size()
         return torch.stack(got)
 
     @staticmethod
     def backward(ctx, g):
         g = g.contiguous().clone()
         dist.all_reduce(g, group=ctx.group)
+        _count_all_reduce(g, ctx.group)
         return g[ctx.rank], None
 
 

@@ -31,6 +31,7 @@ def _gather(group, block) -> List[list]:
         x = x.contiguous()
         got = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(got, x, group=group)
+        Ring.sent_total += x.numel() * x.element_size() * (world - 1)   # as a ring all-gather
         for r in range(world):
             per[r][i] = got[r]
     return per
@@ -103,5 +104,8 @@ def _reduce_to_owner(group, shares: List[list]) -> list:
             whole = torch.stack(parts)
             dist.all_reduce(whole, group=group)
             mine = whole[rank].clone()
+        # a ring reduce-scatter sends (P - 1) / P of the stack; gloo's all-reduce twice that
+        Ring.sent_total += parts[0].numel() * parts[0].element_size() * (world - 1) * \
+            (1 if dist.get_backend(group) == "nccl" else 2)
         out.append(mine)
     return out
