@@ -235,6 +235,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("bench", "results"))
     p.add_argument("--quick", action="store_true", help="tiny sizes, a seconds-long run")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads during the run (default 1: on a shared "
+                        "2-core machine two OpenMP threads slow down many times when "
+                        "another process takes a core; the sizes are too small to gain much)")
     p.add_argument("--configs", default=None,
                    help="comma-separated student configurations for the causal teachers "
                         f"(default: all of {','.join(RT.STUDENTS['causal'])})")
@@ -248,6 +252,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     a.widths = _int_list(p, a.widths, "widths")
     if a.steps is not None and a.steps < 1:
         p.error(f"--steps must be >= 1, got {a.steps}")
+    if a.threads < 1:
+        p.error(f"--threads must be >= 1, got {a.threads}")
     if a.configs is not None:
         a.configs = [c for c in a.configs.split(",") if c.strip()]
         for c in a.configs:
@@ -259,6 +265,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> dict:
     a = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(a.threads)
+    try:
+        return _run(a, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(a: argparse.Namespace, argv: Optional[List[str]]) -> dict:
     settings = dict(QUICK if a.quick else DEFAULTS)
     if a.steps is not None:
         settings["steps"] = a.steps
