@@ -30,7 +30,6 @@ class Ring:
             else (rank + 1) % world
         self.prev = dist.get_global_rank(group, (rank - 1) % world) if group is not None \
             else (rank - 1) % world
-        self.bytes_sent = 0
 
     sent_total = 0     # bytes every Ring of this process has sent (read by the benchmark)
 
@@ -49,7 +48,6 @@ class Ring:
             reqs.append(dist.isend(x, self.next, group=self.group))
             reqs.append(dist.irecv(buf, self.prev, group=self.group))
             bufs.append(buf)
-            self.bytes_sent += x.numel() * x.element_size()
             Ring.sent_total += x.numel() * x.element_size()
         return bufs, (reqs, keep)
 
@@ -67,7 +65,7 @@ class Ring:
 _DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
-def agree(group, device, named: Sequence[tuple]) -> None:
+def agree(group, ref: Tensor, named: Sequence[tuple]) -> None:
     """Raise the same clear ValueError on every rank unless all ranks pass tensors of the
     same presence, shape, dtype and device type for each ``(name, tensor)``. One all-gather
     of a small int64 vector: no rank can hang waiting for a partner that raised."""
@@ -79,6 +77,8 @@ def agree(group, device, named: Sequence[tuple]) -> None:
         shape = list(x.shape) + [-1] * (8 - x.dim())
         dt = _DTYPES.index(x.dtype) if x.dtype in _DTYPES else 9
         meta += [1, dt, 1 if x.is_cuda else 0] + shape[:8]
+    # NCCL collectives need a CUDA tensor (ref's device), gloo a CPU one
+    device = ref.device if dist.get_backend(group) == "nccl" else "cpu"
     mine = torch.tensor(meta, dtype=torch.int64, device=device)
     rank, world = world_of(group)
     got = [torch.empty_like(mine) for _ in range(world)]

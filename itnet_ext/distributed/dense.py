@@ -21,15 +21,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..dense import op as _op  # noqa: F401  (registers itnet::dense_*)
+from ..dense.op import _num_queries  # (importing it registers itnet::dense_*)
 from .comm import world_of
 from .layout import chunk_ids
 from .merge import merge_into
 from .ring import visit, visit_grad
 
-# what travels with a key block, in this order
-KEY_SIDE = ("k", "v", "t", "k_pos", "key_weight", "key_padding_mask")
-# gradients that travel back: those of k, v, t, key_weight (index into KEY_SIDE)
+# a key block is [k, v, t, k_pos, key_weight, key_padding_mask]; the gradients that travel
+# back are those of k, v, t, key_weight (their indices in the block)
 KEY_GRADS = (0, 1, 2, 4)
 
 
@@ -44,7 +43,6 @@ class Plan:
     act: int
     softmax: bool
     causal: bool
-    bytes_sent: int = 0       # of the last forward: the communication volume per step
 
 
 def _pairs(plan: Plan, rank: int, src: int, world: int, n_q: int, n_k: int):
@@ -100,8 +98,7 @@ def _backward_block(plan, go, out, lse, glse, qs, params, block, pairs, q_acc, p
     the key-side ones (dk, dv, dt, dw) shaped like the block."""
     q, u, q_pos = qs
     W2, b2, off = params
-    k_acc = [None if block[i] is None else torch.zeros_like(block[i], dtype=_gdt(block[i]))
-             for i in KEY_GRADS]
+    k_acc = [None if block[i] is None else torch.zeros_like(block[i]) for i in KEY_GRADS]
     for qr, kr, causal in pairs:
         qa, ua, pa = _q_side(q, u, q_pos, qr)
         k, v, t, kp, kw, kpm = _k_side(block, kr)
@@ -122,15 +119,11 @@ def _backward_block(plan, go, out, lse, glse, qs, params, block, pairs, q_acc, p
     return k_acc
 
 
-def _gdt(x):
-    return x.dtype if x.is_floating_point() else torch.float32
-
-
 class _ShardedDense(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: Plan, q, k, v, u, t, W2, b2, off, q_pos, k_pos, kw, kpm):
         rank, world = world_of(plan.group)
-        n_q = (q if q is not None else u if u is not None else q_pos).shape[2 if q is not None else 1]
+        n_q = _num_queries(q, u, q_pos)
         B, H, n_k, Dv = v.shape
         out = v.new_zeros((B, H, n_q, Dv), dtype=torch.float32 if v.dtype in
                           (torch.float16, torch.bfloat16) else v.dtype)
@@ -141,7 +134,7 @@ class _ShardedDense(torch.autograd.Function):
         def block_fn(block, src):
             acc[0] = _forward_block(plan, acc[0], qs, params, block,
                                     _pairs(plan, rank, src, world, n_q, n_k))
-        plan.bytes_sent = visit(plan.group, plan.comm, [k, v, t, k_pos, kw, kpm], block_fn)
+        visit(plan.group, plan.comm, [k, v, t, k_pos, kw, kpm], block_fn)
         out, lse = acc[0]
         out = out.to(v.dtype)
         ctx.plan = plan

@@ -54,7 +54,6 @@ def integral_transform(
     not supported (its key columns would have to be sharded too): pass a padding mask,
     a window or key weights.
     """
-    import torch.distributed as dist
     _check_mode(layout, comm)
     kwargs = dict(u=u, t=t, W2=W2, b2=b2, activation=activation, offset_table=offset_table,
                   q_pos=q_pos, k_pos=k_pos, normalize=normalize, key_weight=key_weight,
@@ -77,7 +76,7 @@ def integral_transform(
     if prob.window is not None and q_pos is None and k_pos is None:
         q_pos = global_index(n_q, rank, world, layout, dtype=v.dtype, device=v.device)
         k_pos = global_index(v.shape[2], rank, world, layout, dtype=v.dtype, device=v.device)
-    agree(group, v.device if dist.get_backend(group) == "nccl" else "cpu",
+    agree(group, v,
           [("q", q), ("k", k), ("v", v), ("u", u), ("t", t), ("W2", W2), ("b2", b2),
            ("offset_table", offset_table), ("q_pos", q_pos), ("k_pos", k_pos),
            ("key_weight", key_weight), ("key_padding_mask", key_padding_mask)])
@@ -111,7 +110,6 @@ def sparse_integral_transform(
     The result is this rank's rows of the single-process op on the whole key set.
     ``group``, ``layout``, ``comm``: as in :func:`integral_transform`.
     """
-    import torch.distributed as dist
     from ..sparse.functional import sparse_integral_transform as _local_sparse
     from ..sparse.validate import check_sparse_inputs
     from .sparse import SparsePlan, _ShardedSparse, split_pairs
@@ -140,7 +138,7 @@ def sparse_integral_transform(
     if prob.window is not None and q_pos is None and k_pos is None:
         q_pos = global_index(prob.N, rank, world, layout, dtype=v.dtype, device=v.device)
         k_pos = global_index(n_k, rank, world, layout, dtype=v.dtype, device=v.device)
-    agree(group, v.device if dist.get_backend(group) == "nccl" else "cpu",
+    agree(group, v,
           [("k", k), ("v", v), ("t", t), ("W2", W2), ("b2", b2),
            ("offset_table", offset_table), ("k_pos", k_pos), ("log_w", _kind(log_w))])
     parts = split_pairs(row_ptr, col_idx, log_w, n_k, world, layout)

@@ -102,7 +102,7 @@ def lowrank_integral_transform(q, k, v, *, feature_map="identity", normalize="no
         if hasattr(fm, "maybe_redraw"):
             fm.maybe_redraw()
             _sync_projection(fm, group)
-    agree(group, v.device if dist.get_backend(group) == "nccl" else "cpu",
+    agree(group, v,
           [("q", q), ("k", k), ("v", v)])
     phi, psi, cdt = features(q, k, v, feature_map=feature_map,
                              key_feature_map=key_feature_map, normalize=normalize)

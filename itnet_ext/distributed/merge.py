@@ -7,7 +7,7 @@ lse = -inf, never NaN.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -29,9 +29,9 @@ def merge_softmax(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
     return out, lse
 
 
-def merge_into(acc: Optional[tuple], part: tuple, softmax: bool, rows: slice) -> tuple:
+def merge_into(acc: tuple, part: tuple, softmax: bool, rows: slice) -> tuple:
     """Accumulate a part computed for the query rows ``rows`` into ``acc = (out, lse)``
-    (None: nothing yet), in place on the accumulator's row slice."""
+    (out zeros and lse -inf before the first part), in place on the accumulator's rows."""
     out, lse = acc
     o, l = part
     if softmax:

@@ -37,14 +37,14 @@ def _gather(group, block) -> List[list]:
     return per
 
 
-def visit(group, comm: str, block: list, fn: Callable[[list, int], None]) -> int:
-    """Call ``fn(block_of_src, src)`` for every rank; returns the bytes this rank sent."""
+def visit(group, comm: str, block: list, fn: Callable[[list, int], None]) -> None:
+    """Call ``fn(block_of_src, src)`` for every rank."""
     rank, world = world_of(group)
     if comm == "allgather":
         blocks = _gather(group, block)
         for s in range(world):
             fn(blocks[(rank - s) % world], (rank - s) % world)
-        return sum(x.numel() * x.element_size() for x in block if x is not None) * (world - 1)
+        return
     ring = Ring(group)
     for step in range(world):
         handle = None
@@ -54,7 +54,6 @@ def visit(group, comm: str, block: list, fn: Callable[[list, int], None]) -> int
         if handle is not None:
             ring.wait(handle)
             block = nxt
-    return ring.bytes_sent
 
 
 def _add(a: list, b: list) -> list:

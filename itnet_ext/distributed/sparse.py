@@ -16,6 +16,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from ..dense.op import _num_queries
 from ..sparse import op as _op  # noqa: F401  (registers itnet::sparse_*)
 from .comm import world_of
 from .layout import chunk_ids, num_chunks
@@ -33,7 +34,6 @@ class SparsePlan:
     scale: float
     act: int
     softmax: bool
-    bytes_sent: int = 0
 
 
 @dataclass
@@ -93,7 +93,7 @@ class _ShardedSparse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: SparsePlan, parts, q, k, v, u, t, W2, b2, off, q_pos, k_pos, log_w):
         rank, world = world_of(plan.group)
-        n_q = parts_rows(parts, q, u, q_pos)
+        n_q = _num_queries(q, u, q_pos)
         B, H, _, Dv = v.shape
         out = v.new_zeros((B, H, n_q, Dv))
         lse = out.new_full((B, H, n_q), float("-inf")) if plan.softmax else v.new_empty((0,))
@@ -109,7 +109,7 @@ class _ShardedSparse(torch.autograd.Function):
                                               p.row_ptr, p.col_idx, p.log_w, plan.lo,
                                               plan.hi, plan.scale, plan.act, plan.softmax)
             acc[0] = merge_into(acc[0], (o, l), plan.softmax, rows)
-        plan.bytes_sent = visit(plan.group, plan.comm, [k, v, t, k_pos], block_fn)
+        visit(plan.group, plan.comm, [k, v, t, k_pos], block_fn)
         out, lse = acc[0]
         ctx.plan, ctx.parts = plan, parts
         ctx.has_log_w = log_w is not None
@@ -153,10 +153,3 @@ class _ShardedSparse(torch.autograd.Function):
         dq, du, dW2, db2, doff = local
         return (None, None, dq, dk, dv, du, dt, dW2, db2, doff, None, None, dlw)
 
-
-def parts_rows(parts, q, u, q_pos) -> int:
-    if q is not None:
-        return q.shape[2]
-    if u is not None:
-        return u.shape[1]
-    return q_pos.shape[1]

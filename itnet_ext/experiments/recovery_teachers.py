@@ -229,22 +229,19 @@ def _mha_student(t: Teacher, R: int):
                f"normalize='softmax', relative_positions)")
 
 
-def _causal_none(t: Teacher, R: int):
-    E, H = 4 * t.channels, 4
-    m = KernelStudent(t.channels, E, H, t.pos, skip=True, kernel_hidden=R, content=False,
-                      normalize="none", causal=True, relative_positions=True)
-    return m, (f"KernelStudent: lift C->{E}, IntegralTransform(H={H}, R={R}, content=False, "
-               f"normalize='none', causal, relative_positions, positions t/8), head ->C, "
-               f"+ linear skip")
+def _causal_layer(normalize: str):
+    """One causal layer between a lift and a head: ``none`` without the content term (a
+    linear operator over the past), ``softmax`` with it."""
+    content = normalize == "softmax"
 
-
-def _causal_softmax(t: Teacher, R: int):
-    E, H = 4 * t.channels, 4
-    m = KernelStudent(t.channels, E, H, t.pos, skip=True, kernel_hidden=R, content=True,
-                      normalize="softmax", causal=True, relative_positions=True)
-    return m, (f"KernelStudent: lift C->{E}, IntegralTransform(H={H}, R={R}, content=True, "
-               f"normalize='softmax', causal, relative_positions, positions t/8), head ->C, "
-               f"+ linear skip")
+    def build(t: Teacher, R: int):
+        E, H = 4 * t.channels, 4
+        m = KernelStudent(t.channels, E, H, t.pos, skip=True, kernel_hidden=R, content=content,
+                          normalize=normalize, causal=True, relative_positions=True)
+        return m, (f"KernelStudent: lift C->{E}, IntegralTransform(H={H}, R={R}, "
+                   f"content={content}, normalize={normalize!r}, causal, relative_positions, "
+                   f"positions t/8), head ->C, + linear skip")
+    return build
 
 
 def _scan(t: Teacher, R: int):
@@ -269,7 +266,8 @@ STUDENTS: Dict[str, Dict[str, Callable]] = {
     "conv1d": {"conv": _conv_student},
     "conv2d": {"conv": _conv_student},
     "mha": {"softmax": _mha_student},
-    "causal": {"causal-none": _causal_none, "causal-softmax": _causal_softmax,
+    "causal": {"causal-none": _causal_layer("none"),
+               "causal-softmax": _causal_layer("softmax"),
                "scan": _scan, "stack2": _stack2},
 }
 
