@@ -48,44 +48,45 @@ def build_model(args, vocab_size: int, num_outputs: int) -> ITNet:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
+    glue_task(args.task)                # an unknown task fails before any process group
+    return C.launch(_run, args)
+
+
+def _run(args, env: C.DistEnv) -> dict:
     task = glue_task(args.task)
-    env = C.init_distributed(args.device)
-    try:
-        train_set = GlueDataset(args.data_root, task, "train", max_len=args.max_len,
-                                vocab_size=args.vocab_size)
-        tok = train_set.tokenizer
-        eval_split = args.eval_split or ("dev_matched" if task.name == "mnli" else "dev")
-        val_set = GlueDataset(args.data_root, task, eval_split, tokenizer=tok, max_len=args.max_len)
-        C.seed_everything(args.seed)
-        model = C.wrap_ddp(build_model(args, len(tok), task.num_outputs), env)
-        C.seed_everything(args.seed, env.rank)
-        loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True, seed=args.seed,
-                                        num_workers=args.num_workers, collate_fn=glue_collate)
+    train_set = GlueDataset(args.data_root, task, "train", max_len=args.max_len,
+                            vocab_size=args.vocab_size)
+    tok = train_set.tokenizer
+    eval_split = args.eval_split or ("dev_matched" if task.name == "mnli" else "dev")
+    val_set = GlueDataset(args.data_root, task, eval_split, tokenizer=tok, max_len=args.max_len)
+    C.seed_everything(args.seed)
+    model = C.wrap_ddp(build_model(args, len(tok), task.num_outputs), env)
+    C.seed_everything(args.seed, env.rank)
+    loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True, seed=args.seed,
+                                    num_workers=args.num_workers, collate_fn=glue_collate)
 
-        def step(m, batch):
-            ids, _, y = batch
-            out = m(ids).float()
-            return F.mse_loss(out[:, 0], y) if task.is_regression else F.cross_entropy(out, y)
+    def step(m, batch):
+        ids, _, y = batch
+        out = m(ids).float()
+        return F.mse_loss(out[:, 0], y) if task.is_regression else F.cross_entropy(out, y)
 
-        def metric(m, batch):
-            ids, _, y = batch
-            out = m(ids).float()
-            if task.is_regression:
-                return -(out[:, 0] - y).square().sum(), y.numel()
-            return (out.argmax(-1) == y).sum(), y.numel()
+    def metric(m, batch):
+        ids, _, y = batch
+        out = m(ids).float()
+        if task.is_regression:
+            return -(out[:, 0] - y).square().sum(), y.numel()
+        return (out.argmax(-1) == y).sum(), y.numel()
 
-        loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step,
-                                    name=f"glue_{task.name}",
-                                    extra={"task": task.name, "vocab": tok.words})
-        vloader, _ = C.make_loader(val_set, args.batch_size, env, train=False,
-                                   num_workers=args.num_workers, collate_fn=glue_collate)
-        score = C.evaluate(model, vloader, env, metric, args.precision, args.eval_batches)
-        C.log(env, f"[glue {task.name}] {eval_split} {'-mse' if task.is_regression else 'accuracy'} "
-                   f"{score:.4f}")
-        C.log(env, f"[glue {task.name}] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
-        return {"loss": loss, "steps": steps, "metric": score, "checkpoint": ckpt}
-    finally:
-        C.cleanup()
+    loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step,
+                                name=f"glue_{task.name}",
+                                extra={"task": task.name, "vocab": tok.words})
+    vloader, _ = C.make_loader(val_set, args.batch_size, env, train=False,
+                               num_workers=args.num_workers, collate_fn=glue_collate)
+    score = C.evaluate(model, vloader, env, metric, args.precision, args.eval_batches)
+    C.log(env, f"[glue {task.name}] {eval_split} {'-mse' if task.is_regression else 'accuracy'} "
+               f"{score:.4f}")
+    C.log(env, f"[glue {task.name}] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
+    return {"loss": loss, "steps": steps, "metric": score, "checkpoint": ckpt}
 
 
 if __name__ == "__main__":

@@ -50,43 +50,43 @@ def build_model(args, num_classes: int) -> ITNet:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
-    env = C.init_distributed(args.device)
-    try:
-        C.seed_everything(args.seed, env.rank)
-        train_dir = os.path.join(args.data_root, "train")
-        train_set = ImageFolder(train_dir, transform=TrainTransform(args.image_size))
-        val_dir, val_tf = os.path.join(args.data_root, "val"), EvalTransform(args.image_size)
-        val_set = None
-        if args.val_labels:
-            val_set = ImageList(val_dir, args.val_labels, train_set.class_to_idx, val_tf)
-        elif os.path.isdir(val_dir):
-            val_set = ImageFolder(val_dir, transform=val_tf)
-            if val_set.classes != train_set.classes:
-                raise ValueError(f"{val_dir}: its class folders differ from {train_dir}'s")
-        C.seed_everything(args.seed)                  # the same initial weights everywhere
-        model = C.wrap_ddp(build_model(args, len(train_set.classes)), env)
-        C.seed_everything(args.seed, env.rank)
-        loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True,
-                                        seed=args.seed, num_workers=args.num_workers)
+    return C.launch(_run, args)
 
-        def step(m, batch):
-            x, y = batch
-            return F.cross_entropy(m(x).float(), y, label_smoothing=args.label_smoothing)
 
-        loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step,
-                                    name="imagenet", extra={"classes": train_set.classes})
-        metric = None
-        if val_set is not None:
-            vloader, _ = C.make_loader(val_set, args.batch_size, env, train=False,
-                                       num_workers=args.num_workers)
-            metric = C.evaluate(model, vloader, env,
-                                lambda m, b: ((m(b[0]).argmax(-1) == b[1]).sum(), b[1].numel()),
-                                args.precision, args.eval_batches)
-            C.log(env, f"[imagenet] val top-1 {metric:.4f}")
-        C.log(env, f"[imagenet] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
-        return {"loss": loss, "steps": steps, "metric": metric, "checkpoint": ckpt}
-    finally:
-        C.cleanup()
+def _run(args, env: C.DistEnv) -> dict:
+    C.seed_everything(args.seed, env.rank)
+    train_dir = os.path.join(args.data_root, "train")
+    train_set = ImageFolder(train_dir, transform=TrainTransform(args.image_size))
+    val_dir, val_tf = os.path.join(args.data_root, "val"), EvalTransform(args.image_size)
+    val_set = None
+    if args.val_labels:
+        val_set = ImageList(val_dir, args.val_labels, train_set.class_to_idx, val_tf)
+    elif os.path.isdir(val_dir):
+        val_set = ImageFolder(val_dir, transform=val_tf)
+        if val_set.classes != train_set.classes:
+            raise ValueError(f"{val_dir}: its class folders differ from {train_dir}'s")
+    C.seed_everything(args.seed)                  # the same initial weights everywhere
+    model = C.wrap_ddp(build_model(args, len(train_set.classes)), env)
+    C.seed_everything(args.seed, env.rank)
+    loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True,
+                                    seed=args.seed, num_workers=args.num_workers)
+
+    def step(m, batch):
+        x, y = batch
+        return F.cross_entropy(m(x).float(), y, label_smoothing=args.label_smoothing)
+
+    loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step,
+                                name="imagenet", extra={"classes": train_set.classes})
+    metric = None
+    if val_set is not None:
+        vloader, _ = C.make_loader(val_set, args.batch_size, env, train=False,
+                                   num_workers=args.num_workers)
+        metric = C.evaluate(model, vloader, env,
+                            lambda m, b: ((m(b[0]).argmax(-1) == b[1]).sum(), b[1].numel()),
+                            args.precision, args.eval_batches)
+        C.log(env, f"[imagenet] val top-1 {metric:.4f}")
+    C.log(env, f"[imagenet] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
+    return {"loss": loss, "steps": steps, "metric": metric, "checkpoint": ckpt}
 
 
 if __name__ == "__main__":

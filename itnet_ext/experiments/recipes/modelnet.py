@@ -81,33 +81,33 @@ def _augment(points):
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
-    env = C.init_distributed(args.device)
-    try:
-        train_set, test_set, num_classes = load_datasets(args)
-        C.seed_everything(args.seed)
-        model = C.wrap_ddp(build_model(args, num_classes), env)
-        C.seed_everything(args.seed, env.rank)
-        loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True,
-                                        seed=args.seed, num_workers=args.num_workers)
+    return C.launch(_run, args)
 
-        def step(m, batch):
-            x, y = batch
-            return F.cross_entropy(m(_augment(x)).float(), y, label_smoothing=args.label_smoothing)
 
-        loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step,
-                                    name="modelnet", extra={"num_classes": num_classes})
-        metric = None
-        if test_set is not None:
-            tloader, _ = C.make_loader(test_set, args.batch_size, env, train=False,
-                                       num_workers=args.num_workers)
-            metric = C.evaluate(model, tloader, env,
-                                lambda m, b: ((m(b[0]).argmax(-1) == b[1]).sum(), b[1].numel()),
-                                args.precision, args.eval_batches)
-            C.log(env, f"[modelnet] test overall accuracy {metric:.4f}")
-        C.log(env, f"[modelnet] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
-        return {"loss": loss, "steps": steps, "metric": metric, "checkpoint": ckpt}
-    finally:
-        C.cleanup()
+def _run(args, env: C.DistEnv) -> dict:
+    train_set, test_set, num_classes = load_datasets(args)
+    C.seed_everything(args.seed)
+    model = C.wrap_ddp(build_model(args, num_classes), env)
+    C.seed_everything(args.seed, env.rank)
+    loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True,
+                                    seed=args.seed, num_workers=args.num_workers)
+
+    def step(m, batch):
+        x, y = batch
+        return F.cross_entropy(m(_augment(x)).float(), y, label_smoothing=args.label_smoothing)
+
+    loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step,
+                                name="modelnet", extra={"num_classes": num_classes})
+    metric = None
+    if test_set is not None:
+        tloader, _ = C.make_loader(test_set, args.batch_size, env, train=False,
+                                   num_workers=args.num_workers)
+        metric = C.evaluate(model, tloader, env,
+                            lambda m, b: ((m(b[0]).argmax(-1) == b[1]).sum(), b[1].numel()),
+                            args.precision, args.eval_batches)
+        C.log(env, f"[modelnet] test overall accuracy {metric:.4f}")
+    C.log(env, f"[modelnet] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
+    return {"loss": loss, "steps": steps, "metric": metric, "checkpoint": ckpt}
 
 
 if __name__ == "__main__":

@@ -64,47 +64,47 @@ def build_model(args, vocab_size: int, num_answers: int) -> ITNet:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
-    env = C.init_distributed(args.device)
-    try:
-        q, a, img = split_files(args.data_root, args.train_split)
-        train_set = VQADataset(q, a, img, args.train_split, top_k=args.top_k, max_len=args.max_len,
-                               transform=TrainTransform(args.image_size, scale=(0.5, 1.0)),
-                               drop_unanswerable=True)
-        val_set = None
-        vq, va, vimg = split_files(args.data_root, args.val_split) if args.val_split else (None,) * 3
-        if vq and os.path.isfile(vq):
-            val_set = VQADataset(vq, va, vimg, args.val_split, answers=train_set.answers,
-                                 tokenizer=train_set.tokenizer, max_len=args.max_len,
-                                 image_size=args.image_size)
-        C.seed_everything(args.seed)
-        model = C.wrap_ddp(build_model(args, len(train_set.tokenizer), len(train_set.answers)), env)
-        C.seed_everything(args.seed, env.rank)
-        loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True, seed=args.seed,
-                                        num_workers=args.num_workers, collate_fn=vqa_collate)
+    return C.launch(_run, args)
 
-        def step(m, batch):
-            x, ids, target = batch
-            out = m(x, ids).float()         # BCE summed over answers, as in the VQA literature
-            return F.binary_cross_entropy_with_logits(out, target) * target.shape[1]
 
-        def metric(m, batch):
-            x, ids, target = batch
-            best = m(x, ids).argmax(-1, keepdim=True)
-            return target.gather(1, best).sum(), target.shape[0]
+def _run(args, env: C.DistEnv) -> dict:
+    q, a, img = split_files(args.data_root, args.train_split)
+    train_set = VQADataset(q, a, img, args.train_split, top_k=args.top_k, max_len=args.max_len,
+                           transform=TrainTransform(args.image_size, scale=(0.5, 1.0)),
+                           drop_unanswerable=True)
+    val_set = None
+    vq, va, vimg = split_files(args.data_root, args.val_split) if args.val_split else (None,) * 3
+    if vq and os.path.isfile(vq):
+        val_set = VQADataset(vq, va, vimg, args.val_split, answers=train_set.answers,
+                             tokenizer=train_set.tokenizer, max_len=args.max_len,
+                             image_size=args.image_size)
+    C.seed_everything(args.seed)
+    model = C.wrap_ddp(build_model(args, len(train_set.tokenizer), len(train_set.answers)), env)
+    C.seed_everything(args.seed, env.rank)
+    loader, sampler = C.make_loader(train_set, args.batch_size, env, train=True, seed=args.seed,
+                                    num_workers=args.num_workers, collate_fn=vqa_collate)
 
-        loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step, name="vqa",
-                                    extra={"answers": train_set.answers,
-                                           "vocab": train_set.tokenizer.words})
-        score = None
-        if val_set is not None:
-            vloader, _ = C.make_loader(val_set, args.batch_size, env, train=False,
-                                       num_workers=args.num_workers, collate_fn=vqa_collate)
-            score = C.evaluate(model, vloader, env, metric, args.precision, args.eval_batches)
-            C.log(env, f"[vqa] {args.val_split} VQA score {score:.4f}")
-        C.log(env, f"[vqa] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
-        return {"loss": loss, "steps": steps, "metric": score, "checkpoint": ckpt}
-    finally:
-        C.cleanup()
+    def step(m, batch):
+        x, ids, target = batch
+        out = m(x, ids).float()         # BCE summed over answers, as in the VQA literature
+        return F.binary_cross_entropy_with_logits(out, target) * target.shape[1]
+
+    def metric(m, batch):
+        x, ids, target = batch
+        best = m(x, ids).argmax(-1, keepdim=True)
+        return target.gather(1, best).sum(), target.shape[0]
+
+    loss, steps, ckpt = C.train(model, loader, sampler, args, env, step_fn=step, name="vqa",
+                                extra={"answers": train_set.answers,
+                                       "vocab": train_set.tokenizer.words})
+    score = None
+    if val_set is not None:
+        vloader, _ = C.make_loader(val_set, args.batch_size, env, train=False,
+                                   num_workers=args.num_workers, collate_fn=vqa_collate)
+        score = C.evaluate(model, vloader, env, metric, args.precision, args.eval_batches)
+        C.log(env, f"[vqa] {args.val_split} VQA score {score:.4f}")
+    C.log(env, f"[vqa] final loss {loss:.4f} after {steps} steps; checkpoint {ckpt}")
+    return {"loss": loss, "steps": steps, "metric": score, "checkpoint": ckpt}
 
 
 if __name__ == "__main__":
