@@ -295,9 +295,11 @@ def _layer(seed, **kw):
     return IntegralTransform(8, 2, kernel_hidden=R, batch_first=True, dtype=torch.float64, **kw)
 
 
-def layer_case(name, seed, n, layout, **kw):
+def layer_case(name, seed, n, layout, call=None, **kw):
     """The sharded layer against the same layer unsharded: outputs, input and parameter
-    gradients; the state dict is untouched by the switch."""
+    gradients; the state dict is untouched by the switch. ``call(generator, n)``: extra
+    call arguments for the whole sequence (tensors with n rows along dim 1 are sharded
+    like the input; ``neighbors`` hold global key indices)."""
     import copy
     rank, world = dist.get_rank(), dist.get_world_size()
     ref_layer = _layer(seed, **kw)
@@ -306,22 +308,44 @@ def layer_case(name, seed, n, layout, **kw):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(B, n, 8, generator=g, dtype=torch.float64)
-    (ref_layer(x) * w).sum().backward()
+    extra = call(g, n) if call is not None else {}
+    (ref_layer(x, **extra) * w).sum().backward()
     shard = lambda t: D.shard(t, 1, rank, world, layout)
+    extra_s = {k: shard(v) if isinstance(v, torch.Tensor) and v.dim() > 1 and v.shape[1] == n
+               else v for k, v in extra.items()}
     xs = shard(x.detach()).requires_grad_()
-    out = layer(xs)
+    out = layer(xs, **extra_s)
     (out * shard(w)).sum().backward()
-    torch.testing.assert_close(out, shard(ref_layer(x).detach()), atol=1e-12, rtol=1e-10,
-                               msg=lambda m: f"{name} out: {m}")
+    torch.testing.assert_close(out, shard(ref_layer(x, **extra).detach()), atol=1e-12,
+                               rtol=1e-10, msg=lambda m: f"{name} out: {m}")
     torch.testing.assert_close(xs.grad, shard(x.grad), atol=1e-11, rtol=1e-9,
                                msg=lambda m: f"{name} grad x: {m}")
     for (pn, p), pr in zip(layer.named_parameters(), ref_layer.parameters()):
+        if p.grad is None:                 # the dense parameters a low-rank layer leaves unused
+            assert pr.grad is None, f"{name} grad {pn}: none sharded, some unsharded"
+            continue
         gp = p.grad.clone()
         dist.all_reduce(gp)
         torch.testing.assert_close(gp, pr.grad, atol=1e-11, rtol=1e-9,
                                    msg=lambda m, pn=pn: f"{name} grad {pn}: {m}")
     D.unshard_layer(layer)
-    torch.testing.assert_close(layer(x), ref_layer(x), atol=0, rtol=0)
+    torch.testing.assert_close(layer(x, **extra), ref_layer(x, **extra), atol=0, rtol=0)
+
+
+def _neighbor_call(S=6, pad=True):
+    """Random global neighbours (B, n, S) (some repeated, some crossing every shard) and a
+    padding mask hitting ~1/5 of the keys."""
+    def call(g, n):
+        idx = torch.randint(0, n, (B, n, S), generator=g)
+        res = {"neighbors": idx}
+        if pad:
+            res["key_padding_mask"] = torch.rand(B, n, generator=g) < 0.2
+        return res
+    return call
+
+
+def _padding_call(g, n):
+    return {"key_padding_mask": torch.rand(B, n, generator=g) < 0.25}
 
 
 def ddp_case(name, seed, n, layout):
@@ -377,6 +401,21 @@ CASES.update({
         "layer_offset_window_contiguous", 32, _n(w), "contiguous", offset_embedding=True,
         window=[(-3, 3)], relative_positions=True),
     "ddp_zigzag": lambda w: ddp_case("ddp_zigzag", 33, _n(w), "zigzag"),
+    "layer_neighbors_causal_zigzag": lambda w: layer_case(
+        "layer_neighbors_causal_zigzag", 34, _n(w), "zigzag", _neighbor_call(),
+        method="neighbors", causal=True, offset_embedding=True, window=[(-7, 0)]),
+    "layer_neighbors_window_ring": lambda w: layer_case(
+        "layer_neighbors_window_ring", 35, _n(w), "contiguous", _neighbor_call(pad=False),
+        method="neighbors", window=[(-4, 4)], normalize="none"),
+    "layer_lowrank_softmax_padding": lambda w: layer_case(
+        "layer_lowrank_softmax_padding", 36, _n(w), "zigzag", _padding_call,
+        method="lowrank", rank=4),
+    "layer_lowrank_causal_none": lambda w: layer_case(
+        "layer_lowrank_causal_none", 37, _n(w), "contiguous", method="lowrank", rank=3,
+        causal=True, normalize="none"),
+    "layer_lowrank_causal_softmax": lambda w: layer_case(
+        "layer_lowrank_causal_softmax", 38, _n(w), "contiguous", _padding_call,
+        method="lowrank", rank=4, causal=True),
 })
 
 
@@ -402,7 +441,19 @@ def error_cases():
     _expect_error("layout", lambda: D.integral_transform(z, z, z, layout="ring"), "layout")
     from itnet_ext.nn import IntegralTransform
     _expect_error("layer method", lambda: D.shard_layer(
-        IntegralTransform(8, 2, method="lowrank", rank=4)), "no sharded layer")
+        IntegralTransform(8, 2, method="sampled", samples=4)), "no sharded layer")
+    causal_zigzag = D.shard_layer(IntegralTransform(8, 2, method="lowrank", rank=4,
+                                                    causal=True, batch_first=True),
+                                  layout="zigzag")
+    _expect_error("lowrank layout", lambda: causal_zigzag(torch.randn(1, 4, 8)),
+                  "'contiguous' layout")
+    gnn = D.shard_layer(IntegralTransform(8, 2, method="neighbors", batch_first=True))
+    _expect_error("neighbors global range", lambda: gnn(
+        torch.randn(1, 4, 8), neighbors=torch.full((1, 4, 2), 4 * world)),
+        "global key indices")
+    _expect_error("neighbors shard sizes", lambda: gnn(
+        torch.randn(1, n, 8), neighbors=torch.zeros(1, n, 2, dtype=torch.int64)),
+        "same shape")
     _expect_error("layer type", lambda: D.shard_layer(torch.nn.Linear(2, 2)),
                   "IntegralTransform")
     _expect_error("sparse indices", lambda: D.sparse_integral_transform(

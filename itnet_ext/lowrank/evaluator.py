@@ -64,25 +64,28 @@ def check_config(lowrank: bool, rank, lowrank_hidden, offset_embedding: bool, wi
 
 
 def features(layer, query: Tensor, key: Tensor, p_q: Tensor, p_k: Tensor,
-             padding: Optional[Tensor]):
+             padding: Optional[Tensor], reduce_max=None):
     """phi (B, H, N, F), psi (B, H, M, F) of batch-first inputs and positions; padded keys
-    (``padding`` (B, M) bool) get psi = 0. Softmax mode: stabilized exp features."""
+    (``padding`` (B, M) bool) get psi = 0. Softmax mode: stabilized exp features
+    (``reduce_max``: see :func:`positive_features`)."""
     phi = layer.lowrank_phi(query, p_q)
     psi = layer.lowrank_psi(key, p_k)
     if layer.normalize == "softmax":
         phi = positive_features(phi, is_query=True)
-        psi = positive_features(psi, is_query=False, padding=padding)
+        psi = positive_features(psi, is_query=False, padding=padding, reduce_max=reduce_max)
     if padding is not None:
         psi = psi.masked_fill(padding[:, None, :, None], 0.0)
     return phi, psi
 
 
 def forward(layer, query, key, value, *, query_pos, key_pos, self_attention, key_padding_mask,
-            attn_mask, causal, is_batched, generator, neighbors, key_scores):
+            attn_mask, causal, is_batched, generator, neighbors, key_scores, op=None,
+            reduce_max=None):
     """Head outputs (B, H, N, Dh): y_i = sum_j (phi_i . psi_j) v_j [/ sum_j phi_i . psi_j]
     over the support (j <= i when causal; padded keys have psi_j = 0). Float32 accumulation
     for float32 / half inputs, float64 for float64. ``generator`` is unused (nothing is
-    drawn)."""
+    drawn). ``op`` / ``reduce_max``: the op on the features and the key stabilizer's
+    reduction, replaced when the keys are sharded (itnet_ext.distributed.shard_layer)."""
     if attn_mask is not None:
         raise ValueError("attn_mask is not supported by method='lowrank' (the factorized "
                          "kernel cannot drop arbitrary pairs); use causal / is_causal, a "
@@ -101,8 +104,8 @@ def forward(layer, query, key, value, *, query_pos, key_pos, self_attention, key
                          "entries is not supported by method='lowrank' (only 0 / -inf); "
                          "pass a bool mask")
     p_q, p_k = layer._query_key_positions(query, key, query_pos, key_pos, self_attention)
-    phi, psi = features(layer, query, key, p_q, p_k, padding)
+    phi, psi = features(layer, query, key, p_q, p_k, padding, reduce_max)
     v = layer._value_projection(value)
     phi, psi = phi.to(v.dtype), psi.to(v.dtype)
-    return _functional.lowrank_integral_transform(
-        phi, psi, v, feature_map="identity", normalize=layer.normalize, causal=causal)
+    op = _functional.lowrank_integral_transform if op is None else op
+    return op(phi, psi, v, feature_map="identity", normalize=layer.normalize, causal=causal)

@@ -76,11 +76,14 @@ class FeatureMLP(nn.Module):
                 f"num_heads={self.num_heads}, rank={self.rank}, hidden={self.hidden}")
 
 
-def positive_features(z: Tensor, *, is_query: bool, padding: Optional[Tensor] = None) -> Tensor:
+def positive_features(z: Tensor, *, is_query: bool, padding: Optional[Tensor] = None,
+                      reduce_max=None) -> Tensor:
     """Softmax-mode features ``exp(z - c)`` (detached stabilizer ``c``, see the module doc).
 
     z (B, H, n, F); padding (B, n) bool (keys only): padded keys are left out of the key
-    stabilizer (the caller zeroes their features)."""
+    stabilizer (the caller zeroes their features). ``reduce_max`` (keys only): maps this
+    slice's stabilizer (B, H, 1, 1) to the whole key set's, when the keys are split over
+    ranks: the stabilizer cancels only if every key shares it."""
     if is_query:
         c = z.detach().amax(dim=-1, keepdim=True)
     else:
@@ -88,5 +91,7 @@ def positive_features(z: Tensor, *, is_query: bool, padding: Optional[Tensor] = 
         if padding is not None:
             zz = zz.masked_fill(padding[:, None, :, None], -math.inf)
         c = zz.amax(dim=(-1, -2), keepdim=True)
+        if reduce_max is not None:
+            c = reduce_max(c)
         c = torch.where(torch.isfinite(c), c, torch.zeros((), dtype=c.dtype, device=c.device))
     return torch.exp(z - c)

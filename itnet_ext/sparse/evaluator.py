@@ -261,7 +261,8 @@ def _index_arg(x, what: str, ndim: int, layout: str) -> Tensor:
 
 
 def neighbor_pairs(neighbors, *, B: int, N: int, M: int, is_batched: bool, causal: bool,
-                   padding: Optional[Tensor], key_bias: Optional[Tensor], device, dtype) -> dict:
+                   padding: Optional[Tensor], key_bias: Optional[Tensor], device, dtype,
+                   query_index: Optional[Tensor] = None) -> dict:
     """The keyword arguments (``idx``/``log_w`` or ``row_ptr``/``col_idx``/``log_w``) of
     ``sparse_integral_transform`` for a user neighbourhood.
 
@@ -270,7 +271,9 @@ def neighbor_pairs(neighbors, *, B: int, N: int, M: int, is_batched: bool, causa
     ``(row_ptr, col_idx, log_w)`` with row_ptr (B, N + 1), col_idx (B, E), log_w (B, E) (CSR
     form, e.g. from :func:`~itnet_ext.nn.radius_graph`). log_w (default 0) is a per-pair
     log-weight (-inf = absent pair); it is cast to the layer's dtype. Pairs with a padded key
-    or, when causal, with j > i get log_w = -inf; the op drops pairs outside the window."""
+    or, when causal, with j > i get log_w = -inf; the op drops pairs outside the window.
+    ``query_index`` (N,) int64: each query's index in the key numbering, for the causal
+    test (default: the row number; a rank of a sharded layer passes its global rows)."""
     layout_hint = ("idx (B, N, S), (idx, log_w), (row_ptr, col_idx) or "
                    "(row_ptr, col_idx, log_w)")
     if not is_batched:
@@ -344,6 +347,8 @@ def neighbor_pairs(neighbors, *, B: int, N: int, M: int, is_batched: bool, causa
     # pairs outside the support: padded keys, j > i when causal
     out_of_support = None
     if causal:
+        if query_index is not None and N > 0:
+            rows = query_index.to(keys.device)[rows]
         out_of_support = keys > rows
     if padding is not None and M > 0:
         pad = padding.gather(1, keys.reshape(B, -1).clamp(0, M - 1)).reshape(keys.shape)
