@@ -55,6 +55,14 @@ def build_parser():
     p.add_argument("--out", default=None,
                    help="JSON output path (default bench/results/<device>_<date>_<time>.json)")
     p.add_argument("--no-print", action="store_true", help="do not print the table")
+    g = p.add_argument_group("regression gate (see itnet_ext/bench/compare.py)")
+    g.add_argument("--compare", metavar="OLD.json", default=None,
+                   help="after the run, compare its ratios with a stored run of the same "
+                        "section; exit status 1 if any is more than --compare-tolerance worse")
+    g.add_argument("--compare-new", metavar="NEW.json", default=None,
+                   help="with --compare: compare this stored run instead of running")
+    g.add_argument("--compare-tolerance", type=float, default=0.15,
+                   help="fraction a ratio may worsen before it is flagged (default 0.15)")
     g = p.add_argument_group("CUDA section (--cuda; see itnet_ext/bench/cuda.py)")
     g.add_argument("--cuda", action="store_true",
                    help="run the CUDA section instead: fp16/bf16 tensor-core kernels vs the SDPA "
@@ -232,6 +240,27 @@ def main_cuda(args, parser):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare_new is not None and args.compare is None:
+        parser.error("--compare-new needs --compare OLD.json")
+    if args.compare is None:
+        return _run_section(args, parser)
+    from .compare import compare, format_comparison, load
+    try:
+        old = load(args.compare)
+        new = load(args.compare_new) if args.compare_new else None
+        compare({}, {}, args.compare_tolerance)         # the tolerance, before a long run
+    except ValueError as e:
+        parser.error(str(e))
+    if new is None:
+        new = _run_section(args, parser)
+    cmp = compare(old, new, args.compare_tolerance)
+    print(format_comparison(cmp, args.compare), flush=True)
+    if cmp["regressions"] or not cmp["rows"]:     # a gate that compared nothing fails too
+        raise SystemExit(1)
+    return new
+
+
+def _run_section(args, parser):
     if args.cuda:
         return main_cuda(args, parser)
     if args.scan:
