@@ -183,5 +183,7 @@ setup(
     python_requires=">=3.10",
     # Optional: the experiments (progress bars, plots, scikit-learn's digits) and the
     # benchmark-format loaders (PIL images, ModelNet HDF5). The operator needs none of them.
-    extras_require={"experiments": ["tqdm", "matplotlib", "scikit-learn", "h5py", "pillow"]},
+    extras_require={"experiments": ["tqdm", "matplotlib", "scikit-learn", "h5py", "pillow"],
+                    # the libraries python -m itnet_ext.bench --peers compares against
+                    "peers": ["neuraloperator", "performer-pytorch", "matplotlib"]},
 )

@@ -15,11 +15,14 @@ from .cuda import default_out as cuda_default_out
 from .cuda import format_table as format_cuda_table
 from .cases import B, CONV_CH, CONV_K, DH, H, R, _attn_inputs, _conv_fns, _forward_fns, _passes
 from .measure import _Runner
-from .report import _cpu_seconds, _default_out, _metadata, _rows, _targets, format_table, write_json
+from .report import (_cpu_seconds, _default_out, _metadata, _rows, _targets, format_table,
+                     write_json, write_plot)
 from .lowrank import main_lowrank
 from .scan import main_scan
 from .sparse import main_sparse
 from .distributed import main_distributed
+from .peers import main_peers
+from .plots import plot_main
 
 
 # ======================================================================================
@@ -118,6 +121,20 @@ def build_parser():
                    help="do not run the dense layer above this N (O(N^2); default 32768)")
     g.add_argument("--lowrank-dense-call-limit-s", type=float, default=45.0,
                    help="do not run a dense call predicted (quadratic from the previous N) to exceed this (45)")
+    g = p.add_argument_group("peers section (--peers; see itnet_ext/bench/peers.py)")
+    g.add_argument("--peers", action="store_true",
+                   help="FlexAttention (MLP score_mod), neuraloperator's GNO and "
+                        "performer-pytorch's FAVOR+ against the fused ops "
+                        "(pip install -e '.[peers]'; a missing peer is skipped)")
+    g.add_argument("--peers-which", default=None, help="comma list of flex,neuralop,performer")
+    g.add_argument("--peers-sizes", default="1024,2048",
+                   help="N of the flex and performer comparisons (default 1024,2048)")
+    g.add_argument("--peers-gno-n", type=int, default=4096, help="GNO points (default 4096)")
+    g.add_argument("--peers-gno-degree", type=float, default=54.0,
+                   help="GNO mean neighbours per point (default 54)")
+    g.add_argument("--peers-features", type=int, default=256,
+                   help="FAVOR+ random features F (default 256; the error sweep runs "
+                        "16..F)")
     g = p.add_argument_group("distributed section (--distributed; see itnet_ext/bench/distributed.py)")
     g.add_argument("--distributed", action="store_true",
                    help="strong / weak scaling of the sharded ops over gloo CPU processes")
@@ -271,10 +288,13 @@ def _run_section(args, parser):
         return main_lowrank(args, parser)
     if args.distributed:
         return main_distributed(args, parser)
+    if args.peers:
+        return main_peers(args, parser)
     result = run(args)
     out = Path(args.out) if args.out else _default_out(torch.device(args.device))
     path = write_json(result, out)
+    png = write_plot(plot_main, result, path)
     if not args.no_print:
         print(format_table(result))
-        print(f"\nwrote {path}")
+        print(f"\nwrote {path}" + (f" and {png}" if png else ""))
     return result

@@ -439,5 +439,6 @@ def format_lowrank_table(result):
 
 def main_lowrank(args, parser):
     """``--lowrank``: run, write the JSON and the table (same name, .txt), print the table."""
+    from .plots import plot_lowrank
     return run_section(args, parser, prefix="lowrank", config=lowrank_config, run=run_lowrank,
-                       format_table=format_lowrank_table)
+                       format_table=format_lowrank_table, plot=plot_lowrank)

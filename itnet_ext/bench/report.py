@@ -265,11 +265,12 @@ def write_json(result, path):
     return path
 
 
-def run_section(args, parser, *, prefix, config, run, format_table):
-    """One bench section (``--scan``, ``--sparse``, ``--lowrank``): check its options (an
-    argparse error for a bad one), run it, write the JSON (``--out``, default
-    bench/results/<prefix>_<device>_<stamp>.json) and the table beside it (.txt), print the
-    table. Returns the result dict."""
+def run_section(args, parser, *, prefix, config, run, format_table, plot=None):
+    """One bench section (``--scan``, ``--sparse``, ``--lowrank``, ``--peers``): check its
+    options (an argparse error for a bad one), run it, write the JSON (``--out``, default
+    bench/results/<prefix>_<device>_<stamp>.json), the table beside it (.txt) and, with
+    ``plot(result, png_path)``, the figure (.png; skipped with a message without
+    matplotlib), print the table. Returns the result dict."""
     try:
         config(args)
     except ValueError as e:
@@ -284,10 +285,25 @@ def run_section(args, parser, *, prefix, config, run, format_table):
     table = format_table(result)
     txt = path.with_suffix(".txt")
     txt.write_text(table + "\n")
+    png = write_plot(plot, result, path) if plot is not None else None
     if not args.no_print:
         print(table)
-        print(f"\nwrote {path} and {txt}")
+        print(f"\nwrote {path} and {txt}" + (f" and {png}" if png else ""))
     return result
+
+
+def write_plot(plot, result, json_path):
+    """``plot(result, png)`` beside the JSON; None (and a message) without matplotlib."""
+    png = Path(json_path).with_suffix(".png")
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib, or "
+              "pip install -e '.[experiments]')", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    plot(result, png)
+    return png
 
 
 class Section:

@@ -288,5 +288,6 @@ def format_scan_table(result):
 
 def main_scan(args, parser):
     """``--scan``: run, write the JSON and the table (same name, .txt), print the table."""
+    from .plots import plot_scan
     return run_section(args, parser, prefix="scan", config=scan_config, run=run_scan,
-                       format_table=format_scan_table)
+                       format_table=format_scan_table, plot=plot_scan)

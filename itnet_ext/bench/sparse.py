@@ -572,5 +572,6 @@ def format_sparse_table(result):
 
 def main_sparse(args, parser):
     """``--sparse``: run, write the JSON and the table (same name, .txt), print the table."""
+    from .plots import plot_sparse
     return run_section(args, parser, prefix="sparse", config=sparse_config, run=run_sparse,
-                       format_table=format_sparse_table)
+                       format_table=format_sparse_table, plot=plot_sparse)
