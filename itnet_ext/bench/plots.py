@@ -105,8 +105,8 @@ def plot_lowrank(result, png):
     rows = result["rows"]
     for impl in ("lowrank", "dense"):
         for pas in ("fwd", "fwd+bwd"):
-            pts = sorted((r["N"], r[impl][pas]["ms"]) for r in rows
-                         if isinstance(r.get(impl), dict) and r[impl].get(pas, {}).get("ms"))
+            ms = [(r["N"], ((r.get(impl) or {}).get(pas) or {}).get("ms")) for r in rows]
+            pts = sorted(p for p in ms if p[1])      # a skipped or failed call draws no point
             if pts:
                 ax_t.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{impl} {pas}")
     _loglog(ax_t, "N", "ms")
