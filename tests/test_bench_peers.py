@@ -104,3 +104,24 @@ def test_every_stored_section_can_be_drawn(name, tmp_path):
     assert png.stat().st_size > 5000
     with pytest.raises(ValueError, match="no figure"):
         plot_any({"rows": []}, tmp_path / "x.png")
+
+
+def test_performer_without_eps_is_the_lowrank_op():
+    """The FAVOR+ estimators are one estimator: performer's features with eps = 0 and the
+    same projection give the low-rank op's output (its eps = 1e-4 is a bias toward
+    uniform attention, the whole gap in the peers table)."""
+    pytest.importorskip("performer_pytorch")
+    from performer_pytorch.performer_pytorch import linear_attention, softmax_kernel
+
+    from itnet_ext.lowrank.feature_maps import PositiveRandomFeatures
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 50, 16, generator=g, dtype=torch.float64) * 0.5
+               for _ in range(3))
+    fmap = PositiveRandomFeatures(16, 24, generator=torch.Generator().manual_seed(4)).double()
+    P = fmap.projection
+    pq = softmax_kernel(q, projection_matrix=P, is_query=True, eps=0.0)
+    pk = softmax_kernel(k, projection_matrix=P, is_query=False, eps=0.0)
+    ours = F.lowrank_integral_transform(q, k, v, feature_map=fmap, normalize="softmax")
+    torch.testing.assert_close(linear_attention(pq, pk, v), ours, atol=1e-12, rtol=1e-10)
+    pq = softmax_kernel(q, projection_matrix=P, is_query=True)          # eps = 1e-4
+    assert (linear_attention(pq, pk, v) - ours).abs().max() > 1e-6
