@@ -79,6 +79,13 @@ def cuda_include_dirs():
     return [toolkit] + sorted(set(dirs) - {toolkit})
 
 
+# ITNET_SANITIZE=1: the CPU library with AddressSanitizer and UndefinedBehaviorSanitizer
+# (any UB report aborts). Load it with the sanitizer runtimes preloaded, as
+# scripts/sanitize_tests.sh does; CPU only.
+SANITIZE = (["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+             "-fno-omit-frame-pointer"] if os.environ.get("ITNET_SANITIZE") == "1" else [])
+
+
 class Build(cpp_extension.BuildExtension):
     """BuildExtension plus the per-capability objects of MULTI_ARCH_SOURCES."""
 
@@ -118,7 +125,8 @@ class Build(cpp_extension.BuildExtension):
                 # the path in the name: two strategies may both have a cpu_kernel.cpp
                 obj = os.path.join(out_dir, f"{src.replace('/', '_')}.{cap}.o")
                 newest = max(os.path.getmtime(p) for p in deps + [os.path.join(ROOT, src)])
-                cmd = [cxx, "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC", "-O3", *std,
+                cmd = [cxx, "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC",
+                       *(["-O1", "-g"] if SANITIZE else ["-O3"]), *SANITIZE, *std,
                        *inc, *macros, f"-DCPU_CAPABILITY={cap}",
                        f"-DCPU_CAPABILITY_{cap}", *mflags]
                 stale = not os.path.exists(obj) or os.path.getmtime(obj) < newest
@@ -143,14 +151,14 @@ def extension():
     cuda_sources = rel(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
     cuda_sources += rel(glob.glob(os.path.join(CSRC, "**", "*_cuda.cpp"), recursive=True))
     debug = os.environ.get("ITNET_DEBUG") == "1"
-    opt = ["-O0", "-g"] if debug else ["-O3"]
+    opt = ["-O0", "-g"] if debug else ["-O1", "-g"] if SANITIZE else ["-O3"]
     # at::parallel_for is header code: with torch's OpenMP backend it is an
     # `omp parallel` region that runs serially unless compiled with -fopenmp.
     # The library then needs libgomp.so.1, which resolves to the copy torch
     # has already loaded (same soname), so there is one OpenMP runtime.
     omp = ["-fopenmp"] if torch.backends.openmp.is_available() and not IS_MACOS else []
-    cxx = opt + ["-fvisibility-inlines-hidden"] + omp
-    kwargs = dict(include_dirs=[CSRC], extra_link_args=omp)
+    cxx = opt + ["-fvisibility-inlines-hidden"] + omp + SANITIZE
+    kwargs = dict(include_dirs=[CSRC], extra_link_args=omp + SANITIZE)
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not _gpu_visible():
             # torch's arch detection needs a GPU; default to Ampere + Hopper

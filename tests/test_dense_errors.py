@@ -6,6 +6,7 @@
   never a crash (cases that could crash run in a subprocess) or a silent wrong answer.
 """
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -279,7 +280,12 @@ def _run_isolated(code):
            + textwrap.dedent(code))
     return subprocess.run([sys.executable, "-c", src], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                                            "PATH": "/usr/bin:/bin"})
+                                            "PATH": "/usr/bin:/bin", **_SANITIZER_ENV})
+
+
+# the sanitizer stage (scripts/sanitize_tests.sh) preloads its runtimes: the child needs them too
+_SANITIZER_ENV = {k: os.environ[k] for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")
+                  if k in os.environ}
 
 
 _HUGE_WINDOW = """
