@@ -1,9 +1,13 @@
 // Vectorized CPU kernels of the decay scan. Compiled once per CPU capability
 // (MULTI_ARCH_SOURCES in setup.py), so Vectorized<T> is that capability's
-// widest vector; the lanes run over the state index r.
+// widest vector; the lanes run over channels (d), so that the per-(t, d)
+// operands x, dt, y, dx, ddt are whole vector loads and stores and no sum over
+// lanes is needed per step: y_t = sum_r phi_r h_r is a sum of vectors. (Lanes
+// over the state index r, the first layout, paid a horizontal sum per (t, d)
+// in the forward and several in the backward: 2.5x slower at Rk = 16.)
 //
 // Forward: per sub-block of channels, one pass over time; the states of the
-// sub-block (kCpuSubBlock x Rk) stay in L1 / L2.
+// sub-block (kCpuSubBlock x Rk, r-major: see Block) stay in L1.
 // Backward: the adjoint runs from the end, and needs h_{t-1}, h_t and the
 // decay e_t at every step. A first forward pass stores the state at the start
 // of every chunk of C steps (the checkpoints); then, chunk by chunk from the
@@ -51,66 +55,92 @@ Item item_at(const ScanParams& p, const CpuWork& w, int64_t i) {
   return it;
 }
 
+// A sub-block: ns channels [s0, s0 + ns) of one group, in nv vectors of VS
+// channels (the last one masked). Per-channel state-sized buffers are r-major:
+// row r holds the nsp = nv * VS (padded) channels, so that one vector is one
+// state index of VS channels. Padding lanes carry x = 0, dy = 0 and e = 1, and
+// so stay 0 in every state and adjoint.
 template <class T>
-struct Layout {
+struct Block {
   using V = Vectorized<T>;
   static constexpr int64_t VS = V::size();
-  int64_t Rk, nv, Rp;  // state size, vectors per state row, padded row length
-  explicit Layout(int64_t rk) : Rk(rk), nv((rk + VS - 1) / VS), Rp(nv * VS) {}
-  int64_t lanes(int64_t v) const { return Rk - v * VS; }  // valid lanes of vector v
+  int64_t Rk, ns, nv, nsp;
+  Block(int64_t rk, int64_t n) : Rk(rk), ns(n), nv((n + VS - 1) / VS), nsp(nv * VS) {}
+  int64_t size() const { return Rk * nsp; }
+  int64_t lanes(int64_t cv) const { return std::min<int64_t>(VS, ns - cv * VS); }
 };
 
-// The decay factors e = exp(a) of channel d at step t, vector by vector.
-// `row` is the channel's precomputed factors in kStatic mode.
-template <class T, int kMode>
-struct DecayAt {
-  using V = Vectorized<T>;
-  const T* base = nullptr;  // kVector: log-decays; kFactored: A row
-  T scalar = T(0);          // kScalar: e; kFactored: dt
-  const T* row = nullptr;   // kStatic
+// rows[r][j] <- src[j * sj + r * sr] for the block's channels (padding `pad`)
+template <class T>
+void gather_rows(const T* src, int64_t sj, int64_t sr, const Block<T>& L, T* rows, T pad) {
+  for (int64_t r = 0; r < L.Rk; ++r) {
+    T* row = rows + r * L.nsp;
+    for (int64_t j = 0; j < L.nsp; ++j) row[j] = j < L.ns ? src[j * sj + r * sr] : pad;
+  }
+}
 
-  DecayAt(const ScanParams& p, int64_t b, int64_t t, int64_t d, const T* static_row) {
+// dst[j * sj + r] <- rows[r][j]: back to the (channel, r) layout of the op's tensors
+template <class T>
+void scatter_rows(const T* rows, const Block<T>& L, T* dst, int64_t sj) {
+  for (int64_t j = 0; j < L.ns; ++j)
+    for (int64_t r = 0; r < L.Rk; ++r) dst[j * sj + r] = rows[r * L.nsp + j];
+}
+
+// h0 (or 0) of the block's channels, r-major rows.
+template <class T>
+void initial_rows(const void* h0, const Block<T>& L, int64_t D, int64_t b, int64_t s0, T* H) {
+  if (h0) gather_rows(static_cast<const T*>(h0) + (b * D + s0) * L.Rk, L.Rk, 1, L, H, T(0));
+  else std::fill(H, H + L.size(), T(0));
+}
+
+// The decay factors e = exp(a) of the block at step t: at_step(t) once per step, then
+// lane(cv) once per channel vector and e(lane, r) per state index.
+template <class T, int kMode>
+struct Decays {
+  using V = Vectorized<T>;
+  static constexpr int64_t VS = V::size();
+  const ScanParams& p;
+  const Block<T>& L;
+  int64_t b, s0;
+  // kStatic: exp(a), kFactored: A, kVector: the step's log-decays; r-major rows
+  std::vector<T> rows;
+  const T* step = nullptr;  // kFactored: dt[b, t, s0..]; kScalar: a[b, t, s0..]
+
+  Decays(const ScanParams& p_, const Block<T>& L_, int64_t b_, int64_t s0_)
+      : p(p_), L(L_), b(b_), s0(s0_), rows(kMode == kScalar ? 0 : L_.size()) {
     if constexpr (kMode == kStatic) {
-      row = static_row;
+      const T* ld = static_cast<const T*>(p.log_decay) + b * p.ld_sb + s0 * p.ld_sd;
+      gather_rows(ld, p.ld_sd, p.ld_sr, L, rows.data(), T(0));
+      for (T& v : rows) v = Ops<T>::exp(v);  // padding: exp(0) = 1
     } else if constexpr (kMode == kFactored) {
-      const auto& s = p.dt_s;
-      scalar = static_cast<const T*>(p.dt)[b * s.b + t * s.t + d * s.c];
-      base = static_cast<const T*>(p.A) + d * p.A_sd;
-    } else {
-      const T* ld = static_cast<const T*>(p.log_decay) + b * p.ld_sb + t * p.ld_st + d * p.ld_sd;
-      if constexpr (kMode == kScalar) scalar = Ops<T>::exp(ld[0]);
-      else base = ld;
+      gather_rows(static_cast<const T*>(p.A) + s0 * p.A_sd, p.A_sd, p.A_sr, L, rows.data(), T(0));
     }
   }
-  V e(int64_t v, int64_t lanes) const {
-    constexpr int64_t VS = V::size();
-    if constexpr (kMode == kStatic) return V::loadu(row + v * VS);
-    else if constexpr (kMode == kScalar) return V(scalar);
-    else if constexpr (kMode == kVector) return Ops<V>::exp(load_n(base + v * VS, lanes));
-    else return Ops<V>::exp(V(scalar) * load_n(base + v * VS, lanes));
+  void at_step(int64_t t) {
+    if constexpr (kMode == kFactored) {
+      step = static_cast<const T*>(p.dt) + b * p.dt_s.b + t * p.dt_s.t + s0 * p.dt_s.c;
+    } else if constexpr (kMode == kScalar) {  // (B|1, T, D, 1) contiguous: ld_sd = 1
+      step = static_cast<const T*>(p.log_decay) + b * p.ld_sb + t * p.ld_st + s0;
+    } else if constexpr (kMode == kVector) {  // (B|1, T, D, Rk): a transpose per step
+      const T* ld = static_cast<const T*>(p.log_decay) + b * p.ld_sb + t * p.ld_st + s0 * p.ld_sd;
+      gather_rows(ld, p.ld_sd, p.ld_sr, L, rows.data(), T(0));
+    }
+  }
+  // kFactored: dt of the channels; kScalar: their e (shared by every r)
+  V lane(int64_t cv, int64_t cnt) const {
+    if constexpr (kMode == kFactored) return load_n(step + cv * VS, cnt);
+    else if constexpr (kMode == kScalar) return Ops<V>::exp(load_n(step + cv * VS, cnt));
+    else return V(T(0));
+  }
+  // e of state r: `at` = rows + r * nsp + o (the caller keeps that pointer in a local:
+  // after at::vec's may_alias stores, members would be reloaded at every use)
+  static V e(const V& lane, const T* at) {
+    if constexpr (kMode == kStatic) return V::loadu(at);
+    else if constexpr (kMode == kScalar) return lane;
+    else if constexpr (kMode == kVector) return Ops<V>::exp(V::loadu(at));
+    else return Ops<V>::exp(lane * V::loadu(at));
   }
 };
-
-// kStatic: e for channels [s0, s0 + ns) of batch b, rows of Rp (padding e = 1).
-template <class T>
-void static_decays(const ScanParams& p, const Layout<T>& L, int64_t b, int64_t s0, int64_t ns,
-                   T* E) {
-  const T* ld = static_cast<const T*>(p.log_decay) + b * p.ld_sb;
-  for (int64_t j = 0; j < ns; ++j) {
-    for (int64_t r = 0; r < L.Rp; ++r)
-      E[j * L.Rp + r] = r < L.Rk ? Ops<T>::exp(ld[(s0 + j) * p.ld_sd + r * p.ld_sr]) : T(1);
-  }
-}
-
-// h0 (or 0) for channels [s0, s0 + ns) of batch b, rows of Rp (padding 0).
-template <class T>
-void initial_states(const void* src, const Layout<T>& L, int64_t D, int64_t b, int64_t s0,
-                    int64_t ns, T* H) {
-  std::fill(H, H + ns * L.Rp, T(0));
-  if (!src) return;
-  const T* h0 = static_cast<const T*>(src) + (b * D + s0) * L.Rk;
-  for (int64_t j = 0; j < ns; ++j) std::copy(h0 + j * L.Rk, h0 + (j + 1) * L.Rk, H + j * L.Rp);
-}
 
 template <class T>
 inline T at3(const void* base, const Strides3& s, int64_t b, int64_t t, int64_t c) {
@@ -126,7 +156,7 @@ inline const T* row4(const void* base, const Strides4& s, int64_t b, int64_t t, 
 // apart: several such streams at once (x, dt or the log-decay, y) are more than the
 // hardware prefetchers follow, and each load then waits on memory. Every time loop
 // therefore asks for the rows kAhead steps ahead (behind, going backwards).
-constexpr int64_t kAhead = 8;
+constexpr int64_t kAhead = 24;
 
 inline void prefetch(const void* ptr, int64_t bytes, bool write = false) {
   const char* a = static_cast<const char*>(ptr);
@@ -162,47 +192,50 @@ void fwd_item(const ScanParams& params, const Item& it) {
   const ScanParams p = params;
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
-  const Layout<T> L(p.Rk);
-  std::vector<T> H(kCpuSubBlock * L.Rp), E(kMode == kStatic ? kCpuSubBlock * L.Rp : 0);
+  const int64_t Rk = p.Rk;
   const T* skip = static_cast<const T*>(p.skip);
   T* y = static_cast<T*>(p.y);
-  T* h_last = static_cast<T*>(p.h_last);
   T* ckpt = static_cast<T*>(p.ckpt);
   const int64_t n_ckpt = num_checkpoints(p.T);
 
   for (int64_t s0 = it.d0; s0 < it.d1; s0 += kCpuSubBlock) {
-    const int64_t ns = std::min(kCpuSubBlock, it.d1 - s0);
-    initial_states(p.h0, L, p.D, it.b, s0, ns, H.data());
-    if constexpr (kMode == kStatic) static_decays(p, L, it.b, s0, ns, E.data());
+    const Block<T> L(Rk, std::min(kCpuSubBlock, it.d1 - s0));
+    const int64_t nsp = L.nsp;
+    std::vector<T> H(L.size());
+    initial_rows(p.h0, L, p.D, it.b, s0, H.data());
+    Decays<T, kMode> dec(p, L, it.b, s0);
+    T* const Hp = H.data();
+    const T* const rows = dec.rows.data();
     for (int64_t t = 0; t < p.T; ++t) {
-      if (ckpt && t % kCkptEvery == 0) {
-        for (int64_t j = 0; j < ns; ++j)
-          std::copy(H.data() + j * L.Rp, H.data() + j * L.Rp + L.Rk,
-                    ckpt + ((it.b * p.D + s0 + j) * n_ckpt + t / kCkptEvery) * L.Rk);
-      }
-      prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, ns);
+      if (ckpt && t % kCkptEvery == 0)
+        scatter_rows(H.data(), L, ckpt + ((it.b * p.D + s0) * n_ckpt + t / kCkptEvery) * Rk,
+                     n_ckpt * Rk);
+      prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, L.ns);
       if (t + kAhead < p.T)
-        prefetch(y + it.b * p.y_s.b + (t + kAhead) * p.y_s.t + s0 * p.y_s.c, ns * sizeof(T), true);
+        prefetch(y + it.b * p.y_s.b + (t + kAhead) * p.y_s.t + s0 * p.y_s.c, L.ns * sizeof(T),
+                 true);
+      dec.at_step(t);
       const T* phi = row4<T>(p.phi, p.phi_s, it.b, t, it.g);
       const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
-      for (int64_t j = 0; j < ns; ++j) {
-        const int64_t d = s0 + j;
-        const T xv = at3<T>(p.x, p.x_s, it.b, t, d);
-        const DecayAt<T, kMode> dec(p, it.b, t, d, E.data() + j * L.Rp);
-        T* h = H.data() + j * L.Rp;
-        V acc(T(0));
-        for (int64_t v = 0; v < L.nv; ++v) {
-          const int64_t n = L.lanes(v);
-          const V hv = advance(dec.e(v, n), V::loadu(h + v * VS), load_n(psi + v * VS, n), V(xv));
-          hv.store(h + v * VS);
-          acc = at::vec::fmadd(load_n(phi + v * VS, n), hv, acc);
+      const T* xr = static_cast<const T*>(p.x) + it.b * p.x_s.b + t * p.x_s.t + s0;
+      T* yr = y + it.b * p.y_s.b + t * p.y_s.t + s0;
+      for (int64_t cv = 0; cv < L.nv; ++cv) {
+        const int64_t o = cv * VS, cnt = L.lanes(cv);
+        const V xv = load_n(xr + o, cnt);
+        const V ln = dec.lane(cv, cnt);
+        V acc = skip ? load_n(skip + s0 + o, cnt) * xv : V(T(0));
+        T* h = Hp + o;
+        const T* er = rows + o;
+        for (int64_t r = 0; r < Rk; ++r) {
+          const V hv = advance(Decays<T, kMode>::e(ln, er + r * nsp), V::loadu(h + r * nsp),
+                               V(psi[r]), xv);
+          hv.store(h + r * nsp);
+          acc = at::vec::fmadd(V(phi[r]), hv, acc);
         }
-        y[it.b * p.y_s.b + t * p.y_s.t + d * p.y_s.c] = hsum(acc) + (skip ? skip[d] * xv : T(0));
+        store(acc, yr + o, cnt);
       }
     }
-    for (int64_t j = 0; j < ns; ++j)
-      std::copy(H.data() + j * L.Rp, H.data() + j * L.Rp + L.Rk,
-                h_last + (it.b * p.D + s0 + j) * L.Rk);
+    scatter_rows(H.data(), L, static_cast<T*>(p.h_last) + (it.b * p.D + s0) * Rk, Rk);
   }
 }
 
@@ -212,24 +245,16 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
   const ScanBwdParams p = params;
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
-  const Layout<T> L(p.Rk);
-  const int64_t T_ = p.T, D = p.D, Rk = p.Rk, Rp = L.Rp;
+  const int64_t T_ = p.T, D = p.D, Rk = p.Rk;
   // Chunks of kCkptEvery steps, so that the forward's checkpoints (when given) are the
   // chunk starts; sub-blocks of channels small enough for a chunk's states and decays
-  // (2 C nsub Rp values) to stay in L2.
+  // (2 C nsub Rk values) to stay in L2, whole vectors where the block allows.
   const int64_t C = kCkptEvery;
-  const int64_t nsub =
-      std::min(std::clamp<int64_t>(32768 / (C * Rp), 1, kCpuSubBlock), it.d1 - it.d0);
+  int64_t nsub = std::min(std::clamp<int64_t>(131072 / (C * Rk), 1, kCpuSubBlock), it.d1 - it.d0);
+  if (nsub > VS) nsub -= nsub % VS;
   const int64_t nch = (T_ + C - 1) / C;
-  const int64_t row = nsub * Rp;  // one step of the sub-block's states
-
-  std::vector<T> ckpt(std::max<int64_t>(nch, 1) * row), Hs(C * row), Es(C * row), Gc(row);
-  std::vector<T> Est(kMode == kStatic ? row : 0);
-  // per channel of the sub-block at one step: dy, x, dt; the dx and summed-da lanes
-  std::vector<T> dy_j(nsub), x_j(nsub), dt_j(nsub);
-  std::vector<T> dx_acc(nsub * VS), da_acc(nsub * VS);
-  std::vector<T> acc_row(row), acc_ch(nsub);  // per-channel sums (dA or static dld; dskip)
-  std::vector<T> acc_static1(nsub);           // static, state-broadcast dld
+  constexpr bool kStoreE = kMode != kStatic;
+  const bool static_per_state = kMode == kStatic && p.dld_R == Rk;
 
   const T* skip = static_cast<const T*>(p.skip);
   T* dx = static_cast<T*>(p.dx);
@@ -240,33 +265,39 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
   T* dphi = static_cast<T*>(p.dphi) + part_off;
   T* dpsi = static_cast<T*>(p.dpsi) + part_off;
   const int64_t part_row = p.G * Rk;
+  std::vector<T> sphi(Rk * VS), spsi(Rk * VS);  // per-state sums over the channels at one step
 
   for (int64_t s0 = it.d0; s0 < it.d1; s0 += nsub) {
-    const int64_t ns = std::min(nsub, it.d1 - s0);
-    if constexpr (kMode == kStatic) static_decays(p, L, it.b, s0, ns, Est.data());
+    const Block<T> L(Rk, std::min(nsub, it.d1 - s0));
+    const int64_t nsp = L.nsp, row = L.size();
+    Decays<T, kMode> dec(p, L, it.b, s0);
+    std::vector<T> ckpt(std::max<int64_t>(nch, 1) * row), Hs(C * row), Es(kStoreE ? C * row : 0);
+    std::vector<T> Gc(row), dacc(row, T(0));   // the carry; dA (factored) or per-state dld
+    std::vector<T> dacc1(nsp, T(0)), dskip(nsp, T(0));  // state-broadcast static dld; dskip
 
     // checkpoints: the state before step c * C, for every chunk c; the forward's, or
     // from one more pass of the recurrence
     if (p.ckpt_in) {
-      const T* src = static_cast<const T*>(p.ckpt_in);
-      for (int64_t c = 0; c < nch; ++c)  // (padding lanes stay 0 from the allocation)
-        for (int64_t j = 0; j < ns; ++j)
-          std::copy_n(src + ((it.b * D + s0 + j) * nch + c) * Rk, Rk,
-                      ckpt.data() + c * row + j * Rp);
+      const T* src = static_cast<const T*>(p.ckpt_in) + (it.b * D + s0) * nch * Rk;
+      for (int64_t c = 0; c < nch; ++c)
+        gather_rows(src + c * Rk, nch * Rk, 1, L, ckpt.data() + c * row, T(0));
     } else {
-      initial_states(p.h0, L, D, it.b, s0, ns, ckpt.data());
+      initial_rows(p.h0, L, D, it.b, s0, ckpt.data());
       std::vector<T> H(ckpt.begin(), ckpt.begin() + row);
+      T* const Hp = H.data();
+      const T* const rows = dec.rows.data();
       for (int64_t t = 0; t < (nch - 1) * C; ++t) {
-        prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, ns);
+        prefetch_inputs<T, kMode>(p, it.b, t + kAhead, s0, L.ns);
+        dec.at_step(t);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
-        for (int64_t j = 0; j < ns; ++j) {
-          const DecayAt<T, kMode> dec(p, it.b, t, s0 + j, Est.data() + j * Rp);
-          const V xv(at3<T>(p.x, p.x_s, it.b, t, s0 + j));
-          T* h = H.data() + j * Rp;
-          for (int64_t v = 0; v < L.nv; ++v) {
-            const int64_t n = L.lanes(v);
-            advance(dec.e(v, n), V::loadu(h + v * VS), load_n(psi + v * VS, n), xv)
-                .store(h + v * VS);
+        const T* xr = static_cast<const T*>(p.x) + it.b * p.x_s.b + t * p.x_s.t + s0;
+        for (int64_t cv = 0; cv < L.nv; ++cv) {
+          const int64_t o = cv * VS, cnt = L.lanes(cv);
+          const V xv = load_n(xr + o, cnt), ln = dec.lane(cv, cnt);
+          for (int64_t r = 0; r < Rk; ++r) {
+            T* h = Hp + r * nsp + o;
+            advance(Decays<T, kMode>::e(ln, rows + r * nsp + o), V::loadu(h), V(psi[r]), xv)
+                .store(h);
           }
         }
         if ((t + 1) % C == 0) std::copy(H.begin(), H.end(), ckpt.begin() + ((t + 1) / C) * row);
@@ -274,15 +305,18 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
     }
 
     // the adjoint's carry starts at the final-state cotangent
-    std::fill(Gc.begin(), Gc.end(), T(0));
-    if (p.dh_last) {
-      const T* g = static_cast<const T*>(p.dh_last) + (it.b * D + s0) * Rk;
-      for (int64_t j = 0; j < ns; ++j) std::copy(g + j * Rk, g + (j + 1) * Rk, Gc.data() + j * Rp);
-    }
-    std::fill(acc_row.begin(), acc_row.end(), T(0));
-    std::fill(acc_ch.begin(), acc_ch.end(), T(0));
-    std::fill(acc_static1.begin(), acc_static1.end(), T(0));
+    if (p.dh_last)
+      gather_rows(static_cast<const T*>(p.dh_last) + (it.b * D + s0) * Rk, Rk, 1, L, Gc.data(),
+                  T(0));
+    else
+      std::fill(Gc.begin(), Gc.end(), T(0));
 
+    // raw pointers in locals (see Decays::e)
+    T* const Gp = Gc.data();
+    T* const dap = dacc.data();
+    T* const sphip = sphi.data();
+    T* const spsip = spsi.data();
+    T* const rows = dec.rows.data();
     for (int64_t c = nch - 1; c >= 0; --c) {
       const int64_t t0 = c * C, t1 = std::min(T_, t0 + C);
       // recompute the chunk: Hs[t - t0] = h_t, Es[t - t0] = e_t
@@ -290,114 +324,103 @@ void bwd_item(const ScanBwdParams& params, const Item& it) {
         // kAhead steps on; past the chunk's end, the first rows of the chunk recomputed next
         // (the one before this)
         const int64_t ahead = t + kAhead < t1 ? t + kAhead : t0 - C + (t + kAhead - t1);
-        prefetch_inputs<T, kMode>(p, it.b, ahead, s0, ns);
+        prefetch_inputs<T, kMode>(p, it.b, ahead, s0, L.ns);
+        dec.at_step(t);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
+        const T* xr = static_cast<const T*>(p.x) + it.b * p.x_s.b + t * p.x_s.t + s0;
         const T* prev = t == t0 ? ckpt.data() + c * row : Hs.data() + (t - t0 - 1) * row;
         T* cur = Hs.data() + (t - t0) * row;
-        T* ecur = Es.data() + (t - t0) * row;
-        for (int64_t j = 0; j < ns; ++j) {
-          const DecayAt<T, kMode> dec(p, it.b, t, s0 + j, Est.data() + j * Rp);
-          const V xv(at3<T>(p.x, p.x_s, it.b, t, s0 + j));
-          for (int64_t v = 0; v < L.nv; ++v) {
-            const int64_t n = L.lanes(v), o = j * Rp + v * VS;
-            const V e = dec.e(v, n);
-            if constexpr (kMode != kStatic) e.store(ecur + o);
-            advance(e, V::loadu(prev + o), load_n(psi + v * VS, n), xv).store(cur + o);
+        T* ecur = kStoreE ? Es.data() + (t - t0) * row : nullptr;
+        for (int64_t cv = 0; cv < L.nv; ++cv) {
+          const int64_t o = cv * VS, cnt = L.lanes(cv);
+          const V xv = load_n(xr + o, cnt), ln = dec.lane(cv, cnt);
+          for (int64_t r = 0; r < Rk; ++r) {
+            const int64_t k = r * nsp + o;
+            const V e = Decays<T, kMode>::e(ln, rows + k);
+            if constexpr (kStoreE) e.store(ecur + k);
+            advance(e, V::loadu(prev + k), V(psi[r]), xv).store(cur + k);
           }
         }
       }
-      // the adjoint, backwards through the chunk. State vector v outer, channel j inner:
-      // phi / psi are loaded once per v and the dphi / dpsi sums over the channels stay in
-      // registers (a j-outer order would chain every channel through a store and a load).
+      // the adjoint, backwards through the chunk
       for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t td = (it.b * T_ + t) * D + s0;  // (b, t, s0) of the (B, T, D) gradients
         if (t - kAhead >= t0) {  // (the rows of x, dt are in cache from the recompute)
-          const int64_t u = t - kAhead;
+          const int64_t u = t - kAhead, ud = (it.b * T_ + u) * D + s0;
           prefetch(static_cast<const T*>(p.dy) + it.b * p.dy_s.b + u * p.dy_s.t + s0 * p.dy_s.c,
-                   ns * sizeof(T));
-          prefetch(dx + it.b * p.dx_s.b + u * p.dx_s.t + s0 * p.dx_s.c, ns * sizeof(T), true);
-          if constexpr (kMode == kFactored)
-            prefetch(ddt + (it.b * T_ + u) * D + s0, ns * sizeof(T), true);
-          else if constexpr (kMode == kScalar)
-            prefetch(dld + (it.b * T_ + u) * D + s0, ns * sizeof(T), true);
-          else if constexpr (kMode == kVector)
-            prefetch(dld + ((it.b * T_ + u) * D + s0) * Rk, ns * Rk * sizeof(T), true);
+                   L.ns * sizeof(T));
+          prefetch(dx + it.b * p.dx_s.b + u * p.dx_s.t + s0 * p.dx_s.c, L.ns * sizeof(T), true);
+          if constexpr (kMode == kFactored) prefetch(ddt + ud, L.ns * sizeof(T), true);
+          else if constexpr (kMode == kScalar) prefetch(dld + ud, L.ns * sizeof(T), true);
+          else if constexpr (kMode == kVector) prefetch(dld + ud * Rk, L.ns * Rk * sizeof(T), true);
         }
         const T* phi = row4<T>(p.phi, p.phi_s, it.b, t, it.g);
         const T* psi = row4<T>(p.psi, p.psi_s, it.b, t, it.g);
         const T* prev = t == t0 ? ckpt.data() + c * row : Hs.data() + (t - t0 - 1) * row;
         const T* cur = Hs.data() + (t - t0) * row;
-        const T* ecur = kMode == kStatic ? Est.data() : Es.data() + (t - t0) * row;
-        for (int64_t j = 0; j < ns; ++j) {
-          dy_j[j] = at3<T>(p.dy, p.dy_s, it.b, t, s0 + j);
-          x_j[j] = at3<T>(p.x, p.x_s, it.b, t, s0 + j);
-          if constexpr (kMode == kFactored) dt_j[j] = at3<T>(p.dt, p.dt_s, it.b, t, s0 + j);
+        const T* ecur = kStoreE ? Es.data() + (t - t0) * row : rows;
+        // kVector: the step's log-decay gradients gather in the (now unused) rows of dec
+        T* da_rows = kMode == kVector ? rows : nullptr;
+        const T* dyr = static_cast<const T*>(p.dy) + it.b * p.dy_s.b + t * p.dy_s.t + s0;
+        const T* xr = static_cast<const T*>(p.x) + it.b * p.x_s.b + t * p.x_s.t + s0;
+        T* dxr = dx + it.b * p.dx_s.b + t * p.dx_s.t + s0;
+        if constexpr (kMode == kFactored) dec.at_step(t);  // dec.step = dt of the step
+        std::fill(sphip, sphip + Rk * VS, T(0));
+        std::fill(spsip, spsip + Rk * VS, T(0));
+        for (int64_t cv = 0; cv < L.nv; ++cv) {
+          const int64_t o = cv * VS, cnt = L.lanes(cv);
+          const V dyv = load_n(dyr + o, cnt), xv = load_n(xr + o, cnt);
+          const V dtv = kMode == kFactored ? dec.lane(cv, cnt) : V(T(0));
+          V dxv = skip ? load_n(skip + s0 + o, cnt) * dyv : V(T(0));
+          V dav(T(0));  // the channel's log-decay gradient summed over r (times A: factored)
+          for (int64_t r = 0; r < Rk; ++r) {
+            const int64_t k = r * nsp + o;
+            const V g = state_grad(V::loadu(Gp + k), V(phi[r]), dyv);
+            const V e = V::loadu(ecur + k);
+            dxv = at::vec::fmadd(V(psi[r]), g, dxv);
+            T* sp = spsip + r * VS;
+            at::vec::fmadd(g, xv, V::loadu(sp)).store(sp);
+            T* sf = sphip + r * VS;
+            at::vec::fmadd(V::loadu(cur + k), dyv, V::loadu(sf)).store(sf);
+            const V da = log_decay_grad(g, e, V::loadu(prev + k));
+            if constexpr (kMode == kFactored) {
+              dav = at::vec::fmadd(da, V::loadu(rows + k), dav);
+              at::vec::fmadd(da, dtv, V::loadu(dap + k)).store(dap + k);
+            } else if constexpr (kMode == kVector) {
+              da.store(da_rows + k);
+            } else if (kMode == kStatic && static_per_state) {
+              (V::loadu(dap + k) + da).store(dap + k);
+            } else {  // kScalar, or kStatic with one log-decay for all states
+              dav = dav + da;
+            }
+            carry_back(g, e).store(Gp + k);
+          }
+          store(dxv, dxr + o, cnt);
+          if constexpr (kMode == kFactored) store(dav, ddt + td + o, cnt);
+          if constexpr (kMode == kScalar) store(dav, dld + td + o, cnt);
+          if constexpr (kMode == kStatic) {
+            if (!static_per_state) (V::loadu(dacc1.data() + o) + dav).store(dacc1.data() + o);
+          }
+          if (skip) at::vec::fmadd(dyv, xv, V::loadu(dskip.data() + o)).store(dskip.data() + o);
         }
+        if constexpr (kMode == kVector) scatter_rows(da_rows, L, dld + td * Rk, Rk);
         T* dphi_t = dphi + t * part_row;
         T* dpsi_t = dpsi + t * part_row;
-        for (int64_t v = 0; v < L.nv; ++v) {
-          const int64_t n = L.lanes(v);
-          const V phiv = load_n(phi + v * VS, n), psiv = load_n(psi + v * VS, n);
-          V sphi(T(0)), spsi(T(0));
-          for (int64_t j = 0; j < ns; ++j) {
-            const int64_t o = j * Rp + v * VS;
-            const V dyv(dy_j[j]);
-            const V g = state_grad(V::loadu(Gc.data() + o), phiv, dyv);
-            const V e = V::loadu(ecur + o);
-            V dx_v = v == 0 ? psiv * g : at::vec::fmadd(psiv, g, V::loadu(dx_acc.data() + j * VS));
-            dx_v.store(dx_acc.data() + j * VS);
-            spsi = at::vec::fmadd(g, V(x_j[j]), spsi);
-            sphi = at::vec::fmadd(V::loadu(cur + o), dyv, sphi);
-            const V da = log_decay_grad(g, e, V::loadu(prev + o));
-            T* daj = da_acc.data() + j * VS;
-            if constexpr (kMode == kVector) {
-              store(da, dld + ((it.b * T_ + t) * D + s0 + j) * Rk + v * VS, n);
-            } else if constexpr (kMode == kFactored) {
-              const V arow = load_n(static_cast<const T*>(p.A) + (s0 + j) * p.A_sd + v * VS, n);
-              (v == 0 ? da * arow : at::vec::fmadd(da, arow, V::loadu(daj))).store(daj);
-              at::vec::fmadd(da, V(dt_j[j]), V::loadu(acc_row.data() + o))
-                  .store(acc_row.data() + o);
-            } else if (kMode == kStatic && p.dld_R == Rk) {  // per state, summed over time
-              (V::loadu(acc_row.data() + o) + da).store(acc_row.data() + o);
-            } else {  // kScalar, or kStatic with one log-decay for all states: sum over r
-              (v == 0 ? da : V::loadu(daj) + da).store(daj);
-            }
-            carry_back(g, e).store(Gc.data() + o);
-          }
-          store(load_n(dphi_t + v * VS, n) + sphi, dphi_t + v * VS, n);
-          store(load_n(dpsi_t + v * VS, n) + spsi, dpsi_t + v * VS, n);
-        }
-        for (int64_t j = 0; j < ns; ++j) {
-          const int64_t d = s0 + j;
-          const T dyv = dy_j[j];
-          dx[it.b * p.dx_s.b + t * p.dx_s.t + d * p.dx_s.c] =
-              hsum(V::loadu(dx_acc.data() + j * VS)) + (skip ? skip[d] * dyv : T(0));
-          if (skip) acc_ch[j] += dyv * x_j[j];
-          const T da = hsum(V::loadu(da_acc.data() + j * VS));
-          if constexpr (kMode == kScalar || kMode == kFactored)
-            (kMode == kScalar ? dld : ddt)[(it.b * T_ + t) * D + d] = da;
-          if constexpr (kMode == kStatic) {
-            if (p.dld_R != Rk) acc_static1[j] += da;
-          }
+        for (int64_t r = 0; r < Rk; ++r) {
+          dphi_t[r] += hsum(V::loadu(sphip + r * VS));
+          dpsi_t[r] += hsum(V::loadu(spsip + r * VS));
         }
       }
     }
 
     // per-channel results of the sub-block
-    for (int64_t j = 0; j < ns; ++j) {
-      const int64_t d = s0 + j;
-      std::copy(Gc.data() + j * Rp, Gc.data() + j * Rp + Rk,
-                static_cast<T*>(p.dh0) + (it.b * D + d) * Rk);
-      if (skip) static_cast<T*>(p.dskip)[it.b * D + d] = acc_ch[j];
-      if constexpr (kMode == kFactored)
-        std::copy(acc_row.data() + j * Rp, acc_row.data() + j * Rp + Rk,
-                  static_cast<T*>(p.dA) + (it.b * D + d) * Rk);
-      if constexpr (kMode == kStatic) {
-        if (p.dld_R == Rk)
-          std::copy(acc_row.data() + j * Rp, acc_row.data() + j * Rp + Rk,
-                    dld + (it.b * D + d) * Rk);
-        else
-          dld[it.b * D + d] = acc_static1[j];
-      }
+    scatter_rows(Gc.data(), L, static_cast<T*>(p.dh0) + (it.b * D + s0) * Rk, Rk);
+    if (skip) std::copy_n(dskip.data(), L.ns, static_cast<T*>(p.dskip) + it.b * D + s0);
+    if constexpr (kMode == kFactored)
+      scatter_rows(dacc.data(), L, static_cast<T*>(p.dA) + (it.b * D + s0) * Rk, Rk);
+    if constexpr (kMode == kStatic) {
+      if (static_per_state) scatter_rows(dacc.data(), L, dld + (it.b * D + s0) * Rk, Rk);
+      else std::copy_n(dacc1.data(), L.ns, dld + it.b * D + s0);
     }
   }
 }

@@ -6,7 +6,7 @@
 // belong to one group of phi / psi, and block k of a group writes part k of
 // the dphi / dpsi partial sums, so no two items write the same element.
 // Inside an item the kernels walk time once per sub-block of kCpuSubBlock
-// channels, vectorized over the state index r.
+// channels, vectorized over channels (lanes = d, see cpu_kernel.cpp).
 #pragma once
 
 #include <algorithm>
@@ -20,7 +20,7 @@ namespace scan {
 // Channels whose states one pass over time keeps in cache (at most: the
 // backward takes fewer when a chunk of their states would not fit in L2, see
 // bwd_item in cpu_kernel.cpp).
-constexpr int64_t kCpuSubBlock = 64;
+constexpr int64_t kCpuSubBlock = 128;
 
 struct CpuWork {
   int64_t blocks_per_group = 1;  // = n_parts of the backward's dphi / dpsi
