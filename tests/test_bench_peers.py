@@ -125,3 +125,21 @@ def test_performer_without_eps_is_the_lowrank_op():
     torch.testing.assert_close(linear_attention(pq, pk, v), ours, atol=1e-12, rtol=1e-10)
     pq = softmax_kernel(q, projection_matrix=P, is_query=True)          # eps = 1e-4
     assert (linear_attention(pq, pk, v) - ours).abs().max() > 1e-6
+
+
+def test_scan_and_conv_peers_agree_with_the_fused_ops(tmp_path):
+    """The always-available peers: Mamba-2's chunked SSD and the tuned loop against the
+    fused scan, torch conv1d / conv2d against their converted transforms."""
+    res = cli.main(["--peers", "--quick", "--peers-which", "scan,conv",
+                    "--out", str(tmp_path / "p.json"), "--no-print"])
+    rows = res["rows"]
+    assert res["skipped"] == {}
+    scan = [r for r in rows if r["section"] == "scan"]
+    conv = [r for r in rows if r["section"] == "conv"]
+    assert {r["peer"] for r in scan} == {"ssd_chunked(mamba2)", "tuned_loop"}
+    assert {r["peer"] for r in conv} == {"torch.conv1d k=5", "torch.conv2d 3x3"}
+    assert len(scan) == 4 and len(conv) == 4
+    for r in scan + conv:
+        assert r["max_abs_diff"] < 1e-4, r
+        assert r["ratio"] is not None and r["ratio"] > 0, r
+        assert r["peer_error"] is None and r["fused_error"] is None, r

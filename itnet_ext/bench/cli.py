@@ -126,7 +126,10 @@ def build_parser():
                    help="FlexAttention (MLP score_mod), neuraloperator's GNO and "
                         "performer-pytorch's FAVOR+ against the fused ops "
                         "(pip install -e '.[peers]'; a missing peer is skipped)")
-    g.add_argument("--peers-which", default=None, help="comma list of flex,neuralop,performer")
+    g.add_argument("--peers-which", default=None,
+                   help="comma list of flex,neuralop,performer,scan,conv (default all)")
+    g.add_argument("--peers-scan-t", type=int, default=1024,
+                   help="scan: sequence length T (default 1024; SSD takes ~8 s per fwd+bwd call there)")
     g.add_argument("--peers-sizes", default="1024,2048",
                    help="N of the flex and performer comparisons (default 1024,2048)")
     g.add_argument("--peers-gno-n", type=int, default=4096, help="GNO points (default 4096)")

@@ -13,6 +13,11 @@ run, in one run per device (time, peak memory, error; JSON + table + PNG).
 - ``performer``: performer-pytorch's ``FastAttention`` (FAVOR+) against the low-rank op
   with :class:`~itnet_ext.lowrank.PositiveRandomFeatures` at the same number of features
   and the same projection; both errors are against exact softmax attention (float64).
+- ``scan``: the decay scan (Mamba's dt * A decay, B=2, D=1024, Rk=16 at T =
+  ``--peers-scan-t``) against Mamba-2's chunked SSD algorithm and the tuned eager loop of
+  :mod:`itnet_ext.bench.scan` (mamba-ssm's own kernels are CUDA-only).
+- ``conv``: torch's conv1d / conv2d against the same convolutions converted to integral
+  transforms (``IntegralTransform.from_conv1d`` / ``from_conv2d``, exact, weights copied).
 
 A peer that is not installed is skipped with the install hint (``pip install -e
 '.[peers]'``); the others still run. Every comparison row carries ``ratio`` = fused /
@@ -33,11 +38,11 @@ from .report import Section, section_header
 
 __all__ = ["PEERS", "peers_config", "run_peers", "format_peers_table", "main_peers"]
 
-PEERS = ("flex", "neuralop", "performer")
+PEERS = ("flex", "neuralop", "performer", "scan", "conv")
 _MODULES = {"flex": "torch.nn.attention.flex_attention", "neuralop": "neuralop",
-            "performer": "performer_pytorch"}
+            "performer": "performer_pytorch", "scan": "torch", "conv": "torch"}
 _INSTALL = {"flex": "torch >= 2.5 (FlexAttention)", "neuralop": "pip install neuraloperator",
-            "performer": "pip install performer-pytorch"}
+            "performer": "pip install performer-pytorch", "scan": "torch", "conv": "torch"}
 
 
 def _csv(s, cast=int):
@@ -60,7 +65,10 @@ def peers_config(args) -> dict:
                         degree=12.0 if q else args.peers_gno_degree),
                performer=dict(B=1, H=2 if q else 8, Dh=32 if q else 64,
                               F=32 if q else args.peers_features,
-                              sizes=[256] if q else _csv(args.peers_sizes)))
+                              sizes=[256] if q else _csv(args.peers_sizes)),
+               scan=dict(B=2, D=64 if q else 1024, Rk=16, T=32 if q else args.peers_scan_t),
+               conv=dict(C=16 if q else 64, K=5, K2=3, sizes=[128] if q else _csv(args.peers_sizes),
+                         grid=8 if q else 32))
     if args.dtype not in ("float32", "float64"):
         raise ValueError(f"--dtype: the peers section runs float32 or float64, got {args.dtype}")
     for n in cfg["flex"]["sizes"]:
@@ -300,7 +308,61 @@ def favor_sweep(cfg, dtype, gen, device, log):
     return out
 
 
-_RUN = {"flex": _flex, "neuralop": _neuralop, "performer": _performer}
+def _scan(sec, cfg, dtype, gen, log):
+    from .scan import scan_inputs, tuned_loop
+    from .ssd import auto_chunk, ssd_chunked
+    c = cfg["scan"]
+    T, chunk = c["T"], auto_chunk(c["T"])
+    log(f"[peers scan] T={T} D={c['D']} (ssd chunk {chunk})")
+    inp = scan_inputs(T, c["D"], sec.device, dtype, gen)
+    x, dt, A, phi, psi, g = (inp[n] for n in ("x", "dt", "A", "phi", "psi", "g"))
+    params = (x, dt, A, phi, psi)
+    fused = lambda: _fused.decay_scan(x, (dt, A), phi, psi)
+    peers = {"ssd_chunked(mamba2)": lambda: ssd_chunked(x, (dt, A), phi, psi, chunk=chunk),
+             "tuned_loop": lambda: tuned_loop(x, dt, A, phi, psi)}
+    m_fused = _measure(sec, fused, params, g)
+    rows = []
+    with torch.no_grad():
+        want = fused()
+    for name, fn in peers.items():
+        with torch.no_grad():
+            diff = float((fn() - want).abs().max())
+        m = _measure(sec, fn, params, g)
+        for pas in ("fwd", "fwd+bwd"):
+            rows.append(_row("scan", T, pas, name, m[pas], m_fused[pas], max_abs_diff=diff,
+                             D=c["D"], Rk=c["Rk"]))
+    return rows
+
+
+def _conv(sec, cfg, dtype, gen, log):
+    from ..nn import IntegralTransform
+    c = cfg["conv"]
+    C = c["C"]
+    rows = []
+    cases = [(f"conv1d k={c['K']}", N, torch.nn.Conv1d(C, C, c["K"], padding="same"), (1, C, N))
+             for N in c["sizes"]]
+    G = c["grid"]
+    cases.append((f"conv2d {c['K2']}x{c['K2']}", G * G,
+                  torch.nn.Conv2d(C, C, c["K2"], padding=1), (1, C, G, G)))
+    for name, N, conv, shape in cases:
+        log(f"[peers conv] {name} N={N}")
+        conv = conv.to(sec.device, dtype)
+        iconv = (IntegralTransform.from_conv1d(conv) if conv.weight.dim() == 3
+                 else IntegralTransform.from_conv2d(conv))
+        x = torch.randn(*shape, generator=gen).to(sec.device, dtype).requires_grad_()
+        g = torch.randn(*shape, generator=gen).to(sec.device, dtype)
+        with torch.no_grad():
+            diff = float((iconv(x) - conv(x)).abs().max())
+        m_peer = _measure(sec, lambda: conv(x), (x, *conv.parameters()), g)
+        m_fused = _measure(sec, lambda: iconv(x), (x, *iconv.parameters()), g)
+        for pas in ("fwd", "fwd+bwd"):
+            rows.append(_row("conv", N, pas, "torch." + name, m_peer[pas], m_fused[pas],
+                             max_abs_diff=diff, C=C))
+    return rows
+
+
+_RUN = {"flex": _flex, "neuralop": _neuralop, "performer": _performer, "scan": _scan,
+        "conv": _conv}
 
 
 def run_peers(args) -> dict:
