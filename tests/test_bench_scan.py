@@ -158,9 +158,14 @@ def test_targets_from_numbers():
     assert rows[1]["vs_scan"] == {"loop": 30.0, "tuned_loop": 12.0, "ssd": 0.9, "dense": 5.0}
     loop, ssd = scan_targets(rows, cpu)
     assert (loop["met"], ssd["met"]) == (True, False) and loop["speedup"] == 12.0
-    # the target compares the tuned loop, not the reference loop
+    # the target compares the faster loop of the run: here the tuned one
     rows = scan_rows([meas("scan", 10.0), meas("loop", 300.0), meas("tuned_loop", 90.0), meas("ssd", 11.0)],
                      [4096])
+    assert scan_targets(rows, cpu)[0]["baseline"] == "tuned_loop"
+    # ... and here the reference loop
+    rows = scan_rows([meas("scan", 10.0), meas("loop", 95.0), meas("tuned_loop", 130.0), meas("ssd", 11.0)],
+                     [4096])
+    assert scan_targets(rows, cpu)[0]["baseline"] == "loop"
     assert [t["met"] for t in scan_targets(rows, cpu)] == [False, True]
     assert [t["met"] for t in scan_targets(rows, torch.device("meta"))] == [None, None]
 
