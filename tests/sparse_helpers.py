@@ -157,3 +157,23 @@ def assert_listed_equals_dense(dense_op, sparse_op, seed, terms, normalize, form
             assert g_s[n] is None or not g_s[n].any(), n
         else:
             assert rel_err(g_s[n], g_d[n]) <= 1e-10, n
+
+
+def long_rows(B=2, H=3, N=7, M=13, Dk=5, Dv=6, R=9, S=150, dtype=F64, gen=None, content=True):
+    """Rows much longer than a kernel chunk (64 pairs): every key many times over, 20% of the
+    pairs absent (log_w = -inf, key -1) and row 1 of batch 0 empty. ``content=False``: the
+    MLP term alone (no q, k)."""
+    g = gen or torch.Generator().manual_seed(5)
+
+    def rn(*s):
+        return torch.randn(*s, generator=g, dtype=F64).to(dtype)
+    kw = dict(q=rn(B, H, N, Dk), k=rn(B, H, M, Dk), v=rn(B, H, M, Dv), u=rn(B, N, R),
+              t=rn(1, M, R), W2=rn(H, R) / 3, b2=rn(H))
+    if not content:
+        del kw["q"], kw["k"]
+    idx = torch.randint(0, M, (B, N, S), generator=g)
+    lw = rn(B, N, S)
+    lw[torch.rand(B, N, S, generator=g) < 0.2] = NEG_INF
+    lw[0, 1] = NEG_INF          # an empty row
+    idx[lw == NEG_INF] = -1
+    return kw, idx, lw

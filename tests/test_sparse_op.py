@@ -17,7 +17,7 @@ from itnet_ext import functional, reference
 
 from conftest import diff_inputs, make_problem, rel_err, run_with_grads, with_grad
 from sparse_helpers import (KERNEL_DIFF, NEG_INF, SMALL, _seed, assert_listed_equals_dense,
-                            dense_support, list_pairs, sparse_fn)
+                            dense_support, list_pairs, long_rows, sparse_fn)
 
 F64 = torch.float64
 CAPS = ["DEFAULT", "AVX2", "AVX512"]
@@ -89,26 +89,10 @@ def test_fuzz_against_reference():
                 assert rel_err(a, b) <= 1e-10, seed
 
 
-def _long_rows(B=2, H=3, N=7, M=13, Dk=5, Dv=6, R=9, S=150, dtype=F64, gen=None):
-    """Rows much longer than a kernel chunk (64 pairs): every key many times over."""
-    g = gen or torch.Generator().manual_seed(5)
-
-    def rn(*s):
-        return torch.randn(*s, generator=g, dtype=F64).to(dtype)
-    kw = dict(q=rn(B, H, N, Dk), k=rn(B, H, M, Dk), v=rn(B, H, M, Dv), u=rn(B, N, R),
-              t=rn(1, M, R), W2=rn(H, R) / 3, b2=rn(H))
-    idx = torch.randint(0, M, (B, N, S), generator=g)
-    lw = rn(B, N, S)
-    lw[torch.rand(B, N, S, generator=g) < 0.2] = NEG_INF
-    lw[0, 1] = NEG_INF          # an empty row
-    idx[lw == NEG_INF] = -1
-    return kw, idx, lw
-
-
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
 @pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
 def test_long_rows_repeated_keys(normalize, activation):
-    kw, idx, lw = _long_rows()
+    kw, idx, lw = long_rows()
     names = list(kw)
     kwg = with_grad(kw, names)
     lwg = lw.clone().requires_grad_(True)
@@ -128,7 +112,7 @@ def test_long_rows_repeated_keys(normalize, activation):
 
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
 def test_float32(normalize):
-    kw, idx, lw = _long_rows(dtype=torch.float32)
+    kw, idx, lw = long_rows(dtype=torch.float32)
     out = functional.sparse_integral_transform(**kw, idx=idx, log_w=lw, normalize=normalize)
     kw64 = {n: x.double() for n, x in kw.items()}
     want = reference.sparse_integral_transform(**kw64, idx=idx, log_w=lw.double(),
@@ -143,7 +127,7 @@ def test_cpu_capabilities(cap, normalize, monkeypatch):
     """Each vectorized code path (ragged chunk ends against every vector width)."""
     monkeypatch.setenv("ITNET_CPU_CAPABILITY", cap)
     for dtype in (F64, torch.float32):
-        kw, idx, lw = _long_rows(S=71, R=11, Dk=3, Dv=17, dtype=dtype)
+        kw, idx, lw = long_rows(S=71, R=11, Dk=3, Dv=17, dtype=dtype)
         kwg = with_grad(kw, list(kw))
         out = functional.sparse_integral_transform(**kwg, idx=idx, log_w=lw, normalize=normalize)
         g = torch.autograd.grad(out.sum(), [kwg[n] for n in kw])
@@ -189,7 +173,7 @@ def test_csr_variable_rows_and_padding_garbage():
 def test_nan_poisoning(normalize):
     """Key rows that no present pair reads (unlisted keys, keys of absent pairs) and log_w of
     absent pairs hold NaN / inf: outputs and gradients stay finite and equal to the clean run."""
-    kw, idx, lw = _long_rows(S=20, M=30)
+    kw, idx, lw = long_rows(S=20, M=30)
     idx = idx % 20                                          # keys 20.. are never listed
     read = torch.zeros(30, dtype=torch.bool)
     read[idx[lw != NEG_INF]] = True
@@ -220,7 +204,7 @@ def test_nan_poisoning(normalize):
 # threads, determinism, empty problems
 # --------------------------------------------------------------------------------------------
 def test_threads_and_determinism():
-    kw, idx, lw = _long_rows(B=3, N=40, S=90, dtype=torch.float32)
+    kw, idx, lw = long_rows(B=3, N=40, S=90, dtype=torch.float32)
     names = list(kw)
 
     def run():
@@ -465,7 +449,7 @@ def test_bad_padded_idx():
 def test_lse_gradients_and_empty_values(Dv):
     """Gradients through lse alone (Dv = 0: v has no elements, the key-major buffers are
     empty): the content and MLP gradients still match the reference, key by key."""
-    kw, idx, lw = _long_rows(H=3, Dv=Dv, S=30)
+    kw, idx, lw = long_rows(H=3, Dv=Dv, S=30)
     names = [n for n in kw if n != "v"]
     outs = []
     for fn in (reference.sparse_integral_transform, functional.sparse_integral_transform):

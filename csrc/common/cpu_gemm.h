@@ -38,8 +38,8 @@ inline void put(const Vectorized<T>& acc, const Vectorized<T>& alpha, bool accum
 //   A(i, p) = A[i * a_rs + p * a_cs]  (any strides: A is read one scalar at a
 //   time and broadcast), Bm row-major with leading dimension ldb (rows are
 //   vector-loaded), C row-major with leading dimension ldc.
-// Register blocking: MR (<= 4) rows x 4 vectors of C stay in registers across
-// the kk loop. The accumulators are named variables, not an array: GCC keeps
+// Register blocking: MR (<= 6, kGemmMR below) rows x 4 vectors of C stay in
+// registers across the kk loop. The accumulators are named variables, not an array: GCC keeps
 // an array of Vectorized objects in memory and stores it every iteration.
 // FULL: n == 4 vectors; otherwise the ragged edge uses masked loads/stores.
 #define ITNET_GEMM_ROW(r)                                       \
@@ -67,6 +67,7 @@ inline void gemm_block(int64_t n, int64_t kk, T alpha, const T* A, int64_t a_rs,
   const V z(T(0));
   V c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
   V c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
+  V c40 = z, c41 = z, c42 = z, c43 = z, c50 = z, c51 = z, c52 = z, c53 = z;
   for (int64_t p = 0; p < kk; ++p) {
     const T* b = Bm + p * ldb;
     V b0, b1, b2, b3;
@@ -85,27 +86,48 @@ inline void gemm_block(int64_t n, int64_t kk, T alpha, const T* A, int64_t a_rs,
     ITNET_GEMM_ROW(1)
     ITNET_GEMM_ROW(2)
     ITNET_GEMM_ROW(3)
+    ITNET_GEMM_ROW(4)
+    ITNET_GEMM_ROW(5)
   }
   const V va(alpha);
   ITNET_GEMM_PUT(0)
   ITNET_GEMM_PUT(1)
   ITNET_GEMM_PUT(2)
   ITNET_GEMM_PUT(3)
+  ITNET_GEMM_PUT(4)
+  ITNET_GEMM_PUT(5)
 }
 #undef ITNET_GEMM_ROW
 #undef ITNET_GEMM_PUT
+
+// Rows of C per register block: 6 x 4 vectors = 24 accumulators, plus the 4
+// vectors of a B row and one broadcast, fit AVX-512's 32 registers (10 loads
+// per 24 FMAs). AVX2 and the default build have 16 registers: 4 rows.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kGemmMR = 6;
+#else
+constexpr int kGemmMR = 4;
+#endif
 
 template <bool FULL, class T>
 inline void gemm_panel(int64_t m, int64_t n, int64_t kk, T alpha, const T* A, int64_t a_rs,
                        int64_t a_cs, const T* Bm, int64_t ldb, bool accumulate, T* C,
                        int64_t ldc) {
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4)
-    gemm_block<4, FULL>(n, kk, alpha, A + i * a_rs, a_rs, a_cs, Bm, ldb, accumulate,
-                        C + i * ldc, ldc);
+  for (; i + kGemmMR <= m; i += kGemmMR)
+    gemm_block<kGemmMR, FULL>(n, kk, alpha, A + i * a_rs, a_rs, a_cs, Bm, ldb, accumulate,
+                              C + i * ldc, ldc);
   const T* Ai = A + i * a_rs;
   T* Ci = C + i * ldc;
   switch (m - i) {
+    case 5:
+      if constexpr (kGemmMR > 5)
+        gemm_block<5, FULL>(n, kk, alpha, Ai, a_rs, a_cs, Bm, ldb, accumulate, Ci, ldc);
+      break;
+    case 4:
+      if constexpr (kGemmMR > 4)
+        gemm_block<4, FULL>(n, kk, alpha, Ai, a_rs, a_cs, Bm, ldb, accumulate, Ci, ldc);
+      break;
     case 3: gemm_block<3, FULL>(n, kk, alpha, Ai, a_rs, a_cs, Bm, ldb, accumulate, Ci, ldc); break;
     case 2: gemm_block<2, FULL>(n, kk, alpha, Ai, a_rs, a_cs, Bm, ldb, accumulate, Ci, ldc); break;
     case 1: gemm_block<1, FULL>(n, kk, alpha, Ai, a_rs, a_cs, Bm, ldb, accumulate, Ci, ldc); break;

@@ -13,12 +13,16 @@
 // heads are one contiguous block. The backward recomputes the chunk's logits,
 // then walks the pairs with every head at once (weights, dS, dv, dlog_w), and
 // does the MLP part as two small matrix products over the chunk.
+//
+// That is the head-major layout: the logits of one head form a row over the
+// chunk's pairs. With the MLP term and many heads (use_pair_major,
+// sparse/cpu_chunk.h) the rows are the pairs instead (sparse/cpu_pair_major.h);
+// the ranges below pick the layout once per call.
 #include "common/cpu_gemm.h"
 #include "common/cpu_pair_tile.h"
 #include "common/dispatch.h"
-#include "common/support.h"
-#include "sparse/cpu_kernel.h"
-#include "sparse/pair.h"
+#include "sparse/cpu_chunk.h"
+#include "sparse/cpu_pair_major.h"
 
 namespace itnet {
 namespace sparse {
@@ -27,158 +31,6 @@ namespace {
 
 using namespace itnet::CPU_CAPABILITY::pair_tile;
 using itnet::CPU_CAPABILITY::gemm;
-using at::vec::Vectorized;
-using itnet::CPU_CAPABILITY::hsum;
-using itnet::CPU_CAPABILITY::load;
-using itnet::CPU_CAPABILITY::store;
-
-constexpr int64_t kC = kCpuPairChunk;
-// whole-vector stores into the (R x kC) chunk buffers need kC % vector width == 0
-static_assert(kC % 16 == 0, "kCpuPairChunk must be a multiple of the widest vector");
-
-inline const double* qpos_of(const KernelParams& p, int64_t b) {
-  return p.qpos + b * p.qpos_bstride;
-}
-inline const double* kpos_of(const KernelParams& p, int64_t b) {
-  return p.kpos + b * p.kpos_bstride;
-}
-
-template <class T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  using V = Vectorized<T>;
-  constexpr int64_t VS = V::size();
-  T s = T(0);
-  int64_t d = 0;
-  if (n >= VS) {  // no horizontal sum for the short rows (Dv, Dk < one vector)
-    V acc(T(0));
-    for (; d + VS <= n; d += VS) acc = at::vec::fmadd(V::loadu(a + d), V::loadu(b + d), acc);
-    s = hsum(acc);
-  }
-  for (; d < n; ++d) s += a[d] * b[d];
-  return s;
-}
-
-// y += alpha x. Scalar tail: a masked at::vec load / store goes through a
-// temporary buffer, far slower than a few scalars for the small Dv / Dk (1 to
-// 16) of point-cloud problems.
-template <class T>
-inline void axpy(T alpha, const T* x, T* y, int64_t n) {
-  using V = Vectorized<T>;
-  constexpr int64_t VS = V::size();
-  const V va(alpha);
-  int64_t d = 0;
-  for (; d + VS <= n; d += VS) at::vec::fmadd(va, V::loadu(x + d), V::loadu(y + d)).store(y + d);
-  for (; d < n; ++d) y[d] += alpha * x[d];
-}
-
-// out[0:n) += sum_c a[c] * rows[c][0:n), the rows gathered by the chunk's
-// keys. The sum over c stays in registers (two chains to hide the FMA
-// latency): accumulating into memory pair by pair would make every pair wait
-// for the previous store of the same output, the bottleneck for small n.
-template <class T>
-inline void gather_axpy(const T* a, const int64_t* j, int64_t cnt, const T* base, int64_t ld,
-                        T* out, int64_t n) {
-  using V = Vectorized<T>;
-  constexpr int64_t VS = V::size();
-  int64_t d = 0;
-  for (; d + VS <= n; d += VS) {
-    V acc0 = V::loadu(out + d), acc1(T(0));
-    int64_t c = 0;
-    for (; c + 1 < cnt; c += 2) {
-      acc0 = at::vec::fmadd(V(a[c]), V::loadu(base + j[c] * ld + d), acc0);
-      acc1 = at::vec::fmadd(V(a[c + 1]), V::loadu(base + j[c + 1] * ld + d), acc1);
-    }
-    if (c < cnt) acc0 = at::vec::fmadd(V(a[c]), V::loadu(base + j[c] * ld + d), acc0);
-    (acc0 + acc1).store(out + d);
-  }
-  for (; d < n; ++d) {
-    T acc0 = out[d], acc1 = T(0);
-    int64_t c = 0;
-    for (; c + 1 < cnt; c += 2) {
-      acc0 += a[c] * base[j[c] * ld + d];
-      acc1 += a[c + 1] * base[j[c + 1] * ld + d];
-    }
-    if (c < cnt) acc0 += a[c] * base[j[c] * ld + d];
-    out[d] = acc0 + acc1;
-  }
-}
-
-// Per-thread scratch, sized once per range of rows.
-template <class T>
-struct Scratch {
-  // the chunk: entry, key, log-weight, offset-table row of each present pair
-  int64_t e[kC], j[kC], orow[kC];
-  T lw[kC];
-  int64_t n = 0;
-  std::vector<T> S;         // logits (later dS) of every head: H x kC
-  std::vector<T> te;        // t_j + E[o(i, j)] of the chunk, transposed: R x kC
-  std::vector<T> hid;       // R lanes
-  std::vector<T> O, m, l;   // forward accumulators: H x Dv, H, H
-  std::vector<T> dlw;       // backward: d/d log_w of the chunk's pairs
-  // backward of the pair MLP: the chunk's hidden layer, its derivative and its
-  // gradient (R x kC each), dS transposed (kC x H); du lanes of the row (R
-  // lanes); dW2^T (R x H) and db2 (H) summed over the range
-  std::vector<T> hidC, dactC, dhidC, dST, duacc, dW2T, db2s;
-  // backward, per row: dO of every head (H x Dv), the softmax shift and delta per head;
-  // per pair: the heads' logits / dS, dP and weights (H each)
-  std::vector<T> dOr, shiftH, deltaH, hS, hP, hA;
-
-  Scratch(const KernelParams& p, bool backward) {
-    const int64_t VS = Vectorized<T>::size();
-    S.resize(p.H * kC);
-    if (p.mlp) {
-      te.resize(p.R * kC);
-      hid.resize(p.R * VS);
-    }
-    if (!backward) {
-      O.resize(p.H * p.Dv);
-      m.resize(p.H);
-      l.resize(p.H);
-    } else {
-      dlw.resize(kC);
-      dOr.resize(p.H * p.Dv);
-      shiftH.resize(p.H);
-      deltaH.resize(p.H);
-      hS.resize(p.H);
-      hP.resize(p.H);
-      hA.resize(p.H);
-      if (p.mlp) {
-        hidC.resize(p.R * kC);
-        dactC.resize(p.R * kC);
-        dhidC.resize(p.R * kC);
-        dST.resize(kC * p.H);
-        duacc.resize(p.R * VS);
-        dW2T.assign(p.R * p.H, T(0));
-        db2s.assign(p.H, T(0));
-      }
-    }
-  }
-};
-
-// Gathers up to kC pairs of row (b, i) that take part (present, inside the
-// window), starting at entry `e`, which it advances past the entries read.
-template <class T>
-void gather_chunk(const SparseParams& sp, int64_t b, int64_t i, int64_t& e, int64_t end,
-                  Scratch<T>& ws) {
-  const KernelParams& p = sp.f;
-  const int64_t* col = sp.col_idx + b * sp.E;
-  const T* lw = sp.log_w ? static_cast<const T*>(sp.log_w) + b * sp.E : nullptr;
-  const int D = p.window.dims;
-  const double* pq = D ? qpos_of(p, b) + i * D : nullptr;
-  const double* kpos = D ? kpos_of(p, b) : nullptr;
-  ws.n = 0;
-  for (; e < end && ws.n < kC; ++e) {
-    const T w = lw ? lw[e] : T(0);
-    if (!pair_present(w)) continue;
-    const int64_t j = col[e];
-    if (D && !pair_in_window(p.window, pq, kpos + j * D)) continue;
-    ws.e[ws.n] = e;
-    ws.j[ws.n] = j;
-    ws.lw[ws.n] = w;
-    ws.orow[ws.n] = p.E ? offset_row(p.window, pq, kpos + j * D) : 0;
-    ++ws.n;
-  }
-}
 
 // Key-side MLP pre-activations of the chunk, transposed: te[r][c]. One
 // contiguous output row per r (the rows of t are gathered).
@@ -309,7 +161,12 @@ void fwd_row(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
 template <class T, Activation A>
 void fwd_range(const SparseParams& sp, int64_t begin, int64_t end) {
   Scratch<T> ws(sp.f, /*backward=*/false);
-  for (int64_t row = begin; row < end; ++row) fwd_row<T, A>(sp, row / sp.f.N, row % sp.f.N, ws);
+  const int64_t N = sp.f.N;
+  if (use_pair_major(sp.f)) {
+    for (int64_t row = begin; row < end; ++row) pm_fwd_row<T, A>(sp, row / N, row % N, ws);
+  } else {
+    for (int64_t row = begin; row < end; ++row) fwd_row<T, A>(sp, row / N, row % N, ws);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -380,48 +237,6 @@ void chunk_mlp_backward(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch
     ws.db2s[h] += s;
   }
   gemm<T>(R, H, n, T(1), hid, kC, 1, ws.dST.data(), H, true, ws.dW2T.data(), H);
-}
-
-// Weights and logit gradients of one pair for every head, vectorized over the
-// heads: a = exp(l + lw - shift) and dS = a (dP - delta) (softmax), or a = l w
-// and dS = w dP (`none`). s holds the logits l on entry and dS on return; the
-// result is d/d log_w of the pair (summed over heads).
-template <class T>
-T pair_head_grads(bool softmax, T* s, const T* dP, T lw, T w, const T* shift, const T* delta,
-                  T* a, int64_t H) {
-  using V = Vectorized<T>;
-  constexpr int64_t VS = V::size();
-  V acc(T(0));
-  int64_t h = 0;
-  for (; h + VS <= H; h += VS) {
-    const V l = V::loadu(s + h), dp = V::loadu(dP + h);
-    V av, ds;
-    if (softmax) {
-      av = Ops<V>::exp(l + V(lw) - V::loadu(shift + h));
-      ds = softmax_logit_grad(av, dp, V::loadu(delta + h));
-      acc = acc + ds;
-    } else {
-      av = l * V(w);
-      ds = none_logit_grad(V(w), dp);
-      acc = acc + none_log_weight_grad(l, V(w), dp);
-    }
-    av.store(a + h);
-    ds.store(s + h);
-  }
-  T dlw = h ? hsum(acc) : T(0);
-  for (; h < H; ++h) {
-    const T l = s[h];
-    if (softmax) {
-      a[h] = Ops<T>::exp(l + lw - shift[h]);
-      s[h] = softmax_logit_grad(a[h], dP[h], delta[h]);
-      dlw += s[h];
-    } else {
-      a[h] = l * w;
-      s[h] = none_logit_grad(w, dP[h]);
-      dlw += none_log_weight_grad(l, w, dP[h]);
-    }
-  }
-  return dlw;
 }
 
 template <class T, Activation A>
@@ -510,7 +325,11 @@ template <class T, Activation A>
 void bwd_range(const SparseBwdParams& bp, int64_t begin, int64_t end, int64_t tid) {
   const KernelParams& p = bp.s.f;
   Scratch<T> ws(p, /*backward=*/true);
-  for (int64_t row = begin; row < end; ++row) bwd_row<T, A>(bp, row / p.N, row % p.N, ws, tid);
+  if (use_pair_major(p)) {
+    for (int64_t row = begin; row < end; ++row) pm_bwd_row<T, A>(bp, row / p.N, row % p.N, ws, tid);
+  } else {
+    for (int64_t row = begin; row < end; ++row) bwd_row<T, A>(bp, row / p.N, row % p.N, ws, tid);
+  }
   if (p.mlp) {
     T* dW2 = static_cast<T*>(bp.dW2) + tid * p.H * p.R;
     T* db2 = bp.db2 ? static_cast<T*>(bp.db2) + tid * p.H : nullptr;
