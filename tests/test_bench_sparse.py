@@ -164,3 +164,23 @@ def test_bench_sparse_quick_writes_json(tmp_path):
             assert r["baseline"]["peak_extra_mb"] >= 0 and r["fused"]["peak_extra_mb"] >= 0
     # R=64 is not in the quick run: the targets are reported as not measured
     assert [t["met"] for t in res["targets"]] == [None, None]
+
+
+@pytest.mark.parametrize("part", ["mc", "gno"])
+def test_bench_sparse_one_part_writes_plot(tmp_path, part):
+    """--sparse-part runs one part: the other is None in the JSON, and the plot still draws."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "sparse.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "itnet_ext.bench", "--sparse", "--quick", "--threads", "1",
+         "--sparse-part", part, "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    other = "gno" if part == "mc" else "mc"
+    assert res[other] is None and res[part]["rows"]
+    assert out.with_suffix(".png").stat().st_size > 1000

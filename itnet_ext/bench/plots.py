@@ -39,7 +39,8 @@ def _loglog(ax, xlabel, ylabel):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # an empty panel (a part not run) has no legend
+        ax.legend(fontsize=7)
 
 
 def plot_main(result, png):
@@ -73,7 +74,8 @@ def plot_scan(result, png):
 def plot_sparse(result, png):
     """Monte Carlo error vs samples per query (and the S^-1/2 line), and GNO time."""
     fig, (ax_e, ax_t) = _figure(2, _title(result, "sampled / neighbours"))
-    rows = result.get("mc", {}).get("rows", [])
+    # a part not run (--sparse-part mc / gno) is None in the result
+    rows = (result.get("mc") or {}).get("rows", [])
     for N in sorted({r["N"] for r in rows}):
         for key in ("err_softmax_mean", "err_none_mean"):
             pts = sorted((r["S"], r[key]) for r in rows if r["N"] == N and r.get(key))
@@ -86,7 +88,7 @@ def plot_sparse(result, png):
         ss = sorted({r["S"] for r in rows})
         ax_e.plot(ss, [e0 * (s / s0) ** -0.5 for s in ss], "k--", lw=0.8, label="S^-1/2")
     _loglog(ax_e, "samples per query S", "relative error")
-    gno = result.get("gno", {}).get("rows", [])
+    gno = (result.get("gno") or {}).get("rows", [])
     labels = [f"R={r['R']} {r['pass']}" for r in gno]
     if gno:
         x = range(len(gno))
