@@ -5,7 +5,9 @@
 // Work items are query rows (b, i), forward and backward alike: a row walks
 // its pair list in chunks of up to kCpuPairChunk present pairs, gathers their
 // key-side rows and evaluates the pair MLP vectorized over the pairs of the
-// chunk (common/cpu_pair_tile.h's register blocks). The backward writes query-side
+// chunk (common/cpu_pair_tile.h's register blocks), or, with the MLP term and
+// many heads, as one GEMM over the chunk's pairs (sparse/cpu_pair_major.h).
+// The backward writes query-side
 // gradients (dq, du, dlog_w) directly, since a row owns them, and scatters
 // key-side and parameter gradients into the calling thread's own buffers,
 // which the entry point sums: no races, and deterministic for a given number
