@@ -17,7 +17,8 @@ ldd "$lib" | grep -q libasan || { echo "$lib is not linked to libasan" >&2; exit
 ldd "$lib" | grep -q libubsan || { echo "$lib is not linked to libubsan" >&2; exit 1; }
 asan="$(gcc -print-file-name=libasan.so)"; ubsan="$(gcc -print-file-name=libubsan.so)"
 tests=(tests/test_dense_ops.py tests/test_dense_grad.py tests/test_dense_errors.py
-       tests/test_sparse_op.py tests/test_lowrank_op.py tests/test_scan_op.py
+       tests/test_sparse_op.py tests/test_sparse_pair_major.py tests/test_lowrank_op.py
+       tests/test_scan_op.py
        tests/test_neighbors.py tests/test_thread_safety.py)
 LD_PRELOAD="$asan:$ubsan" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$work" "$py" -c "
 import torch, itnet_ext, os

@@ -93,8 +93,9 @@ void pm_prefetch_next_row(const SparseParams& sp, int64_t b, int64_t i, const T*
 #endif
 }
 
-// Logits of the chunk, S[c][h] in ws.SP (leading dimension Hp; the padding
-// columns stay 0).
+// Logits of the chunk, S[c][h] in ws.SP (leading dimension Hp). The padding
+// columns are reset to 0 for every chunk: the whole-vector passes over a row
+// (softmax, db2) carry them along, and they must not grow from chunk to chunk.
 template <class T, Activation A, bool kGrad>
 void pm_logits(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
   const KernelParams& p = sp.f;
@@ -108,6 +109,7 @@ void pm_logits(const SparseParams& sp, int64_t b, int64_t i, Scratch<T>& ws) {
     } else {
       std::fill_n(Sc, H, T(0));
     }
+    std::fill(Sc + H, Sc + Hp, T(0));
     if (p.content) {
       const T* q = static_cast<const T*>(p.q);
       const T* kj = static_cast<const T*>(sp.k_km) + (b * p.M + ws.j[c]) * H * p.Dk;
