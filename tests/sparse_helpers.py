@@ -177,3 +177,85 @@ def long_rows(B=2, H=3, N=7, M=13, Dk=5, Dv=6, R=9, S=150, dtype=F64, gen=None, 
     lw[0, 1] = NEG_INF          # an empty row
     idx[lw == NEG_INF] = -1
     return kw, idx, lw
+
+
+def check_cpu_capability(normalize, **shape):
+    """The fused op on ``long_rows(**shape)`` against the float64 reference, float64 and float32
+    (values and every gradient; run under the ITNET_CPU_CAPABILITY the caller set)."""
+    from itnet_ext import functional
+    for dtype in (F64, torch.float32):
+        kw, idx, lw = long_rows(**shape, dtype=dtype)
+        kwg = with_grad(kw, list(kw))
+        out = functional.sparse_integral_transform(**kwg, idx=idx, log_w=lw, normalize=normalize)
+        g = torch.autograd.grad(out.sum(), [kwg[n] for n in kw])
+        kw64 = {n: x.detach().double().requires_grad_(True) for n, x in kw.items()}
+        want = reference.sparse_integral_transform(**kw64, idx=idx, log_w=lw.double(),
+                                                   normalize=normalize)
+        gw = torch.autograd.grad(want.sum(), list(kw64.values()))
+        tol = 1e-10 if dtype == F64 else 3e-5
+        assert rel_err(out.double(), want) <= tol
+        for n, a, b in zip(kw, g, gw):
+            if dtype == F64:
+                assert rel_err(a, b) <= tol, n
+            else:  # float32: db2 of softmax is 0 up to rounding, so bound by max(|b|, 1)
+                assert (a.double() - b).norm() <= tol * max(float(b.norm()), 1.0), n
+
+
+def check_nan_poisoning(normalize, **shape):
+    """Key rows that no present pair reads (unlisted keys, keys of absent pairs) and log_w of
+    absent pairs hold NaN / inf: outputs equal the clean run's and every gradient is finite
+    (``long_rows(**shape)`` with 30 keys, of which only the first 20 are listed)."""
+    from itnet_ext import functional
+    kw, idx, lw = long_rows(**dict(dict(S=20, M=30), **shape))
+    idx = idx % 20                                          # keys 20.. are never listed
+    read = torch.zeros(30, dtype=torch.bool)
+    read[idx[lw != NEG_INF]] = True
+    assert not read.all()
+    poisoned = dict(kw)
+    for n in ("k", "v"):
+        if n in kw:
+            x = kw[n].clone()
+            x[:, :, ~read] = math.nan
+            poisoned[n] = x
+    t = kw["t"].clone()
+    t[:, ~read] = math.inf
+    poisoned["t"] = t
+    idx_p = idx.clone()
+    idx_p[lw == NEG_INF] = torch.nonzero(~read)[0, 0]  # absent pairs point at a poisoned key
+    clean = functional.sparse_integral_transform(**kw, idx=idx, log_w=lw, normalize=normalize)
+    pk = with_grad(poisoned, list(poisoned))
+    out = functional.sparse_integral_transform(**pk, idx=idx_p, log_w=lw, normalize=normalize)
+    assert torch.equal(out, clean)
+    out.sum().backward()
+    for n, x in pk.items():
+        g = x.grad
+        assert torch.isfinite(g).all(), n
+        if n in ("k", "v"):
+            assert not g[:, :, ~read].any(), n
+
+
+def check_threads_deterministic(normalize="softmax", **shape):
+    """float32 ``long_rows(**shape)``: one thread and two agree to 1e-5 (sums in another order),
+    and two runs on two threads are bitwise equal."""
+    from itnet_ext import functional
+    kw, idx, lw = long_rows(**shape, dtype=torch.float32)
+    names = list(kw)
+
+    def run():
+        kwg = with_grad(kw, names)
+        out = functional.sparse_integral_transform(**kwg, idx=idx, log_w=lw, normalize=normalize)
+        return [out] + list(torch.autograd.grad(out.square().sum(), [kwg[n] for n in names]))
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two, again = run(), run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(one, two, again):
+        assert torch.equal(b, c)  # same thread count: bitwise repeatable
+        # float32 sums in another order (db2 of softmax is 0 up to rounding: bound by max(|a|, 1))
+        a, b = a.detach().double(), b.detach().double()
+        assert (a - b).norm() <= 1e-5 * max(float(a.norm()), 1.0)

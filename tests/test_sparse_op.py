@@ -17,7 +17,9 @@ from itnet_ext import functional, reference
 
 from conftest import diff_inputs, make_problem, rel_err, run_with_grads, with_grad
 from sparse_helpers import (KERNEL_DIFF, NEG_INF, SMALL, _seed, assert_listed_equals_dense,
-                            dense_support, list_pairs, long_rows, sparse_fn)
+                            check_cpu_capability, check_nan_poisoning,
+                            check_threads_deterministic, dense_support, list_pairs, long_rows,
+                            sparse_fn)
 
 F64 = torch.float64
 CAPS = ["DEFAULT", "AVX2", "AVX512"]
@@ -126,22 +128,7 @@ def test_float32(normalize):
 def test_cpu_capabilities(cap, normalize, monkeypatch):
     """Each vectorized code path (ragged chunk ends against every vector width)."""
     monkeypatch.setenv("ITNET_CPU_CAPABILITY", cap)
-    for dtype in (F64, torch.float32):
-        kw, idx, lw = long_rows(S=71, R=11, Dk=3, Dv=17, dtype=dtype)
-        kwg = with_grad(kw, list(kw))
-        out = functional.sparse_integral_transform(**kwg, idx=idx, log_w=lw, normalize=normalize)
-        g = torch.autograd.grad(out.sum(), [kwg[n] for n in kw])
-        kw64 = {n: x.detach().double().requires_grad_(True) for n, x in kw.items()}
-        want = reference.sparse_integral_transform(**kw64, idx=idx, log_w=lw.double(),
-                                                   normalize=normalize)
-        gw = torch.autograd.grad(want.sum(), list(kw64.values()))
-        tol = 1e-10 if dtype == F64 else 3e-5
-        assert rel_err(out.double(), want) <= tol
-        for a, b in zip(g, gw):
-            if dtype == F64:
-                assert rel_err(a, b) <= tol
-            else:  # float32: db2 of softmax is 0 up to rounding, so bound by max(|b|, 1)
-                assert (a.double() - b).norm() <= tol * max(float(b.norm()), 1.0)
+    check_cpu_capability(normalize, S=71, R=11, Dk=3, Dv=17)
 
 
 def test_csr_variable_rows_and_padding_garbage():
@@ -173,57 +160,14 @@ def test_csr_variable_rows_and_padding_garbage():
 def test_nan_poisoning(normalize):
     """Key rows that no present pair reads (unlisted keys, keys of absent pairs) and log_w of
     absent pairs hold NaN / inf: outputs and gradients stay finite and equal to the clean run."""
-    kw, idx, lw = long_rows(S=20, M=30)
-    idx = idx % 20                                          # keys 20.. are never listed
-    read = torch.zeros(30, dtype=torch.bool)
-    read[idx[lw != NEG_INF]] = True
-    assert not read.all()
-    poisoned = dict(kw)
-    for n in ("k", "v"):
-        x = kw[n].clone()
-        x[:, :, ~read] = math.nan
-        poisoned[n] = x
-    t = kw["t"].clone()
-    t[:, ~read] = math.inf
-    poisoned["t"] = t
-    idx_p = idx.clone()
-    idx_p[lw == NEG_INF] = torch.nonzero(~read)[0, 0]  # absent pairs point at a poisoned key
-    clean = functional.sparse_integral_transform(**kw, idx=idx, log_w=lw, normalize=normalize)
-    pk = with_grad(poisoned, list(poisoned))
-    out = functional.sparse_integral_transform(**pk, idx=idx_p, log_w=lw, normalize=normalize)
-    assert torch.equal(out, clean)
-    out.sum().backward()
-    for n, x in pk.items():
-        g = x.grad
-        assert torch.isfinite(g).all(), n
-        if n in ("k", "v"):
-            assert not g[:, :, ~read].any(), n
+    check_nan_poisoning(normalize)
 
 
 # --------------------------------------------------------------------------------------------
 # threads, determinism, empty problems
 # --------------------------------------------------------------------------------------------
 def test_threads_and_determinism():
-    kw, idx, lw = long_rows(B=3, N=40, S=90, dtype=torch.float32)
-    names = list(kw)
-
-    def run():
-        kwg = with_grad(kw, names)
-        out = functional.sparse_integral_transform(**kwg, idx=idx, log_w=lw)
-        return [out] + list(torch.autograd.grad(out.square().sum(), [kwg[n] for n in names]))
-
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-        torch.set_num_threads(2)
-        two, again = run(), run()
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, c in zip(one, two, again):
-        assert torch.equal(b, c)  # same thread count: bitwise repeatable
-        # float32 sums in another order (db2 of softmax is 0 up to rounding: bound by max(|a|, 1))
-        assert (a.double() - b.double()).norm() <= 1e-5 * max(float(a.double().norm()), 1.0)
+    check_threads_deterministic(B=3, N=40, S=90)
 
 
 @pytest.mark.parametrize("normalize", ["softmax", "none"])

@@ -4,7 +4,6 @@ on rows longer than a kernel chunk, ragged head and hidden counts against every 
 with and without the content term, both normalizations and every activation; random problems
 with windows and offset tables; every CPU capability in float32 and float64; NaN poisoning;
 threads and determinism. Heads below 16 take the head-major rows (test_sparse_op.py)."""
-import math
 import random
 
 import pytest
@@ -14,7 +13,8 @@ import itnet_ext  # noqa: F401  (registers torch.ops.itnet)
 from itnet_ext import functional, reference
 
 from conftest import diff_inputs, make_problem, rel_err, with_grad
-from sparse_helpers import KERNEL_DIFF, NEG_INF, dense_support, list_pairs, long_rows
+from sparse_helpers import (KERNEL_DIFF, NEG_INF, check_cpu_capability, check_nan_poisoning,
+                            check_threads_deterministic, dense_support, list_pairs, long_rows)
 
 F64 = torch.float64
 CAPS = ["DEFAULT", "AVX2", "AVX512"]
@@ -101,25 +101,8 @@ def test_cpu_capabilities(cap, normalize, monkeypatch):
     """Each vectorized code path: 20 heads and 11 hidden units are ragged against every vector
     width (4, 8, 16 lanes), 71 pairs a row a ragged chunk end."""
     monkeypatch.setenv("ITNET_CPU_CAPABILITY", cap)
-    for dtype in (F64, torch.float32):
-        for Dv in (1, 3):
-            kw, idx, lw = long_rows(H=20, S=71, R=11, Dk=3, Dv=Dv, dtype=dtype)
-            kwg = with_grad(kw, list(kw))
-            out = functional.sparse_integral_transform(**kwg, idx=idx, log_w=lw,
-                                                       normalize=normalize)
-            cot = torch.linspace(-1, 1, out.numel(), dtype=F64).reshape(out.shape)
-            g = torch.autograd.grad(out, [kwg[n] for n in kw], cot.to(dtype))
-            kw64 = {n: x.detach().double().requires_grad_(True) for n, x in kw.items()}
-            want = reference.sparse_integral_transform(**kw64, idx=idx, log_w=lw.double(),
-                                                       normalize=normalize)
-            gw = torch.autograd.grad(want, list(kw64.values()), cot)
-            tol = 1e-10 if dtype == F64 else 3e-5
-            assert rel_err(out.double(), want) <= tol
-            for n, a, b in zip(kw, g, gw):
-                if dtype == F64:
-                    assert rel_err(a, b) <= tol, n
-                else:  # db2 of softmax is 0 up to rounding: bound by max(|b|, 1)
-                    assert (a.double() - b).norm() <= tol * max(float(b.norm()), 1.0), n
+    for Dv in (1, 3):
+        check_cpu_capability(normalize, H=20, S=71, R=11, Dk=3, Dv=Dv)
 
 
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
@@ -127,51 +110,8 @@ def test_nan_poisoning(normalize):
     """Key rows that no present pair reads and the keys of absent pairs hold NaN / inf: the
     outputs equal the clean run's and every gradient is finite (no padding head or row leaks
     into a result)."""
-    kw, idx, lw = long_rows(H=20, R=10, Dv=1, S=20, M=30)
-    idx = idx % 20                                          # keys 20.. are never listed
-    read = torch.zeros(30, dtype=torch.bool)
-    read[idx[lw != NEG_INF]] = True
-    assert not read.all()
-    poisoned = dict(kw)
-    for n in ("k", "v"):
-        x = kw[n].clone()
-        x[:, :, ~read] = math.nan
-        poisoned[n] = x
-    t = kw["t"].clone()
-    t[:, ~read] = math.inf
-    poisoned["t"] = t
-    idx_p = idx.clone()
-    idx_p[lw == NEG_INF] = torch.nonzero(~read)[0, 0]  # absent pairs point at a poisoned key
-    clean = functional.sparse_integral_transform(**kw, idx=idx, log_w=lw, normalize=normalize)
-    pk = with_grad(poisoned, list(poisoned))
-    out = functional.sparse_integral_transform(**pk, idx=idx_p, log_w=lw, normalize=normalize)
-    assert torch.equal(out, clean)
-    out.sum().backward()
-    for n, x in pk.items():
-        assert torch.isfinite(x.grad).all(), n
-        if n in ("k", "v"):
-            assert not x.grad[:, :, ~read].any(), n
+    check_nan_poisoning(normalize, H=20, R=10, Dv=1)
 
 
 def test_threads_and_determinism():
-    kw, idx, lw = long_rows(B=3, H=16, N=40, S=90, R=16, Dv=1, dtype=torch.float32,
-                            content=False)
-    names = list(kw)
-
-    def run():
-        kwg = with_grad(kw, names)
-        out = functional.sparse_integral_transform(**kwg, idx=idx, log_w=lw, normalize="none")
-        return [out] + list(torch.autograd.grad(out.square().sum(), [kwg[n] for n in names]))
-
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-        torch.set_num_threads(2)
-        two, again = run(), run()
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, c in zip(one, two, again):
-        assert torch.equal(b, c)  # same thread count: bitwise repeatable
-        a, b = a.detach().double(), b.detach().double()
-        assert (a - b).norm() <= 1e-5 * max(float(a.norm()), 1.0)
+    check_threads_deterministic("none", B=3, H=16, N=40, S=90, R=16, Dv=1, content=False)

@@ -261,6 +261,88 @@ T pair_head_grads(bool softmax, T* s, const T* dP, T lw, T w, const T* shift, co
   return dlw;
 }
 
+// x[h] * y[h] into out (=), or accumulated into out (+=), for h < n: a vector
+// body and a scalar tail (the masked at::vec ops go through a buffer, slower than
+// a few scalars for the H <= 8 of the head-major rows).
+template <class T, bool kAccumulate>
+inline void row_product(const T* x, const T* y, T* out, int64_t n) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  int64_t h = 0;
+  for (; h + VS <= n; h += VS) {
+    const V xy = V::loadu(x + h) * V::loadu(y + h);
+    (kAccumulate ? V::loadu(out + h) + xy : xy).store(out + h);
+  }
+  for (; h < n; ++h) out[h] = kAccumulate ? out[h] + x[h] * y[h] : x[h] * y[h];
+}
+
+// The backward's per-row state: dO of every head (ws.dOr, H x Dv) and, in softmax
+// mode, the shift and delta of every head.
+template <class T>
+void load_row_grads(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws) {
+  const KernelParams& p = bp.s.f;
+  const int64_t H = p.H, Dv = p.Dv;
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t row = (b * H + h) * p.N + i;
+    std::copy_n(static_cast<const T*>(bp.dout) + row * Dv, Dv, ws.dOr.data() + h * Dv);
+    ws.shiftH[h] = p.softmax ? softmax_bwd_shift(static_cast<const T*>(bp.lse)[row]) : T(0);
+    ws.deltaH[h] = p.softmax ? static_cast<const T*>(bp.delta)[row] : T(0);
+  }
+}
+
+// One pair's backward for every head, given its row of logits s (H contiguous
+// values; dS on return) and its key-major v / dv blocks (H x Dv): dP = <dO, v_j>
+// per head, the weights and dS (pair_head_grads), dv_j += a dO. Returns
+// d/d log_w of the pair.
+template <class T>
+T pair_backward(const KernelParams& p, T* s, const T* vj, T* dvj, T lw, Scratch<T>& ws) {
+  const int64_t H = p.H, Dv = p.Dv;
+  const T* dOr = ws.dOr.data();
+  T* dP = ws.hP.data();
+  T* a = ws.hA.data();
+  if (Dv == 1) {
+    row_product<T, false>(dOr, vj, dP, H);
+  } else {
+    for (int64_t h = 0; h < H; ++h) dP[h] = dot(dOr + h * Dv, vj + h * Dv, Dv);
+  }
+  const T w = p.softmax ? T(1) : pair_weight(lw);
+  const T dlw =
+      pair_head_grads(p.softmax, s, dP, lw, w, ws.shiftH.data(), ws.deltaH.data(), a, H);
+  if (Dv == 1) {
+    row_product<T, true>(a, dOr, dvj, H);
+  } else {
+    for (int64_t h = 0; h < H; ++h) axpy(a[h], dOr + h * Dv, dvj + h * Dv, Dv);
+  }
+  return dlw;
+}
+
+// Content term of a chunk's backward, dS of head h and pair c at
+// dS[h * hstride + c * cstride]: dq_i += s dS k_j (register sums over the pairs),
+// dk_j += s dS q_i (into this thread's key-major buffer dk_t).
+template <class T>
+void chunk_content_backward(const SparseBwdParams& bp, int64_t b, int64_t i,
+                            const Scratch<T>& ws, const T* dS, int64_t hstride, int64_t cstride,
+                            T* dk_t) {
+  const KernelParams& p = bp.s.f;
+  const int64_t H = p.H, Dk = p.Dk, M = p.M, n = ws.n;
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(bp.s.k_km);
+  const T sc = static_cast<T>(p.scale);
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t row = (b * H + h) * p.N + i;
+    const T* qi = q + row * Dk;
+    T* dqi = static_cast<T*>(bp.dq) + row * Dk;
+    const T* kh = k + (b * M * H + h) * Dk;
+    T* dkh = dk_t + (b * M * H + h) * Dk;
+    T sds[kC];
+    for (int64_t c = 0; c < n; ++c) {
+      sds[c] = sc * dS[h * hstride + c * cstride];
+      axpy(sds[c], qi, dkh + ws.j[c] * H * Dk, Dk);
+    }
+    gather_axpy(sds, ws.j, n, kh, H * Dk, dqi, Dk);
+  }
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace sparse
 }  // namespace itnet

@@ -247,69 +247,32 @@ void bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, in
   const int64_t* rp = sp.row_ptr + b * (p.N + 1);
   // key-major key-side tensors and buffers: (B, M, H, D)
   const T* v = static_cast<const T*>(sp.v_km);
-  const T* k = static_cast<const T*>(sp.k_km);
-  const T* q = static_cast<const T*>(p.q);
-  const T sc = static_cast<T>(p.scale);
   T* dv_t = static_cast<T*>(bp.dv) + tid * B * M * H * Dv;
   T* dk_t = bp.dk ? static_cast<T*>(bp.dk) + tid * B * M * H * Dk : nullptr;
   T* dt_t = bp.dt ? static_cast<T*>(bp.dt) + tid * B * M * R : nullptr;
   T* dE_t = bp.dE ? static_cast<T*>(bp.dE) + tid * p.O * R : nullptr;
   T* dlog_w = bp.dlog_w ? static_cast<T*>(bp.dlog_w) + b * sp.E : nullptr;
   if (p.mlp) std::fill(ws.duacc.begin(), ws.duacc.end(), T(0));
-  T* dOr = ws.dOr.data();
-  for (int64_t h = 0; h < H; ++h) {
-    const int64_t row = (b * H + h) * p.N + i;
-    std::copy_n(static_cast<const T*>(bp.dout) + row * Dv, Dv, dOr + h * Dv);
-    ws.shiftH[h] = p.softmax ? softmax_bwd_shift(static_cast<const T*>(bp.lse)[row]) : T(0);
-    ws.deltaH[h] = p.softmax ? static_cast<const T*>(bp.delta)[row] : T(0);
-  }
+  load_row_grads(bp, b, i, ws);
   for (int64_t e = rp[i], end = rp[i + 1]; e < end;) {
     gather_chunk(sp, b, i, e, end, ws);
     const int64_t n = ws.n;
     if (n == 0) continue;
     chunk_logits<T, A>(sp, b, i, ws);
     // pair by pair, every head at once: the pair's key block of v / dv is contiguous
-    // (key-major), and the per-head work is vectorized over the heads
+    // (key-major), and the per-head work is vectorized over the heads (the pair's
+    // logits are gathered from the head rows into hs, and its dS written back)
     T* S = ws.S.data();
+    T* hs = ws.hS.data();
     for (int64_t c = 0; c < n; ++c) {
       const int64_t j = ws.j[c];
-      const T* vj = v + (b * M + j) * H * Dv;
-      T* dvj = dv_t + (b * M + j) * H * Dv;
-      T* hs = ws.hS.data();
-      T* dP = ws.hP.data();
-      T* a = ws.hA.data();
       for (int64_t h = 0; h < H; ++h) hs[h] = S[h * kC + c];
-      if (Dv == 1) {
-        for (int64_t h = 0; h < H; ++h) dP[h] = dOr[h] * vj[h];
-      } else {
-        for (int64_t h = 0; h < H; ++h) dP[h] = dot(dOr + h * Dv, vj + h * Dv, Dv);
-      }
-      const T w = p.softmax ? T(1) : pair_weight(ws.lw[c]);
-      ws.dlw[c] = pair_head_grads(p.softmax, hs, dP, ws.lw[c], w, ws.shiftH.data(),
-                                  ws.deltaH.data(), a, H);
-      if (Dv == 1) {
-        for (int64_t h = 0; h < H; ++h) dvj[h] += a[h] * dOr[h];
-      } else {
-        for (int64_t h = 0; h < H; ++h) axpy(a[h], dOr + h * Dv, dvj + h * Dv, Dv);
-      }
+      ws.dlw[c] = pair_backward(p, hs, v + (b * M + j) * H * Dv, dv_t + (b * M + j) * H * Dv,
+                                ws.lw[c], ws);
       for (int64_t h = 0; h < H; ++h) S[h * kC + c] = hs[h];  // dS
       if (p.mlp) std::copy_n(hs, H, ws.dST.data() + c * H);
     }
-    // content term: dq_i += s dS k_j (register sums over the pairs), dk_j += s dS q_i
-    for (int64_t h = 0; h < H && p.content; ++h) {
-      const int64_t row = (b * H + h) * p.N + i;
-      const T* Sh = S + h * kC;
-      const T* qi = q + row * Dk;
-      T* dqi = static_cast<T*>(bp.dq) + row * Dk;
-      const T* kh = k + (b * M * H + h) * Dk;
-      T* dkh = dk_t + (b * M * H + h) * Dk;
-      T sds[kC];
-      for (int64_t c = 0; c < n; ++c) {
-        sds[c] = sc * Sh[c];
-        axpy(sds[c], qi, dkh + ws.j[c] * H * Dk, Dk);
-      }
-      gather_axpy(sds, ws.j, n, kh, H * Dk, dqi, Dk);
-    }
+    if (p.content) chunk_content_backward(bp, b, i, ws, S, kC, 1, dk_t);
     if (p.mlp) chunk_mlp_backward<T, A>(bp, b, i, ws, dt_t, dE_t);
     if (dlog_w)
       for (int64_t c = 0; c < n; ++c) dlog_w[ws.e[c]] = ws.dlw[c];

@@ -263,81 +263,34 @@ void pm_mlp_backward(const KernelParams& p, int64_t b, Scratch<T>& ws, T* dt_t, 
 
 template <class T, Activation A>
 void pm_bwd_row(const SparseBwdParams& bp, int64_t b, int64_t i, Scratch<T>& ws, int64_t tid) {
-  using V = Vectorized<T>;
-  constexpr int64_t VS = V::size();
   const SparseParams& sp = bp.s;
   const KernelParams& p = sp.f;
   const int64_t H = p.H, Hp = ws.Hp, Dv = p.Dv, Dk = p.Dk, R = p.R, B = p.B, M = p.M;
   const int64_t* rp = sp.row_ptr + b * (p.N + 1);
   // key-major key-side tensors and buffers: (B, M, H, D)
   const T* v = static_cast<const T*>(sp.v_km);
-  const T* k = static_cast<const T*>(sp.k_km);
-  const T* q = static_cast<const T*>(p.q);
-  const T sc = static_cast<T>(p.scale);
   T* dv_t = static_cast<T*>(bp.dv) + tid * B * M * H * Dv;
   T* dk_t = bp.dk ? static_cast<T*>(bp.dk) + tid * B * M * H * Dk : nullptr;
   T* dt_t = bp.dt ? static_cast<T*>(bp.dt) + tid * B * M * R : nullptr;
   T* dE_t = bp.dE ? static_cast<T*>(bp.dE) + tid * p.O * R : nullptr;
   T* dlog_w = bp.dlog_w ? static_cast<T*>(bp.dlog_w) + b * sp.E : nullptr;
   std::fill(ws.duP.begin(), ws.duP.end(), T(0));
-  T* dOr = ws.dOr.data();
-  for (int64_t h = 0; h < H; ++h) {
-    const int64_t row = (b * H + h) * p.N + i;
-    std::copy_n(static_cast<const T*>(bp.dout) + row * Dv, Dv, dOr + h * Dv);
-    ws.shiftH[h] = p.softmax ? softmax_bwd_shift(static_cast<const T*>(bp.lse)[row]) : T(0);
-    ws.deltaH[h] = p.softmax ? static_cast<const T*>(bp.delta)[row] : T(0);
-  }
+  load_row_grads(bp, b, i, ws);
   T* S = ws.SP.data();
-  T* dP = ws.hP.data();
-  T* a = ws.hA.data();
   for (int64_t e = rp[i], end = rp[i + 1]; e < end;) {
     gather_chunk(sp, b, i, e, end, ws);
     const int64_t n = ws.n;
     if (n == 0) continue;
     if (e >= end) pm_prefetch_next_row<T>(sp, b, i, dv_t, dt_t);
     pm_logits<T, A, true>(sp, b, i, ws);
-    // pair by pair, every head at once: the pair's row of logits and its key
-    // block of v / dv are contiguous
+    // pair by pair, every head at once: the pair's row of logits (dS on return)
+    // and its key block of v / dv are contiguous
     for (int64_t c = 0; c < n; ++c) {
       const int64_t j = ws.j[c];
-      const T* vj = v + (b * M + j) * H * Dv;
-      T* dvj = dv_t + (b * M + j) * H * Dv;
-      T* s = S + c * Hp;
-      if (Dv == 1) {
-        for (int64_t h = 0; h < H; h += VS) {
-          const int64_t cnt = std::min(VS, H - h);
-          store(load(dOr + h, cnt) * load(vj + h, cnt), dP + h, cnt);
-        }
-      } else {
-        for (int64_t h = 0; h < H; ++h) dP[h] = dot(dOr + h * Dv, vj + h * Dv, Dv);
-      }
-      const T w = p.softmax ? T(1) : pair_weight(ws.lw[c]);
-      ws.dlw[c] = pair_head_grads(p.softmax, s, dP, ws.lw[c], w, ws.shiftH.data(),
-                                  ws.deltaH.data(), a, H);
-      if (Dv == 1) {
-        for (int64_t h = 0; h < H; h += VS) {
-          const int64_t cnt = std::min(VS, H - h);
-          store(at::vec::fmadd(load(a + h, cnt), load(dOr + h, cnt), load(dvj + h, cnt)), dvj + h,
-                cnt);
-        }
-      } else {
-        for (int64_t h = 0; h < H; ++h) axpy(a[h], dOr + h * Dv, dvj + h * Dv, Dv);
-      }
+      ws.dlw[c] = pair_backward(p, S + c * Hp, v + (b * M + j) * H * Dv,
+                                dv_t + (b * M + j) * H * Dv, ws.lw[c], ws);
     }
-    // content term: dq_i += s dS k_j (register sums over the pairs), dk_j += s dS q_i
-    for (int64_t h = 0; h < H && p.content; ++h) {
-      const int64_t row = (b * H + h) * p.N + i;
-      const T* qi = q + row * Dk;
-      T* dqi = static_cast<T*>(bp.dq) + row * Dk;
-      const T* kh = k + (b * M * H + h) * Dk;
-      T* dkh = dk_t + (b * M * H + h) * Dk;
-      T sds[kC];
-      for (int64_t c = 0; c < n; ++c) {
-        sds[c] = sc * S[c * Hp + h];
-        axpy(sds[c], qi, dkh + ws.j[c] * H * Dk, Dk);
-      }
-      gather_axpy(sds, ws.j, n, kh, H * Dk, dqi, Dk);
-    }
+    if (p.content) chunk_content_backward(bp, b, i, ws, S, 1, Hp, dk_t);
     pm_mlp_backward(p, b, ws, dt_t, dE_t);
     if (dlog_w)
       for (int64_t c = 0; c < n; ++c) dlog_w[ws.e[c]] = ws.dlw[c];
