@@ -8,6 +8,17 @@ The vectorized CPU kernels (csrc/dense/cpu_fwd.cpp, cpu_bwd.cpp) are compiled
 three times, for the DEFAULT, AVX2 and AVX512 capabilities, each with its own -m
 flags; the library picks one at run time (see csrc/dense/cpu.cpp), so a
 wheel built here runs on any x86-64.
+
+ITNET_EMULATE=1 also builds itnet_ext._C_emu, the emulated-CUDA library
+(csrc/emulate/, docs/design.md section 7): every CUDA kernel compiled by the
+host compiler against the device emulator, registered as torch.ops.itnet_emu.*
+for CPU tensors. Its .cu files are compiled with -fsanitize=thread
+instrumentation whose hooks the emulator implements (the shared-memory race
+and bounds checks); with ITNET_SANITIZE=1, with ASan + UBSan instead.
+
+Objects are kept in build/<configuration>/ (the torch, the Python and the
+flags in the name): a rebuild, or `pip install -e .` after another one,
+compiles only what changed.
 """
 import glob
 import os
@@ -28,6 +39,8 @@ except ImportError:
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
+EMULATE_DIR = os.path.join(CSRC, "emulate")
+EMULATE = os.environ.get("ITNET_EMULATE") == "1"
 
 # Sources compiled once per CPU capability, with these defines / flags.
 MULTI_ARCH_SOURCES = ["csrc/dense/cpu_fwd.cpp", "csrc/dense/cpu_bwd.cpp", "csrc/scan/cpu_kernel.cpp",
@@ -86,8 +99,27 @@ SANITIZE = (["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
              "-fno-omit-frame-pointer"] if os.environ.get("ITNET_SANITIZE") == "1" else [])
 
 
+def build_tag():
+    """The name of this configuration's build folder: what the objects depend on beyond
+    their sources (ninja and the object checks below look after the sources)."""
+    flavor = "cuda" if want_cuda() else "cpu"
+    if SANITIZE:
+        flavor += "-asan"
+    if os.environ.get("ITNET_DEBUG") == "1":
+        flavor += "-debug"
+    version = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return f"{flavor}-{version}-torch{torch.__version__.replace('+', '_')}"
+
+
 class Build(cpp_extension.BuildExtension):
-    """BuildExtension plus the per-capability objects of MULTI_ARCH_SOURCES."""
+    """BuildExtension plus the per-capability objects of MULTI_ARCH_SOURCES and the
+    emulated CUDA objects, in a build folder that outlives the build."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # pip's editable and isolated builds pass a new temporary folder each time;
+        # a fixed one per configuration lets ninja skip every unchanged object
+        self.build_temp = os.path.join(ROOT, "build", build_tag())
 
     def build_extensions(self):
         # Python's own CFLAGS carry -g, which doubles C++ compile times.
@@ -99,10 +131,21 @@ class Build(cpp_extension.BuildExtension):
         super().build_extensions()
 
     def build_extension(self, ext):
+        if ext.name.endswith("_C_emu"):
+            # its own folder: the same .cpp files are compiled with other flags than _C's
+            base = self.build_temp
+            self.build_temp = base + "-emulate"
+            try:
+                ext.extra_objects = list(ext.extra_objects or []) + self._emulated_objects(ext)
+                super().build_extension(ext)
+            finally:
+                self.build_temp = base
+            return
         ext.extra_objects = list(ext.extra_objects or []) + self._multi_arch_objects(ext)
         super().build_extension(ext)
 
-    def _multi_arch_objects(self, ext):
+    @staticmethod
+    def _base_flags(ext):
         args = ext.extra_compile_args
         cflags = list(args.get("cxx", []) if isinstance(args, dict) else args)
         # the language standard and ABI defines BuildExtension added for this torch
@@ -110,11 +153,33 @@ class Build(cpp_extension.BuildExtension):
         std += [f for f in cflags if f.startswith("-D")]
         inc = [f"-I{d}" for d in ext.include_dirs]
         macros = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
+        return std + inc + macros
+
+    def _compile_objects(self, jobs, header_exts=("h",)):
+        """jobs: (source, object, command). Compiles the objects older than their source
+        or any header under csrc/ (in parallel); returns the objects in order."""
+        deps = [p for ext in header_exts
+                for p in glob.glob(os.path.join(CSRC, "**", f"*.{ext}"), recursive=True)]
+        newest_dep = max(os.path.getmtime(p) for p in deps)
+
+        def run(job):
+            src, obj, cmd = job
+            newest = max(newest_dep, os.path.getmtime(src))
+            if not os.path.exists(obj) or os.path.getmtime(obj) < newest:
+                os.makedirs(os.path.dirname(obj), exist_ok=True)
+                print(" ".join(cmd), flush=True)
+                subprocess.check_call(cmd)
+            return obj
+
+        workers = max(1, int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(run, jobs))
+
+    def _multi_arch_objects(self, ext):
+        flags = self._base_flags(ext)
         cxx = os.environ.get("CXX", "c++")
         caps = CPU_CAPABILITIES if IS_X86 else {"DEFAULT": []}
         out_dir = os.path.join(self.build_temp, "multi_arch")
-        os.makedirs(out_dir, exist_ok=True)
-        deps = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)
         # All DEFAULT objects first: library-internal inline code (std::vector,
         # std::fill, ...) is emitted in every variant under the same name, and
         # the linker keeps the first copy, which must be the one that runs on
@@ -124,32 +189,43 @@ class Build(cpp_extension.BuildExtension):
             for src in MULTI_ARCH_SOURCES:
                 # the path in the name: two strategies may both have a cpu_kernel.cpp
                 obj = os.path.join(out_dir, f"{src.replace('/', '_')}.{cap}.o")
-                newest = max(os.path.getmtime(p) for p in deps + [os.path.join(ROOT, src)])
                 cmd = [cxx, "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC",
-                       *(["-O1", "-g"] if SANITIZE else ["-O3"]), *SANITIZE, *std,
-                       *inc, *macros, f"-DCPU_CAPABILITY={cap}",
-                       f"-DCPU_CAPABILITY_{cap}", *mflags]
-                stale = not os.path.exists(obj) or os.path.getmtime(obj) < newest
-                jobs.append((obj, cmd, stale))
+                       *(["-O1", "-g"] if SANITIZE else ["-O3"]), *SANITIZE, *flags,
+                       f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *mflags]
+                jobs.append((os.path.join(ROOT, src), obj, cmd))
+        return self._compile_objects(jobs)
 
-        def run(job):
-            obj, cmd, stale = job
-            if stale:
-                print(" ".join(cmd), flush=True)
-                subprocess.check_call(cmd)
-            return obj
+    def _emulated_objects(self, ext):
+        """Every .cu file as C++ against the device emulator (csrc/emulate/device.h, included
+        first as nvcc includes cuda_runtime.h), instrumented for its access checks."""
+        cxx = os.environ.get("CXX", "c++")
+        out_dir = os.path.join(self.build_temp, "emulated")
+        # -fsanitize=thread without libtsan: the loads and stores call the emulator's hooks
+        # (csrc/emulate/tsan_hooks.cpp). ASan and TSan exclude each other: the sanitized
+        # build keeps the bounds checks to ASan and runs without the race checks.
+        check = SANITIZE or ["-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0"]
+        jobs = []
+        for src in rel(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True)):
+            obj = os.path.join(out_dir, src.replace("/", "_") + ".o")
+            cmd = [cxx, "-x", "c++", "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC",
+                   "-fvisibility=hidden", *(["-O1", "-g"] if SANITIZE else ["-O2"]), *check,
+                   "-Wno-unknown-pragmas", *self._base_flags(ext),
+                   "-include", os.path.join(EMULATE_DIR, "device.h")]
+            jobs.append((os.path.join(ROOT, src), obj, cmd))
+        return self._compile_objects(jobs, header_exts=("h", "cuh"))
 
-        workers = max(1, int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(run, jobs))
+
+def library_sources(ext):
+    """csrc's files ending in ext, but the emulator's own (csrc/emulate/)."""
+    found = rel(glob.glob(os.path.join(CSRC, "**", f"*.{ext}"), recursive=True))
+    return [s for s in found if not s.startswith("csrc/emulate/")]
 
 
 def extension():
-    cpu_sources = rel(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
-    cpu_sources = [s for s in cpu_sources if s not in MULTI_ARCH_SOURCES
+    cpu_sources = [s for s in library_sources("cpp") if s not in MULTI_ARCH_SOURCES
                    and not s.endswith("_cuda.cpp")]
-    cuda_sources = rel(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
-    cuda_sources += rel(glob.glob(os.path.join(CSRC, "**", "*_cuda.cpp"), recursive=True))
+    cuda_sources = library_sources("cu")
+    cuda_sources += [s for s in library_sources("cpp") if s.endswith("_cuda.cpp")]
     debug = os.environ.get("ITNET_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O1", "-g"] if SANITIZE else ["-O3"]
     # at::parallel_for is header code: with torch's OpenMP backend it is an
@@ -174,6 +250,29 @@ def extension():
         "itnet_ext._C", cpu_sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+def emulated_extension():
+    """itnet_ext._C_emu: the CUDA entry points (*_cuda.cpp) and what they share with the CPU
+    library (argument preparation, schemas), compiled with ITNET_EMULATE against the
+    emulator's stand-ins for the CUDA headers (csrc/emulate/shim/, first on the include
+    path); the kernels (.cu) are added as objects by Build._emulated_objects."""
+    cpu_entries = {f"csrc/{d}/cpu.cpp" for d in ("dense", "sparse", "scan", "lowrank")}
+    sources = [s for s in library_sources("cpp")
+               if s not in MULTI_ARCH_SOURCES and s not in cpu_entries
+               and s != "csrc/python_module.cpp"]
+    sources += rel(glob.glob(os.path.join(EMULATE_DIR, "*.cpp")))
+    macros = [("ITNET_EMULATE", None), ("ITNET_WITH_CUDA", None), ("ITNET_OPS_NS", "itnet_emu")]
+    if not SANITIZE:
+        macros.append(("ITNET_EMU_INSTRUMENTED", None))
+    opt = ["-O1", "-g"] if SANITIZE else ["-O2"]
+    return cpp_extension.CppExtension(
+        "itnet_ext._C_emu", sources,
+        include_dirs=[os.path.join(EMULATE_DIR, "shim"), CSRC],
+        define_macros=macros,
+        extra_compile_args={"cxx": opt + ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
+                            + SANITIZE},
+        extra_link_args=SANITIZE)
+
+
 def _gpu_visible():
     try:
         return torch.cuda.is_available() and torch.cuda.device_count() > 0
@@ -186,7 +285,7 @@ setup(
     version="0.1.0",
     description="ITNet's learnable integral transform as a fused PyTorch operator",
     packages=find_packages(include=["itnet_ext", "itnet_ext.*"]),
-    ext_modules=[extension()],
+    ext_modules=[extension()] + ([emulated_extension()] if EMULATE else []),
     cmdclass={"build_ext": Build.with_options(use_ninja=True)},
     python_requires=">=3.10",
     # Optional: the experiments (progress bars, plots, scikit-learn's digits) and the

@@ -1,7 +1,10 @@
 // Every schema of the itnet operator library, once. Backends register their
 // kernels with TORCH_LIBRARY_IMPL next to the kernels (dense/cpu.cpp,
 // dense/dense_cuda.cpp, scan/cpu.cpp, sparse/cpu.cpp, ...); fake kernels and
-// autograd live in Python (itnet_ext/ops/).
+// autograd live in Python (itnet_ext/ops/). The emulated-CUDA library
+// (csrc/emulate/, ITNET_EMULATE) defines the same schemas under the namespace
+// itnet_emu, where its CPU-tensor kernels are the CUDA kernels run by the
+// device emulator.
 #include <torch/library.h>
 
 #include <string>
@@ -51,7 +54,13 @@ std::vector<std::string> enum_names(const std::string& kind) {
   "Tensor? log_w, float[] window_lo, float[] window_hi, float scale, int activation, "    \
   "bool softmax"
 
-TORCH_LIBRARY(itnet, m) {
+#ifndef ITNET_OPS_NS
+#define ITNET_OPS_NS itnet
+#endif
+// TORCH_LIBRARY pastes its namespace argument: expand ITNET_OPS_NS first.
+#define ITNET_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+
+ITNET_TORCH_LIBRARY(ITNET_OPS_NS, m) {
   // Dense integral transform. Returns (out (B, H, N, Dv), lse (B, H, N));
   // lse is an empty tensor in `none` mode (softmax=False).
   m.def("dense_fwd(" ITNET_DENSE_ARGS ") -> (Tensor out, Tensor lse)");

@@ -7,6 +7,31 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda_kernels: runs the CUDA kernels: on a GPU, or under the device emulator "
+        "(cuda_helpers.DEVICE = 'cpu', every itnet operator redirected to torch.ops.itnet_emu)")
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda(request):
+    """Tests marked cuda_kernels, without a GPU but with the device emulator: every itnet
+    operator runs its emulated CUDA kernels, the threads of each block in the forward, reverse
+    or a shuffled order (chosen by the test id, so the suite covers all three)."""
+    if request.node.get_closest_marker("cuda_kernels") is None:
+        yield
+        return
+    from cuda_helpers import EMULATED
+    if not EMULATED:
+        yield
+        return
+    from itnet_ext import emulate
+    h = zlib.crc32(request.node.nodeid.encode())
+    with emulate.use(order=emulate.ORDERS[h % 3], seed=h, race_check=True), \
+            emulate.emulate_cuda():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     """Deterministic, per-test seed (different tests get different random inputs)."""

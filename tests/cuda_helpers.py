@@ -1,4 +1,12 @@
-"""Helpers shared by the CUDA test files (tests/test_dense_cuda*.py)."""
+"""Helpers shared by the CUDA test files (tests/test_*_cuda*.py).
+
+The CUDA test files run their kernels on a GPU when there is one and the build has its CUDA
+kernels; otherwise, when the build has the device emulator (ITNET_EMULATE=1), on the CPU
+under it: DEVICE is then "cpu", and conftest's autouse fixture redirects every itnet
+operator of a test marked ``cuda_kernels`` to its emulated twin (torch.ops.itnet_emu), with
+the threads of a block in a forward, reverse or shuffled order chosen by the test's id.
+"""
+import contextlib
 import math
 import os
 
@@ -19,13 +27,51 @@ def cuda_ready():
         return False
 
 
+def emulation_ready():
+    """The build has the device emulator (and ITNET_EMULATE_TESTS is not 0)."""
+    if os.environ.get("ITNET_EMULATE_TESTS") == "0":
+        return False
+    try:
+        from itnet_ext import emulate
+        return emulate.available()
+    except ImportError:
+        return False
+
+
 # ITNET_REQUIRE_CUDA=1 (set by scripts/gpu_check.sh where the kernels are built): a missing GPU
 # or kernel build fails the CUDA tests instead of skipping them silently.
 if os.environ.get("ITNET_REQUIRE_CUDA") == "1" and not cuda_ready():
     raise RuntimeError("ITNET_REQUIRE_CUDA=1 but no GPU is visible or itnet_ext has no CUDA kernels")
 
+GPU = cuda_ready()
+EMULATED = not GPU and emulation_ready()
+# ITNET_REQUIRE_EMULATION=1 (CI's emulate stage): no emulator fails instead of skipping.
+if os.environ.get("ITNET_REQUIRE_EMULATION") == "1" and not EMULATED:
+    raise RuntimeError("ITNET_REQUIRE_EMULATION=1 but itnet_ext has no emulated library "
+                       "(build with ITNET_EMULATE=1) or a GPU is visible")
+# where the CUDA kernels' tensors live: the GPU, or the CPU under the emulator
+DEVICE = "cuda" if GPU else "cpu"
+
 requires_cuda = pytest.mark.skipif(
-    not cuda_ready(), reason="needs a GPU and itnet_ext built with its CUDA kernels")
+    not (GPU or EMULATED),
+    reason="needs a GPU and itnet_ext built with its CUDA kernels, or the device emulator "
+           "(ITNET_EMULATE=1 build)")
+# what only a real GPU has: streams, device indices, the caching allocator, timing
+requires_gpu = pytest.mark.skipif(not GPU, reason="needs a real GPU (not the emulator)")
+# the marks of a CUDA test file: pytestmark = CUDA_TESTS
+CUDA_TESTS = [requires_cuda, pytest.mark.cuda_kernels]
+
+
+@contextlib.contextmanager
+def cpu_kernels():
+    """Inside a ``cuda_kernels`` test under the emulator, the itnet operators run their CPU
+    kernels again (for comparisons of the CUDA kernels with the CPU ones)."""
+    if not EMULATED:
+        yield
+        return
+    from torch.utils._python_dispatch import _disable_current_modes
+    with _disable_current_modes():
+        yield
 
 
 def describe(kw):

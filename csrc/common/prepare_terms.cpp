@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/activation.h"
+#include "common/cuda_launch.h"
 #include "common/enum_names.h"
 #include "common/math.h"
 
@@ -64,7 +65,7 @@ PreparedTerms prepare_terms(const KernelArgs& a, const c10::optional<at::Tensor>
 
   TORCH_CHECK(a.v.dim() == 4, "v: expected a 4-D tensor (B, H, M, Dv), got shape ", shape_str(a.v));
   TORCH_CHECK(a.v.scalar_type() == at::kFloat || a.v.scalar_type() == at::kDouble ||
-                  a.v.device().is_cuda(),
+                  ITNET_ON_CUDA(a.v),
               "v: expected dtype float32 or float64 on CPU, got ", a.v.scalar_type());
   p.B = a.v.size(0);
   p.H = a.v.size(1);

@@ -31,6 +31,7 @@
 #include "common/pair_grad.h"
 #include "dense/cuda_kernel.h"
 #include "dense/cuda_pair.cuh"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace dense {
@@ -68,7 +69,7 @@ __device__ __forceinline__ PairGrad<T> pair_grad(const BwdParams& bp, T s, const
 template <class T, Activation A>
 __global__ void __launch_bounds__(kBwdWarps* kWarp)
     dense_bwd_q_kernel(const BwdParams bp, const WarpSmem layout, const int64_t ntiles) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   const FwdParams& p = bp.f;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
@@ -177,7 +178,7 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
 template <class T, Activation A>
 __global__ void __launch_bounds__(kBwdWarps* kWarp)
     dense_bwd_k_kernel(const BwdParams bp, const WarpSmem layout, const int64_t ntiles) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   const FwdParams& p = bp.f;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
@@ -302,16 +303,12 @@ void launch(const BwdParams& bp, cudaStream_t stream) {
   const int64_t es = static_cast<int64_t>(sizeof(T));
   {
     const Launch L = plan(p, p.N, es, p.mlp ? 2 : 0, "query-side");
-    dense_bwd_q_kernel<T, A>
-        <<<static_cast<unsigned>(L.blocks), L.warps * kWarp,
-           static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream>>>(bp, L.smem, L.ntiles);
+    ITNET_LAUNCH(static_cast<unsigned>(L.blocks), L.warps * kWarp, static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream, dense_bwd_q_kernel<T, A>)(bp, L.smem, L.ntiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   {
     const Launch L = plan(p, p.M, es, (p.mlp && bp.dt) ? 1 : 0, "key-side");
-    dense_bwd_k_kernel<T, A>
-        <<<static_cast<unsigned>(L.blocks), L.warps * kWarp,
-           static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream>>>(bp, L.smem, L.ntiles);
+    ITNET_LAUNCH(static_cast<unsigned>(L.blocks), L.warps * kWarp, static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream, dense_bwd_k_kernel<T, A>)(bp, L.smem, L.ntiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

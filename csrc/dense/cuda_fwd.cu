@@ -16,6 +16,7 @@
 #include "common/dispatch.h"
 #include "dense/cuda_kernel.h"
 #include "dense/cuda_pair.cuh"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace dense {
@@ -26,7 +27,7 @@ constexpr int kFwdWarps = 4;  // rows per block
 
 template <class T, Activation A>
 __global__ void __launch_bounds__(kFwdWarps* kWarp) dense_fwd_kernel(const FwdParams p) {
-  __shared__ T s_weight[kFwdWarps][kWarp];
+  ITNET_SHARED(T, s_weight, [kFwdWarps][kWarp]);
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kFwdWarps + warp;  // (b, h, i)
@@ -85,7 +86,7 @@ __global__ void __launch_bounds__(kFwdWarps* kWarp) dense_fwd_kernel(const FwdPa
 
 template <class T, Activation A>
 void launch(const FwdParams& p, int64_t blocks, cudaStream_t stream) {
-  dense_fwd_kernel<T, A><<<static_cast<unsigned>(blocks), kFwdWarps * kWarp, 0, stream>>>(p);
+  ITNET_LAUNCH(static_cast<unsigned>(blocks), kFwdWarps * kWarp, 0, stream, dense_fwd_kernel<T, A>)(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/cuda_launch.h"
 #include "dense/cuda_entry.h"
 #include "dense/cuda_kernel.h"
 
@@ -25,7 +26,7 @@ namespace {
 bool is_half(at::ScalarType s) { return s == at::kHalf || s == at::kBFloat16; }
 
 void check_cuda_value(const at::Tensor& v) {
-  TORCH_CHECK(v.is_cuda(), "v: expected a CUDA tensor (other inputs are on CUDA), got a tensor on ",
+  TORCH_CHECK(ITNET_ON_CUDA(v), "v: expected a CUDA tensor (other inputs are on CUDA), got a tensor on ",
               v.device());
   const at::ScalarType s = v.scalar_type();
   TORCH_CHECK(s == at::kFloat || s == at::kDouble || is_half(s),
@@ -142,7 +143,7 @@ GradTuple dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, cons
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itnet, CUDA, m) {
+ITNET_CUDA_LIBRARY_IMPL(m) {
   m.impl("dense_fwd", &dense_fwd_cuda);
   m.impl("dense_bwd", &dense_bwd_cuda);
 }

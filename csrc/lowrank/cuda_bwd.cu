@@ -9,6 +9,7 @@
 
 #include "lowrank/cuda_common.cuh"
 #include "lowrank/cuda_kernel.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace lowrank {
@@ -60,7 +61,7 @@ void launch_elementwise_grad(const FeatureParams& p, cudaStream_t stream) {
   const int64_t count = p.slices * p.n * p.Dk;
   if (count == 0) return;
   const int64_t blocks = std::min(ceil_div(count, kThreads), kMaxBlocks);
-  elementwise_grad_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+  ITNET_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, elementwise_grad_kernel<T>)(
       static_cast<const T*>(p.x), static_cast<const T*>(p.dphi), static_cast<T*>(p.dx), count,
       p.fmap);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -71,7 +72,7 @@ void launch_row_grads(int64_t rows, int64_t Dv, const void* g, const void* num, 
                       double eps, void* dn, void* dden, cudaStream_t stream) {
   if (rows == 0) return;
   const int64_t blocks = std::min(ceil_div(rows, kThreads / kWarp), kMaxBlocks);
-  softmax_row_grads_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+  ITNET_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, softmax_row_grads_kernel<T>)(
       static_cast<const T*>(g), static_cast<const T*>(num), static_cast<const T*>(den),
       static_cast<T>(eps), static_cast<T*>(dn), static_cast<T*>(dden), rows, Dv);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

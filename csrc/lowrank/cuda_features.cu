@@ -11,6 +11,7 @@
 
 #include "lowrank/cuda_common.cuh"
 #include "lowrank/cuda_kernel.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace lowrank {
@@ -40,10 +41,10 @@ struct FavorArgs {
 template <class T>
 __global__ void __launch_bounds__(kThreads, 2) favor_features_kernel(const FavorArgs<T> a) {
   using Tile = FavorTile<T, kRows, kFeats>;
-  __shared__ typename Tile::Stage st;
-  __shared__ T sq[kRows];
-  __shared__ T e_s[kRows * kELd];
-  __shared__ T m_s[kRows];
+  ITNET_SHARED(typename Tile::Stage, st);
+  ITNET_SHARED(T, sq, [kRows]);
+  ITNET_SHARED(T, e_s, [kRows * kELd]);
+  ITNET_SHARED(T, m_s, [kRows]);
   const int tid = static_cast<int>(threadIdx.x);
   BlockIndex bi(blockIdx.x);
   const int64_t rt = bi.next(a.rtiles);
@@ -111,7 +112,7 @@ void launch_features(const FeatureParams& p, const void* c, cudaStream_t stream)
   if (p.fmap != FeatureMap::Favor) {
     // grid-stride: a bounded grid for any count
     const int64_t blocks = std::min<int64_t>(ceil_div(count, kThreads), 65536);
-    elementwise_features_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+    ITNET_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, elementwise_features_kernel<T>)(
         static_cast<const T*>(p.x), static_cast<T*>(p.phi), count, p.fmap);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
@@ -133,7 +134,7 @@ void launch_features(const FeatureParams& p, const void* c, cudaStream_t stream)
   const int64_t blocks = p.slices * a.rtiles;
   TORCH_CHECK(blocks <= INT_MAX, "lowrank features (CUDA): ", blocks,
               " blocks, more than a grid holds (2^31 - 1); split the batch");
-  favor_features_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+  ITNET_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, favor_features_kernel<T>)(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -10,6 +10,7 @@
 
 #include "lowrank/cuda_common.cuh"
 #include "lowrank/cuda_kernel.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace lowrank {
@@ -27,9 +28,9 @@ __global__ void __launch_bounds__(kThreads, 2)
     exponent_max_kernel(const T* __restrict__ x, const T* __restrict__ W, int64_t n, int64_t Dk,
                         int64_t F, int64_t splits, T in_scale, T* __restrict__ m_parts) {
   using Tile = FavorTile<T, kMaxRows, kMaxFeats>;
-  __shared__ typename Tile::Stage st;
-  __shared__ T sq[kMaxRows];
-  __shared__ T red[kThreads];
+  ITNET_SHARED(typename Tile::Stage, st);
+  ITNET_SHARED(T, sq, [kMaxRows]);
+  ITNET_SHARED(T, red, [kThreads]);
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t part = blockIdx.x;  // sl * splits + s
   const int64_t sl = part / splits, s = part % splits;
@@ -90,9 +91,9 @@ __global__ void __launch_bounds__(kThreads, 2) key_kernel(const KeyArgs<T> a) {
     typename Tile::Stage st;
     T v[kKeyRows * kKeyD];
   };
-  __shared__ StageOrV u;
-  __shared__ T psi_s[kKeyRows * kKeyF];
-  __shared__ T sq[kKeyRows];
+  ITNET_SHARED(StageOrV, u);
+  ITNET_SHARED(T, psi_s, [kKeyRows * kKeyF]);
+  ITNET_SHARED(T, sq, [kKeyRows]);
   const int tid = static_cast<int>(threadIdx.x);
   const int ty = tid / 16, tx = tid % 16;
   BlockIndex bi(blockIdx.x);
@@ -200,13 +201,13 @@ __global__ void __launch_bounds__(kThreads, 2) query_kernel(const QueryArgs<T> a
     typename Tile::Stage st;
     T S[kQF * kQD];
   };
-  __shared__ StageOrS u;
-  __shared__ T phi_s[kQRows * kPhiLd];
-  __shared__ T sq[kQRows];
-  __shared__ T z_s[kQF];
-  __shared__ T m_s[kQRows];      // running row max of the exponents (row_stab)
-  __shared__ T scale_s[kQRows];  // per step: rescale factor; at the end: 1 / den
-  __shared__ T den_s[kQRows];
+  ITNET_SHARED(StageOrS, u);
+  ITNET_SHARED(T, phi_s, [kQRows * kPhiLd]);
+  ITNET_SHARED(T, sq, [kQRows]);
+  ITNET_SHARED(T, z_s, [kQF]);
+  ITNET_SHARED(T, m_s, [kQRows]);      // running row max of the exponents (row_stab)
+  ITNET_SHARED(T, scale_s, [kQRows]);  // per step: rescale factor; at the end: 1 / den
+  ITNET_SHARED(T, den_s, [kQRows]);
   const int tid = static_cast<int>(threadIdx.x);
   const int ty = tid / 16, tx = tid % 16;
   BlockIndex bi(blockIdx.x);
@@ -340,7 +341,7 @@ void launch_exponent_max(const FeatureParams& p, int64_t splits, void* m_parts,
                          cudaStream_t stream) {
   const int64_t blocks = p.slices * splits;
   if (blocks == 0) return;
-  exponent_max_kernel<T><<<grid_size(blocks, "exponent_max"), kThreads, 0, stream>>>(
+  ITNET_LAUNCH(grid_size(blocks, "exponent_max"), kThreads, 0, stream, exponent_max_kernel<T>)(
       static_cast<const T*>(p.x), static_cast<const T*>(p.W), p.n, p.Dk, p.F, splits,
       favor_input_scale<T>(p.Dk), static_cast<T*>(m_parts));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -369,7 +370,7 @@ void launch_keys(const LowRankParams& p, const void* c, int64_t splits, void* S_
   a.feat_scale = favor_feature_scale<T>(p.F);
   const int64_t blocks = p.slices() * splits * a.ftiles * a.dtiles;
   if (blocks == 0 || p.M == 0) return;
-  key_kernel<T><<<grid_size(blocks, "the key pass"), kThreads, 0, stream>>>(a);
+  ITNET_LAUNCH(grid_size(blocks, "the key pass"), kThreads, 0, stream, key_kernel<T>)(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -395,7 +396,7 @@ void launch_queries(const LowRankParams& p, const void* S, const void* z, cudaSt
   a.feat_scale = favor_feature_scale<T>(p.F);
   const int64_t blocks = p.slices() * a.qtiles * a.dtiles;
   if (blocks == 0) return;
-  query_kernel<T><<<grid_size(blocks, "the query pass"), kThreads, 0, stream>>>(a);
+  ITNET_LAUNCH(grid_size(blocks, "the query pass"), kThreads, 0, stream, query_kernel<T>)(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -25,6 +25,7 @@
 #include <limits>
 #include <tuple>
 
+#include "common/cuda_launch.h"
 #include "lowrank/cuda_kernel.h"
 #include "lowrank/feature.h"
 #include "lowrank/prepare.h"
@@ -36,7 +37,7 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 void check_cuda(const at::Tensor& x, const char* name, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": ", name, ": expected a CUDA tensor (other inputs are on CUDA), ",
+  TORCH_CHECK(ITNET_ON_CUDA(x), op, ": ", name, ": expected a CUDA tensor (other inputs are on CUDA), ",
               "got a tensor on ", x.device());
 }
 
@@ -263,7 +264,7 @@ at::Tensor lowrank_features_bwd_cuda(const at::Tensor& grad_phi, const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itnet, CUDA, m) {
+ITNET_CUDA_LIBRARY_IMPL(m) {
   m.impl("lowrank_fwd", &lowrank_fwd_cuda);
   m.impl("lowrank_bwd", &lowrank_bwd_cuda);
   m.impl("lowrank_features", &lowrank_features_cuda);

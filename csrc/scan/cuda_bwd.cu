@@ -23,6 +23,7 @@
 
 #include "scan/cuda_common.cuh"
 #include "scan/cuda_kernel.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace scan {
@@ -63,8 +64,8 @@ __global__ void __launch_bounds__(kThreads, BwdTraits<T, kThreads, kItems>::kMin
   constexpr bool factored = kMode == CudaDecayMode::Factored;
   // per-r sums over time: dA (Factored), dld (PerState)
   constexpr bool time_sums = factored || kMode == CudaDecayMode::PerState;
-  __shared__ typename Tr::Smem sm;
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_SHARED(typename Tr::Smem, sm);
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t Rk = p.Rk;
   A* hs = reinterpret_cast<A*>(smem);  // [Rk] state before the current chunk
   A* gc = hs + Rk;                     // [Rk] adjoint carry; thread 0 only once initialized

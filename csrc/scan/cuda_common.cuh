@@ -13,6 +13,7 @@
 #include "common/math.h"
 #include "scan/cuda_kernel.h"
 #include "scan/step.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace scan {
@@ -207,8 +208,7 @@ cudaError_t launch_per_channel(Kernel* kernel, int threads, int64_t static_smem,
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_smem));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<static_cast<unsigned>(p.B * p.D), threads, static_cast<size_t>(dynamic_smem),
-           stream>>>(p, ex);
+  ITNET_LAUNCH(static_cast<unsigned>(p.B * p.D), threads, static_cast<size_t>(dynamic_smem), stream, kernel)(p, ex);
   return cudaSuccess;
 }
 

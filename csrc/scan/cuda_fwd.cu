@@ -9,6 +9,7 @@
 
 #include "scan/cuda_common.cuh"
 #include "scan/cuda_kernel.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace scan {
@@ -38,8 +39,8 @@ __global__ void __launch_bounds__(kThreads, FwdTraits<T, kThreads, kItems>::kMin
   // two scan buffers used in turn: consecutive scans need no extra barrier
   // (a buffer is reused only after a whole scan, whose barriers every thread
   // passes after it finished reading the buffer's previous contents)
-  __shared__ typename Tr::BlockScan::TempStorage scan_tmp[2];
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_SHARED(typename Tr::BlockScan::TempStorage, scan_tmp, [2]);
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   A* carry = reinterpret_cast<A*>(smem);  // [Rk]; thread 0 only once initialized
 
   const int tid = static_cast<int>(threadIdx.x);

@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cuda_launch.h"
 #include "scan/cuda_kernel.h"
 #include "scan/prepare.h"
 
@@ -45,7 +46,7 @@ at::ScalarType acc_dtype(at::ScalarType s) { return s == at::kDouble ? at::kDoub
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void check_on_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": x: expected a CUDA tensor (other inputs are on CUDA), got a ",
+  TORCH_CHECK(ITNET_ON_CUDA(x), op, ": x: expected a CUDA tensor (other inputs are on CUDA), got a ",
               "tensor on ", x.device());
 }
 
@@ -314,7 +315,7 @@ Grads decay_scan_bwd_cuda(const at::Tensor& grad_y, const c10::optional<at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itnet, CUDA, m) {
+ITNET_CUDA_LIBRARY_IMPL(m) {
   m.impl("decay_scan_fwd", &decay_scan_fwd_cuda);
   m.impl("decay_scan_bwd", &decay_scan_bwd_cuda);
 }

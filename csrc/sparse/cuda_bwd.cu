@@ -28,6 +28,7 @@
 #include "common/dispatch.h"
 #include "sparse/cuda_common.cuh"
 #include "sparse/cuda_kernel.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace sparse {
@@ -50,7 +51,7 @@ template <class T, Activation A>
 __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
     sparse_bwd_row_kernel(const SparseBwdParams bp, const CudaBwdExtra ex, const WarpLayout L,
                           const int64_t total_warps) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   constexpr int HC = HeadGroup<T>::value;
   const SparseParams& sp = bp.s;
   const KernelParams& p = sp.f;
@@ -197,7 +198,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
 template <class T, Activation A>
 __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
     sparse_bwd_key_kernel(const SparseBwdParams bp, const CudaBwdExtra ex, const WarpLayout L) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   constexpr int HC = HeadGroup<T>::value;
   const SparseParams& sp = bp.s;
   const KernelParams& p = sp.f;
@@ -361,8 +362,7 @@ void launch(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan
     auto* kernel = &sparse_bwd_row_kernel<T, A>;
     const int64_t smem = plan.warps_per_block * L.bytes;
     set_smem(kernel, smem);
-    kernel<<<static_cast<unsigned>(plan.blocks), plan.warps_per_block * kWarp,
-             static_cast<size_t>(smem), stream>>>(rp, ex, L, plan.warps);
+    ITNET_LAUNCH(static_cast<unsigned>(plan.blocks), plan.warps_per_block * kWarp, static_cast<size_t>(smem), stream, kernel)(rp, ex, L, plan.warps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (ex.deterministic && f.B * f.M > 0) {
@@ -376,7 +376,7 @@ void launch(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan
     auto* kernel = &sparse_bwd_key_kernel<T, A>;
     const int64_t smem = warps * L.bytes;
     set_smem(kernel, smem);
-    kernel<<<static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream>>>(
+    ITNET_LAUNCH(static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream, kernel)(
         bp, ex, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

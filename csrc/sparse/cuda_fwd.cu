@@ -11,6 +11,7 @@
 #include "common/dispatch.h"
 #include "sparse/cuda_common.cuh"
 #include "sparse/cuda_kernel.h"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace sparse {
@@ -20,7 +21,7 @@ namespace {
 template <class T, Activation A>
 __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
     sparse_fwd_kernel(const SparseParams sp, const WarpLayout L) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   constexpr int HC = HeadGroup<T>::value;
   const KernelParams& p = sp.f;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
@@ -130,7 +131,7 @@ void launch(const SparseParams& p, const CudaDevice& dev, cudaStream_t stream) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
   }
-  kernel<<<static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream>>>(p,
+  ITNET_LAUNCH(static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream, kernel)(p,
                                                                                              L);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

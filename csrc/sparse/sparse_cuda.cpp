@@ -20,6 +20,7 @@
 #include <limits>
 #include <tuple>
 
+#include "common/cuda_launch.h"
 #include "sparse/cuda_kernel.h"
 #include "sparse/prepare.h"
 
@@ -28,7 +29,7 @@ namespace sparse {
 namespace {
 
 void check_cuda_value(const at::Tensor& v, const char* op) {
-  TORCH_CHECK(v.is_cuda(), op, ": v: expected a CUDA tensor (other inputs are on CUDA), got a ",
+  TORCH_CHECK(ITNET_ON_CUDA(v), op, ": v: expected a CUDA tensor (other inputs are on CUDA), got a ",
               "tensor on ", v.device());
   TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble, op,
               ": v: expected dtype float32 or float64 (the sparse op's CUDA kernels), got ",
@@ -151,7 +152,7 @@ GradTuple sparse_bwd_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itnet, CUDA, m) {
+ITNET_CUDA_LIBRARY_IMPL(m) {
   m.impl("sparse_fwd", &sparse_fwd_cuda);
   m.impl("sparse_bwd", &sparse_bwd_cuda);
 }

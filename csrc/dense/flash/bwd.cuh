@@ -19,6 +19,7 @@
 #include "common/dispatch.h"
 #include "dense/flash/config.h"
 #include "dense/flash/logits.cuh"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace dense {
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(128)
   constexpr int kNQ = kBq / 8;  // n-tiles of S^T (queries)
   constexpr int kDT = kD / 8;
   const FwdParams& p = bp.f;
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   T* k_s = reinterpret_cast<T*>(smem);
   T* v_s = k_s + kBk * kLd;
   // two buffers of everything per query tile: the next tile loads during this one
@@ -295,7 +296,7 @@ __global__ void __launch_bounds__(128)
   if (kMlp) {
     const int64_t nkt = gridDim.x;
     const float tot = warp_sum(db2);
-    __shared__ float db2_s[4];
+    ITNET_SHARED(float, db2_s, [4]);
     if (lane == 0) db2_s[warp] = tot;
     __syncthreads();  // dt_s, dw_s, de_s, db2_s complete
     if (G.dt != nullptr) {
@@ -329,7 +330,7 @@ __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
   constexpr int kNT = kBc / 8;
   constexpr int kDT = kD / 8;
   const FwdParams& p = bp.f;
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   T* q_s = reinterpret_cast<T*>(smem);
   T* do_s = q_s + kBr * kLd;
   // two buffers of everything per key tile: the next tile loads during this one
@@ -478,7 +479,7 @@ void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t s
                                           static_cast<int>(Lkv.bytes)));
     const dim3 gkv(static_cast<unsigned>((p.M + Cfg::kBk - 1) / Cfg::kBk),
                    static_cast<unsigned>(p.H), static_cast<unsigned>(p.B));
-    kv<<<gkv, Cfg::kThreads, Lkv.bytes, stream>>>(bp, G, Lkv);
+    ITNET_LAUNCH(gkv, Cfg::kThreads, Lkv.bytes, stream, kv)(bp, G, Lkv);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
@@ -492,7 +493,7 @@ void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t s
                                         static_cast<int>(Lq.bytes)));
   const dim3 gq(static_cast<unsigned>((p.N + Cfg::kBr - 1) / Cfg::kBr),
                 static_cast<unsigned>(p.H), static_cast<unsigned>(p.B));
-  qk<<<gq, Cfg::kThreads, Lq.bytes, stream>>>(bp, G, Lq);
+  ITNET_LAUNCH(gq, Cfg::kThreads, Lq.bytes, stream, qk)(bp, G, Lq);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

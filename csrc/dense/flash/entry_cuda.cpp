@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/cuda_launch.h"
 #include "dense/cuda_entry.h"
 #include "dense/flash/flash.h"
 
@@ -54,7 +55,7 @@ FwdParams size_params(const DenseArgs& a) {
 bool supported(const DenseArgs& a, bool backward) {
   const at::Tensor& v = a.v;
   if (v.scalar_type() != at::kHalf && v.scalar_type() != at::kBFloat16) return false;
-  if (!v.is_cuda() || v.dim() != 4) return false;  // the exact path reports bad shapes
+  if (!ITNET_ON_CUDA(v) || v.dim() != 4) return false;  // the exact path reports bad shapes
   if (a.q.has_value() && (a.q->dim() != 4 || !a.k.has_value() || a.k->dim() != 4)) return false;
   if (a.W2.has_value() && a.W2->dim() != 2) return false;
   if (a.offset_table.has_value() && a.offset_table->dim() != 2) return false;

@@ -18,6 +18,7 @@
 #include "common/dispatch.h"
 #include "dense/flash/config.h"
 #include "dense/flash/logits.cuh"
+#include "common/cuda_launch.h"
 
 namespace itnet {
 namespace dense {
@@ -31,7 +32,7 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
   constexpr int kNT = kBc / 8;  // n-tiles of S
   constexpr int kDT = kD / 8;   // n-tiles of O
   constexpr int kKT = kD / 16;  // k-steps of Q K^T
-  extern __shared__ __align__(16) unsigned char smem[];
+  ITNET_DYNAMIC_SHARED(unsigned char, smem);
   T* q_s = reinterpret_cast<T*>(smem);
   T* k_s = q_s + kBr * kLd;
   T* v_s = k_s + kBc * kLd;
@@ -253,7 +254,7 @@ void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
   }
   const dim3 grid(static_cast<unsigned>((p.N + Cfg::kBr - 1) / Cfg::kBr),
                   static_cast<unsigned>(p.H), static_cast<unsigned>(p.B));
-  kernel<<<grid, Cfg::kThreads, L.bytes, stream>>>(p, L);
+  ITNET_LAUNCH(grid, Cfg::kThreads, L.bytes, stream, kernel)(p, L);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -11,6 +11,10 @@
 
 #include <cstdint>
 
+#if defined(ITNET_EMULATE)
+#include "emulate/tensor_core.h"
+#endif
+
 namespace itnet {
 namespace dense {
 namespace flash {
@@ -52,6 +56,8 @@ __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t 
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::mma_m16n8k16(c, a, b0, b1, /*bf16=*/false);
 #endif
 }
 
@@ -64,6 +70,8 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const ui
       "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::mma_m16n8k16(c, a, b0, b1, /*bf16=*/true);
 #endif
 }
 
@@ -81,6 +89,8 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* row) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(row))
                : "memory");
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::ldmatrix_x4(r, row, /*trans=*/false);
 #endif
 }
 
@@ -90,6 +100,8 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* row)
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(row))
                : "memory");
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::ldmatrix_x4(r, row, /*trans=*/true);
 #endif
 }
 
@@ -101,6 +113,8 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(n)
                : "memory");
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::cp_async_checked(dst, src, 16, valid);
 #endif
 }
 
@@ -111,18 +125,24 @@ __device__ __forceinline__ void cp_async_4(void* dst, const void* src, bool vali
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(n)
                : "memory");
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::cp_async_checked(dst, src, 4, valid);
 #endif
 }
 
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::cp_async_commit();
 #endif
 }
 
 __device__ __forceinline__ void cp_async_wait_all() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#elif defined(ITNET_EMULATE)
+  ::itnet::emu::cp_async_wait_all();
 #endif
 }
 

@@ -1,0 +1,6 @@
+// Emulated build: what nvcc's implicit cuda_runtime.h brings, the device
+// language (emulate/device.h) and the runtime API.
+#pragma once
+
+#include "emulate/device.h"
+#include "cuda_runtime_api.h"
