@@ -209,7 +209,7 @@ class Build(cpp_extension.BuildExtension):
             obj = os.path.join(out_dir, src.replace("/", "_") + ".o")
             cmd = [cxx, "-x", "c++", "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC",
                    "-fvisibility=hidden", *(["-O1", "-g"] if SANITIZE else ["-O2"]), *check,
-                   "-Wno-unknown-pragmas", *self._base_flags(ext),
+                   "-Wno-unknown-pragmas", f"-fmacro-prefix-map={ROOT}/=", *self._base_flags(ext),
                    "-include", os.path.join(EMULATE_DIR, "device.h")]
             jobs.append((os.path.join(ROOT, src), obj, cmd))
         return self._compile_objects(jobs, header_exts=("h", "cuh"))
