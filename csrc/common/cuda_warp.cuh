@@ -1,6 +1,6 @@
 // Device helpers shared by the CUDA kernels of the pair ops (dense/cuda_*.cu,
-// sparse/cuda_*.cu): warp reductions, a portable atomic add, typed views of
-// the params' raw pointers and the MLP pre-activation of one hidden unit.
+// sparse/cuda_*.cu): warp reductions, a portable atomic add and typed views
+// of the params' raw pointers (the pair MLP's helpers: common/cuda_pair_mlp.cuh).
 // Included only by .cu files.
 #pragma once
 
@@ -51,14 +51,6 @@ __device__ __forceinline__ void atomic_add(double* addr, double x) {
 template <class T>
 __device__ __forceinline__ const T* cptr(const void* p) {
   return static_cast<const T*>(p);
-}
-
-// Pre-activation of hidden unit r of the pair MLP: u_i + (t_j + E[o(i, j)]),
-// the operand order of the CPU kernels. Null rows count as 0.
-template <class T>
-__device__ __forceinline__ T pair_preact(const T* ui, const T* tj, const T* er, int64_t r) {
-  const T te = (tj ? tj[r] : T(0)) + (er ? er[r] : T(0));
-  return (ui ? ui[r] : T(0)) + te;
 }
 
 }  // namespace cuda

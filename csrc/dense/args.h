@@ -1,7 +1,8 @@
-// The arguments of one dense op call, bundled once (DenseArgs::from) by the
+// The arguments of one dense op call, bundled once (DenseArgs::from) for the
 // CPU and CUDA entry points and read by prepare() and the CUDA paths: the
-// argument list is spelled out in the schema (ITNET_DENSE_ARGS, ops.cpp), in
-// the entry signatures the dispatcher needs, and in DenseArgs::from. The
+// argument list is spelled out in the schema (ITNET_DENSE_ARGS, ops.cpp) and
+// in DenseArgs::from, whose parameters the dispatcher's entry functions take
+// (OpEntry, common/kernel_args.h). The
 // pair kernel's arguments (KernelArgs) are shared with the sparse op; the
 // dense op adds per-key weights, key padding, an attention mask and causality.
 #pragma once

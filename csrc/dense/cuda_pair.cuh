@@ -1,7 +1,8 @@
 // Device helpers of the CUDA dense kernels (cuda_fwd.cu, cuda_bwd.cu): the
 // logit of one (query, key) pair for one head, built from the shared math of
 // csrc/common (activations, support predicates, offset indexing, the warp
-// helpers of common/cuda_warp.cuh), and the backward's shared-memory layout.
+// helpers of common/cuda_warp.cuh, the pair MLP's of common/cuda_pair_mlp.cuh),
+// and the backward's shared-memory layout.
 // Every kernel works warp by warp: a warp owns one row (a query in the
 // forward and the query-side backward, a key in the key-side backward) and
 // its 32 lanes evaluate 32 pairs of that row at a time, one pair per lane.
@@ -12,6 +13,7 @@
 #include <cstdint>
 
 #include "common/activation.h"
+#include "common/cuda_pair_mlp.cuh"
 #include "common/cuda_warp.cuh"
 #include "common/math.h"
 #include "common/support.h"
@@ -21,31 +23,9 @@ namespace itnet {
 namespace dense {
 namespace cuda {
 
-using itnet::cuda::atomic_add;
-using itnet::cuda::cptr;
-using itnet::cuda::kFullMask;
-using itnet::cuda::kWarp;
-using itnet::cuda::pair_preact;
-using itnet::cuda::warp_max;
-using itnet::cuda::warp_sum;
-
-// Rows of u, t and E that the pair (i, j) reads (null when absent).
-template <class T>
-struct MlpRows {
-  const T* u;
-  const T* t;
-  const T* e;
-};
-
-template <class T>
-__device__ __forceinline__ MlpRows<T> mlp_rows(const FwdParams& p, int64_t b, int64_t i,
-                                               int64_t j, int64_t erow) {
-  MlpRows<T> rows;
-  rows.u = p.u ? cptr<T>(p.u) + (b * p.N + i) * p.R : nullptr;
-  rows.t = p.t ? cptr<T>(p.t) + (b * p.M + j) * p.R : nullptr;  // (B, M, R) on CUDA
-  rows.e = p.E ? cptr<T>(p.E) + erow * p.R : nullptr;
-  return rows;
-}
+// The helpers shared with the sparse kernels (common/cuda_warp.cuh,
+// common/cuda_pair_mlp.cuh) by their plain names.
+using namespace itnet::cuda;
 
 // Logit of the pair (i, j) for head h of batch b, or -inf when the pair is
 // off the support (causal, window, padded key, attn_mask -inf). erow receives

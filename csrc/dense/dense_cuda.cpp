@@ -93,59 +93,35 @@ GradTuple exact_bwd(const GradArgs& g, const DenseArgs& a) {
   return bw.finish(a);
 }
 
-std::tuple<at::Tensor, at::Tensor> dense_fwd_cuda(
-    const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k, const at::Tensor& v,
-    const c10::optional<at::Tensor>& u, const c10::optional<at::Tensor>& t,
-    const c10::optional<at::Tensor>& W2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& offset_table, const c10::optional<at::Tensor>& q_pos,
-    const c10::optional<at::Tensor>& k_pos, const c10::optional<at::Tensor>& key_weight,
-    const c10::optional<at::Tensor>& key_padding_mask, const c10::optional<at::Tensor>& attn_mask,
-    at::ArrayRef<double> window_lo, at::ArrayRef<double> window_hi, double scale,
-    int64_t activation, bool softmax, bool causal) {
-  check_cuda_value(v);
-  const c10::cuda::CUDAGuard guard(v.device());
-  const DenseArgs a = DenseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos,
-                                      key_weight, key_padding_mask, attn_mask, window_lo,
-                                      window_hi, scale, activation, softmax, causal);
-  if (!is_half(v.scalar_type())) return exact_fwd(a);
+std::tuple<at::Tensor, at::Tensor> dense_fwd_cuda(const DenseArgs& a) {
+  check_cuda_value(a.v);
+  const c10::cuda::CUDAGuard guard(a.v.device());
+  const at::ScalarType s = a.v.scalar_type();
+  if (!is_half(s)) return exact_fwd(a);
   if (flash_fwd_supported(a)) return flash_dense_fwd(a);
   auto res = exact_fwd(upcast(a));
-  return {std::get<0>(res).to(v.scalar_type()), std::get<1>(res)};
+  return {std::get<0>(res).to(s), std::get<1>(res)};
 }
 
-GradTuple dense_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
-               const c10::optional<at::Tensor>& grad_lse,
-               const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k,
-               const at::Tensor& v, const c10::optional<at::Tensor>& u,
-               const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
-               const c10::optional<at::Tensor>& b2, const c10::optional<at::Tensor>& offset_table,
-               const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
-               const c10::optional<at::Tensor>& key_weight,
-               const c10::optional<at::Tensor>& key_padding_mask,
-               const c10::optional<at::Tensor>& attn_mask, at::ArrayRef<double> window_lo,
-               at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax,
-               bool causal) {
-  check_cuda_value(v);
-  const c10::cuda::CUDAGuard guard(v.device());
-  const DenseArgs a = DenseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos,
-                                      key_weight, key_padding_mask, attn_mask, window_lo,
-                                      window_hi, scale, activation, softmax, causal);
-  GradArgs g{grad_out, out, lse, grad_lse};
-  if (!is_half(v.scalar_type())) return exact_bwd(g, a);
+GradTuple dense_bwd_cuda(const GradArgs& g, const DenseArgs& a) {
+  check_cuda_value(a.v);
+  const c10::cuda::CUDAGuard guard(a.v.device());
+  const at::ScalarType s = a.v.scalar_type();
+  if (!is_half(s)) return exact_bwd(g, a);
   if (flash_bwd_supported(a)) return flash_dense_bwd(g, a);
   // exact kernels on float32 copies; lse (and grad_lse) are float32 already
-  TORCH_CHECK(grad_out.scalar_type() == v.scalar_type() && out.scalar_type() == v.scalar_type(),
-              "grad_out, out: expected dtype ", v.scalar_type(), " (the dtype of v), got ",
-              grad_out.scalar_type(), ", ", out.scalar_type());
-  GradArgs gf{grad_out.to(at::kFloat), out.to(at::kFloat), lse, grad_lse};
-  return cast_all(exact_bwd(gf, upcast(a)), v.scalar_type());
+  TORCH_CHECK(g.grad_out.scalar_type() == s && g.out.scalar_type() == s,
+              "grad_out, out: expected dtype ", s, " (the dtype of v), got ",
+              g.grad_out.scalar_type(), ", ", g.out.scalar_type());
+  GradArgs gf{g.grad_out.to(at::kFloat), g.out.to(at::kFloat), g.lse, g.grad_lse};
+  return cast_all(exact_bwd(gf, upcast(a)), s);
 }
 
 }  // namespace
 
 ITNET_CUDA_LIBRARY_IMPL(m) {
-  m.impl("dense_fwd", &dense_fwd_cuda);
-  m.impl("dense_bwd", &dense_bwd_cuda);
+  m.impl("dense_fwd", &OpEntry<DenseArgs>::fwd<&dense_fwd_cuda>);
+  m.impl("dense_bwd", &OpEntry<DenseArgs>::bwd<&dense_bwd_cuda>);
 }
 
 }  // namespace dense

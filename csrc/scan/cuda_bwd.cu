@@ -19,8 +19,6 @@
 #include <cub/block/block_scan.cuh>
 #include <cuda_runtime.h>
 
-#include <climits>
-
 #include "scan/cuda_common.cuh"
 #include "scan/cuda_kernel.h"
 #include "common/cuda_launch.h"
@@ -48,6 +46,7 @@ struct BwdTraits {
     A dphi[kStage], dpsi[kStage];
     A warp_part[kWarps];
   };
+  static constexpr int64_t kStaticSmem = int64_t(sizeof(Smem));
   // dynamic: chunk-start states hs[Rk], adjoint carries gc[Rk], per-warp time sums red[kWarps][Rk]
   static int64_t dynamic_smem(int64_t Rk) { return (2 + kWarps) * Rk * int64_t(sizeof(A)); }
   // float: 512 threads per SM, i.e. at most 128 registers (ptxas would take
@@ -271,58 +270,29 @@ __global__ void __launch_bounds__(kThreads, BwdTraits<T, kThreads, kItems>::kMin
   }
 }
 
-template <class T, int kThreads, int kItems>
-cudaError_t launch_mode(const ScanBwdParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
-  using Tr = BwdTraits<T, kThreads, kItems>;
-  return with_decay_mode(ex.mode, [&](auto mode) {
-    auto* kernel = &scan_bwd_kernel<T, kThreads, kItems, decltype(mode)::value>;
-    return launch_per_channel(kernel, kThreads, int64_t(sizeof(typename Tr::Smem)),
-                              Tr::dynamic_smem(p.Rk), p, ex, stream);
-  });
-}
-
-template <class T>
-cudaError_t dispatch(const ScanBwdParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
-  const CudaScanConfig cfg = cuda_scan_bwd_config(p.T);
-  if (cfg.threads == 32 && cfg.items == 4) return launch_mode<T, 32, 4>(p, ex, stream);
-  if (cfg.threads == 64 && cfg.items == 8) return launch_mode<T, 64, 8>(p, ex, stream);
-  if (cfg.threads == 128 && cfg.items == 8) return launch_mode<T, 128, 8>(p, ex, stream);
-  return cudaErrorInvalidConfiguration;
-}
-
-template <class T, int kThreads, int kItems>
-int64_t smem_of(int64_t Rk) {
-  using Tr = BwdTraits<T, kThreads, kItems>;
-  return int64_t(sizeof(typename Tr::Smem)) + Tr::dynamic_smem(Rk);
-}
-
-template <class T>
-int64_t smem_bytes(int64_t T_, int64_t Rk) {
-  const CudaScanConfig cfg = cuda_scan_bwd_config(T_);
-  if (cfg.threads == 32) return smem_of<T, 32, 4>(Rk);
-  if (cfg.threads == 64) return smem_of<T, 64, 8>(Rk);
-  return smem_of<T, 128, 8>(Rk);
-}
+// The backward as cuda_common.cuh's host side sees it.
+struct BwdPass {
+  using Params = ScanBwdParams;
+  template <class T, int kThreads, int kItems>
+  using Traits = BwdTraits<T, kThreads, kItems>;
+  template <class T, int kThreads, int kItems, CudaDecayMode kMode>
+  static auto kernel() {
+    return &scan_bwd_kernel<T, kThreads, kItems, kMode>;
+  }
+  static CudaScanConfig config(int64_t T) { return cuda_scan_bwd_config(T); }
+  static constexpr int kLongItems = 8;
+};
 
 }  // namespace
 }  // namespace cuda
 
 int64_t cuda_scan_bwd_smem(int64_t T, int64_t Rk, CudaDtype dtype) {
-  return dtype == CudaDtype::Double ? cuda::smem_bytes<double>(T, Rk)
-                                    : cuda::smem_bytes<float>(T, Rk);
+  return cuda::pass_smem<cuda::BwdPass>(T, Rk, dtype);
 }
 
 cudaError_t cuda_scan_bwd(const ScanBwdParams& p, const CudaScanExtra& ex, CudaDtype dtype,
                           cudaStream_t stream) {
-  if (p.B * p.D <= 0 || p.B * p.D > INT_MAX || p.T <= 0 || p.Rk <= 0)
-    return cudaErrorInvalidValue;
-  switch (dtype) {
-    case CudaDtype::Float: return cuda::dispatch<float>(p, ex, stream);
-    case CudaDtype::Double: return cuda::dispatch<double>(p, ex, stream);
-    case CudaDtype::Half: return cuda::dispatch<__half>(p, ex, stream);
-    case CudaDtype::BFloat16: return cuda::dispatch<__nv_bfloat16>(p, ex, stream);
-  }
-  return cudaErrorInvalidValue;
+  return cuda::run_pass<cuda::BwdPass>(p, ex, dtype, stream);
 }
 
 }  // namespace scan

@@ -1,12 +1,15 @@
 // Device helpers shared by the decay scan's CUDA kernels (cuda_fwd.cu,
 // cuda_bwd.cu): accumulation types and conversions, vectorized loads of a
-// thread's time steps, the per-step decays, and the block-scan operator and
-// prefix callbacks on scan::Affine maps. Included only by .cu files.
+// thread's time steps, the per-step decays, the block-scan operator and
+// prefix callbacks on scan::Affine maps, and the host side both passes end
+// with (launch, kernel geometry and decay mode as template arguments, shared
+// memory, dtype dispatch). Included only by .cu files.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
 #include <cstring>
 #include <type_traits>
 
@@ -222,6 +225,74 @@ cudaError_t with_decay_mode(CudaDecayMode mode, F&& f) {
     case M::PerStep: return f(std::integral_constant<M, M::PerStep>{});
     case M::PerState: return f(std::integral_constant<M, M::PerState>{});
     case M::Full: return f(std::integral_constant<M, M::Full>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// The host side of a pass (forward or backward), written once for both.
+// Pass describes the pass:
+//   Params                              ScanParams / ScanBwdParams
+//   Traits<T, kThreads, kItems>         kStaticSmem, dynamic_smem(Rk)
+//   kernel<T, kThreads, kItems, kMode>()  the kernel's address
+//   config(T)                           the geometry for T (cuda_kernel.h)
+//   kLongItems                          steps per thread of the 128-thread
+//                                       geometry (the one for long sequences)
+// Each geometry config() can pick is a kernel instantiation of its own.
+template <class Pass, class T, int kThreads, int kItems>
+cudaError_t launch_mode(const typename Pass::Params& p, const CudaScanExtra& ex,
+                        cudaStream_t stream) {
+  using Tr = typename Pass::template Traits<T, kThreads, kItems>;
+  return with_decay_mode(ex.mode, [&](auto mode) {
+    auto* kernel = Pass::template kernel<T, kThreads, kItems, decltype(mode)::value>();
+    return launch_per_channel(kernel, kThreads, Tr::kStaticSmem, Tr::dynamic_smem(p.Rk), p, ex,
+                              stream);
+  });
+}
+
+template <class Pass, class T>
+cudaError_t dispatch(const typename Pass::Params& p, const CudaScanExtra& ex,
+                     cudaStream_t stream) {
+  constexpr int kLong = Pass::kLongItems;
+  const CudaScanConfig cfg = Pass::config(p.T);
+  if (cfg.threads == 32 && cfg.items == 4) return launch_mode<Pass, T, 32, 4>(p, ex, stream);
+  if (cfg.threads == 64 && cfg.items == 8) return launch_mode<Pass, T, 64, 8>(p, ex, stream);
+  if (cfg.threads == 128 && cfg.items == kLong)
+    return launch_mode<Pass, T, 128, kLong>(p, ex, stream);
+  return cudaErrorInvalidConfiguration;
+}
+
+template <class Pass, class T, int kThreads, int kItems>
+int64_t smem_of(int64_t Rk) {
+  using Tr = typename Pass::template Traits<T, kThreads, kItems>;
+  return Tr::kStaticSmem + Tr::dynamic_smem(Rk);
+}
+
+template <class Pass, class T>
+int64_t smem_bytes(int64_t T_, int64_t Rk) {
+  const CudaScanConfig cfg = Pass::config(T_);
+  if (cfg.threads == 32) return smem_of<Pass, T, 32, 4>(Rk);
+  if (cfg.threads == 64) return smem_of<Pass, T, 64, 8>(Rk);
+  return smem_of<Pass, T, 128, Pass::kLongItems>(Rk);
+}
+
+// cuda_scan_fwd_smem / cuda_scan_bwd_smem (cuda_kernel.h).
+template <class Pass>
+int64_t pass_smem(int64_t T, int64_t Rk, CudaDtype dtype) {
+  return dtype == CudaDtype::Double ? smem_bytes<Pass, double>(T, Rk)
+                                    : smem_bytes<Pass, float>(T, Rk);
+}
+
+// cuda_scan_fwd / cuda_scan_bwd (cuda_kernel.h).
+template <class Pass>
+cudaError_t run_pass(const typename Pass::Params& p, const CudaScanExtra& ex, CudaDtype dtype,
+                     cudaStream_t stream) {
+  if (p.B * p.D <= 0 || p.B * p.D > INT_MAX || p.T <= 0 || p.Rk <= 0)
+    return cudaErrorInvalidValue;
+  switch (dtype) {
+    case CudaDtype::Float: return dispatch<Pass, float>(p, ex, stream);
+    case CudaDtype::Double: return dispatch<Pass, double>(p, ex, stream);
+    case CudaDtype::Half: return dispatch<Pass, __half>(p, ex, stream);
+    case CudaDtype::BFloat16: return dispatch<Pass, __nv_bfloat16>(p, ex, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -5,8 +5,6 @@
 #include <cub/block/block_scan.cuh>
 #include <cuda_runtime.h>
 
-#include <climits>
-
 #include "scan/cuda_common.cuh"
 #include "scan/cuda_kernel.h"
 #include "common/cuda_launch.h"
@@ -114,58 +112,29 @@ __global__ void __launch_bounds__(kThreads, FwdTraits<T, kThreads, kItems>::kMin
   }
 }
 
-template <class T, int kThreads, int kItems>
-cudaError_t launch_mode(const ScanParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
-  using Tr = FwdTraits<T, kThreads, kItems>;
-  return with_decay_mode(ex.mode, [&](auto mode) {
-    auto* kernel = &scan_fwd_kernel<T, kThreads, kItems, decltype(mode)::value>;
-    return launch_per_channel(kernel, kThreads, Tr::kStaticSmem, Tr::dynamic_smem(p.Rk), p, ex,
-                              stream);
-  });
-}
-
-template <class T>
-cudaError_t dispatch(const ScanParams& p, const CudaScanExtra& ex, cudaStream_t stream) {
-  const CudaScanConfig cfg = cuda_scan_fwd_config(p.T);
-  if (cfg.threads == 32 && cfg.items == 4) return launch_mode<T, 32, 4>(p, ex, stream);
-  if (cfg.threads == 64 && cfg.items == 8) return launch_mode<T, 64, 8>(p, ex, stream);
-  if (cfg.threads == 128 && cfg.items == 16) return launch_mode<T, 128, 16>(p, ex, stream);
-  return cudaErrorInvalidConfiguration;
-}
-
-template <class T, int kThreads, int kItems>
-int64_t smem_of(int64_t Rk) {
-  using Tr = FwdTraits<T, kThreads, kItems>;
-  return Tr::kStaticSmem + Tr::dynamic_smem(Rk);
-}
-
-template <class T>
-int64_t smem_bytes(int64_t T_, int64_t Rk) {
-  const CudaScanConfig cfg = cuda_scan_fwd_config(T_);
-  if (cfg.threads == 32) return smem_of<T, 32, 4>(Rk);
-  if (cfg.threads == 64) return smem_of<T, 64, 8>(Rk);
-  return smem_of<T, 128, 16>(Rk);
-}
+// The forward as cuda_common.cuh's host side sees it.
+struct FwdPass {
+  using Params = ScanParams;
+  template <class T, int kThreads, int kItems>
+  using Traits = FwdTraits<T, kThreads, kItems>;
+  template <class T, int kThreads, int kItems, CudaDecayMode kMode>
+  static auto kernel() {
+    return &scan_fwd_kernel<T, kThreads, kItems, kMode>;
+  }
+  static CudaScanConfig config(int64_t T) { return cuda_scan_fwd_config(T); }
+  static constexpr int kLongItems = 16;
+};
 
 }  // namespace
 }  // namespace cuda
 
 int64_t cuda_scan_fwd_smem(int64_t T, int64_t Rk, CudaDtype dtype) {
-  return dtype == CudaDtype::Double ? cuda::smem_bytes<double>(T, Rk)
-                                    : cuda::smem_bytes<float>(T, Rk);
+  return cuda::pass_smem<cuda::FwdPass>(T, Rk, dtype);
 }
 
 cudaError_t cuda_scan_fwd(const ScanParams& p, const CudaScanExtra& ex, CudaDtype dtype,
                           cudaStream_t stream) {
-  if (p.B * p.D <= 0 || p.B * p.D > INT_MAX || p.T <= 0 || p.Rk <= 0)
-    return cudaErrorInvalidValue;
-  switch (dtype) {
-    case CudaDtype::Float: return cuda::dispatch<float>(p, ex, stream);
-    case CudaDtype::Double: return cuda::dispatch<double>(p, ex, stream);
-    case CudaDtype::Half: return cuda::dispatch<__half>(p, ex, stream);
-    case CudaDtype::BFloat16: return cuda::dispatch<__nv_bfloat16>(p, ex, stream);
-  }
-  return cudaErrorInvalidValue;
+  return cuda::run_pass<cuda::FwdPass>(p, ex, dtype, stream);
 }
 
 }  // namespace scan

@@ -1,7 +1,8 @@
-// The arguments of one sparse op call, bundled once (SparseArgs::from) by the
+// The arguments of one sparse op call, bundled once (SparseArgs::from) for the
 // CPU and CUDA entry points and read by prepare(), prepare_backward() and
 // Backward::finish(): the pair kernel's arguments (KernelArgs, shared with the
-// dense op) and the pair list, in CSR form.
+// dense op) and the pair list, in CSR form. SparseArgs::from's parameters are
+// those of the dispatcher's entry functions (OpEntry, common/kernel_args.h).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -85,8 +85,6 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
     const int64_t b = row / N, i = row % N;
     T* dlog_w = bp.dlog_w ? static_cast<T*>(bp.dlog_w) + b * sp.E : nullptr;
 
-    RowFetch<T> fetch(sp, b, i);
-
     auto process = [&](int n) {
       const bool active = lane < n;
       const T lw = active ? s.lw[lane] : T(0);
@@ -94,11 +92,8 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
       const PairRows<T> rw = active ? pair_rows<T>(p, b, i, j, s.o[lane]) : PairRows<T>{};
       T dlw = T(0);
       for (int64_t h0 = 0; h0 < H; h0 += HC) {
-        const int nh = static_cast<int>(H - h0 < HC ? H - h0 : HC);
         T lg[HC];
-#pragma unroll
-        for (int hh = 0; hh < HC; ++hh) lg[hh] = T(0);
-        if (active) group_logits<T, A, HC>(p, rw, h0, nh, hid, h0 > 0, lg);
+        const int nh = lane_group_logits<T, A, HC>(p, rw, active, h0, hid, lg);
 #pragma unroll 1
         for (int hh = 0; hh < nh; ++hh) {
           const int64_t h = h0 + hh;
@@ -187,8 +182,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kRowMinBlocks)
       }
     };
 
-    const int64_t* rp = sp.row_ptr + b * (N + 1);
-    walk_pairs(rp[i], rp[i + 1], s, lane, fetch, process);
+    walk_row(sp, b, i, s, lane, process);
   }
 }
 
@@ -249,11 +243,8 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
     const int64_t i = active ? s.i[lane] : 0;
     const PairRows<T> rw = active ? pair_rows<T>(p, b, i, j, s.o[lane]) : PairRows<T>{};
     for (int64_t h0 = 0; h0 < H; h0 += HC) {
-      const int nh = static_cast<int>(H - h0 < HC ? H - h0 : HC);
       T lg[HC];
-#pragma unroll
-      for (int hh = 0; hh < HC; ++hh) lg[hh] = T(0);
-      if (active) group_logits<T, A, HC>(p, rw, h0, nh, hid, h0 > 0, lg);
+      const int nh = lane_group_logits<T, A, HC>(p, rw, active, h0, hid, lg);
 #pragma unroll 1
       for (int hh = 0; hh < nh; ++hh) {
         const int64_t h = h0 + hh;
@@ -332,14 +323,6 @@ int fit_or_fail(const WarpLayout& L, const KernelParams& f, int64_t elem, const 
               " hidden units need ", L.bytes, " bytes of shared memory per warp of the ", what,
               " (", dtype_name(elem), "), more than this GPU's ", dev.smem_optin, " per block");
   return warps;
-}
-
-template <class Kernel>
-void set_smem(Kernel* kernel, int64_t smem) {
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  }
 }
 
 template <class T, Activation A>

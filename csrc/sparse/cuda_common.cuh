@@ -1,19 +1,22 @@
 // Device helpers of the sparse op's CUDA kernels (cuda_fwd.cu, cuda_bwd.cu;
 // the design is described in cuda_kernel.h): the per-warp shared-memory
 // layout, the walk over a row's (or a key's) pairs in packed chunks of up to
-// 32, the logits of one lane's pair for a group of heads, and the per-pair
-// gradient formulas. The math itself is the shared one: Act<A, T> and the
-// online-softmax helpers (common/math.h), the window and offset indexing
-// (common/support.h), the per-pair rules (common/pair_grad.h, sparse/pair.h),
-// and the warp reductions, atomics and MLP pre-activation of
-// common/cuda_warp.cuh. Included only by .cu files.
+// 32, the logits of one lane's pair for a group of heads, the per-pair
+// gradient formulas, and the launches' shared-memory sizing. The math itself
+// is the shared one: Act<A, T> and the online-softmax helpers (common/math.h),
+// the window and offset indexing (common/support.h), the per-pair rules
+// (common/pair_grad.h, sparse/pair.h), the warp reductions and atomics of
+// common/cuda_warp.cuh, and the pair MLP's rows and pre-activation
+// (common/cuda_pair_mlp.cuh). Included only by .cu files.
 #pragma once
 
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "common/activation.h"
+#include "common/cuda_pair_mlp.cuh"
 #include "common/cuda_warp.cuh"
 #include "common/math.h"
 #include "common/support.h"
@@ -25,13 +28,9 @@ namespace itnet {
 namespace sparse {
 namespace cuda {
 
-using itnet::cuda::atomic_add;
-using itnet::cuda::cptr;
-using itnet::cuda::kFullMask;
-using itnet::cuda::kWarp;
-using itnet::cuda::pair_preact;
-using itnet::cuda::warp_max;
-using itnet::cuda::warp_sum;
+// The helpers shared with the dense kernels (common/cuda_warp.cuh,
+// common/cuda_pair_mlp.cuh) by their plain names.
+using namespace itnet::cuda;
 
 constexpr int kMaxWarps = 4;  // warps (rows or keys) per block, at most
 // __launch_bounds__ minimum blocks per SM: 4 x 128 threads caps a thread at 128
@@ -214,29 +213,33 @@ struct RowFetch {
   }
 };
 
+// walk_pairs over the entries of query row (b, i) (RowFetch): the walk of
+// the forward and of the backward's row pass.
+template <class T, class Process>
+__device__ __forceinline__ void walk_row(const SparseParams& sp, int64_t b, int64_t i,
+                                         const WarpSmem<T>& s, int lane, Process& process) {
+  RowFetch<T> fetch(sp, b, i);
+  const int64_t* rp = sp.row_ptr + b * (sp.f.N + 1);
+  walk_pairs(rp[i], rp[i + 1], s, lane, fetch, process);
+}
+
 // The rows the logit of one pair (b, i, j, o) reads (null when absent).
 template <class T>
 struct PairRows {
   const T* q;  // q row of head 0; head h at q + h N Dk
   const T* k;  // k row of head 0; head h at k + h M Dk
-  const T* u;
-  const T* t;
-  const T* e;
+  MlpRows<T> mlp;
 };
 
 template <class T>
 __device__ __forceinline__ PairRows<T> pair_rows(const KernelParams& p, int64_t b, int64_t i,
                                                  int64_t j, int64_t o) {
-  PairRows<T> rw{nullptr, nullptr, nullptr, nullptr, nullptr};
+  PairRows<T> rw{};
   if (p.content && p.Dk > 0) {
     rw.q = cptr<T>(p.q) + (b * p.H * p.N + i) * p.Dk;
     rw.k = cptr<T>(p.k) + (b * p.H * p.M + j) * p.Dk;
   }
-  if (p.mlp && p.R > 0) {
-    if (p.u) rw.u = cptr<T>(p.u) + (b * p.N + i) * p.R;
-    if (p.t) rw.t = cptr<T>(p.t) + (b * p.M + j) * p.R;  // (B, M, R) with key_tile = 0
-    if (p.E) rw.e = cptr<T>(p.E) + o * p.R;
-  }
+  if (p.mlp && p.R > 0) rw.mlp = mlp_rows<T>(p, b, i, j, o);
   return rw;
 }
 
@@ -278,7 +281,7 @@ __device__ __forceinline__ void group_logits(const KernelParams& p, const PairRo
       if (hid_ready) {
         hv = hid[r * kHidStride];
       } else {
-        hv = Act<A, T>::fwd(pair_preact(rw.u, rw.t, rw.e, r));
+        hv = Act<A, T>::fwd(pair_preact(rw.mlp.u, rw.mlp.t, rw.mlp.e, r));
         if (hid) hid[r * kHidStride] = hv;
       }
 #pragma unroll
@@ -288,6 +291,20 @@ __device__ __forceinline__ void group_logits(const KernelParams& p, const PairRo
 #pragma unroll
     for (int hh = 0; hh < HC; ++hh) s[hh] += acc[hh];
   }
+}
+
+// The logits of the head group starting at h0 (nh = min(HC, H - h0) heads,
+// returned) of the lane's pair, as group_logits computes them, and 0 on an
+// idle lane (one past the chunk's n pairs). hid: as for group_logits, ready
+// from the second group on.
+template <class T, Activation A, int HC>
+__device__ __forceinline__ int lane_group_logits(const KernelParams& p, const PairRows<T>& rw,
+                                                 bool active, int64_t h0, T* hid, T (&lg)[HC]) {
+  const int nh = static_cast<int>(p.H - h0 < HC ? p.H - h0 : HC);
+#pragma unroll
+  for (int hh = 0; hh < HC; ++hh) lg[hh] = T(0);
+  if (active) group_logits<T, A, HC>(p, rw, h0, nh, hid, h0 > 0, lg);
+  return nh;
 }
 
 // s[k] for a run-time k < HC without indexing the register array.
@@ -333,6 +350,16 @@ inline int warps_that_fit(int64_t per_warp, int64_t limit) {
   int w = kMaxWarps;
   while (w > 0 && w * per_warp > limit) w /= 2;
   return w;
+}
+
+// Raises the kernel's dynamic shared-memory limit when `smem` bytes are more
+// than the default 48 KiB.
+template <class Kernel>
+void set_smem(Kernel* kernel, int64_t smem) {
+  if (smem > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  }
 }
 
 }  // namespace cuda

@@ -47,19 +47,14 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
   T* out_b = static_cast<T*>(p.out) + (b * H * N + i) * Dv;  // head h at + h N Dv
   const T* v_b = cptr<T>(p.v) + b * H * M * Dv;             // head h at + h M Dv
 
-  RowFetch<T> fetch(sp, b, i);
-
   auto process = [&](int n) {
     const bool active = lane < n;
     const T lw = active ? s.lw[lane] : T(0);
     const PairRows<T> rw =
         active ? pair_rows<T>(p, b, i, s.j[lane], s.o[lane]) : PairRows<T>{};
     for (int64_t h0 = 0; h0 < H; h0 += HC) {
-      const int nh = static_cast<int>(H - h0 < HC ? H - h0 : HC);
       T lg[HC];
-#pragma unroll
-      for (int hh = 0; hh < HC; ++hh) lg[hh] = T(0);
-      if (active) group_logits<T, A, HC>(p, rw, h0, nh, hid, h0 > 0, lg);
+      const int nh = lane_group_logits<T, A, HC>(p, rw, active, h0, hid, lg);
 #pragma unroll 1
       for (int hh = 0; hh < nh; ++hh) {
         const int64_t h = h0 + hh;
@@ -95,8 +90,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp, kMinBlocks)
     }
   };
 
-  const int64_t* rp = sp.row_ptr + b * (N + 1);
-  walk_pairs(rp[i], rp[i + 1], s, lane, fetch, process);
+  walk_row(sp, b, i, s, lane, process);
 
   if (softmax) {
     __syncwarp();
@@ -127,10 +121,7 @@ void launch(const SparseParams& p, const CudaDevice& dev, cudaStream_t stream) {
               " query rows is more than one launch supports");
   const int64_t smem = warps * L.bytes;
   auto* kernel = &sparse_fwd_kernel<T, A>;
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  }
+  set_smem(kernel, smem);
   ITNET_LAUNCH(static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream, kernel)(p,
                                                                                              L);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -44,29 +44,21 @@ CudaDevice device_info() {
   return d;
 }
 
-std::tuple<at::Tensor, at::Tensor> sparse_fwd_cuda(
-    const c10::optional<at::Tensor>& q, const c10::optional<at::Tensor>& k, const at::Tensor& v,
-    const c10::optional<at::Tensor>& u, const c10::optional<at::Tensor>& t,
-    const c10::optional<at::Tensor>& W2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& offset_table, const c10::optional<at::Tensor>& q_pos,
-    const c10::optional<at::Tensor>& k_pos, const at::Tensor& row_ptr, const at::Tensor& col_idx,
-    const c10::optional<at::Tensor>& log_w, at::ArrayRef<double> window_lo,
-    at::ArrayRef<double> window_hi, double scale, int64_t activation, bool softmax) {
+std::tuple<at::Tensor, at::Tensor> sparse_fwd_cuda(const SparseArgs& a) {
+  const at::Tensor& v = a.v;
   check_cuda_value(v, "sparse_fwd");
   const c10::cuda::CUDAGuard guard(v.device());
-  const SparseArgs a = SparseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr,
-                                        col_idx, log_w, window_lo, window_hi, scale, activation,
-                                        softmax);
   Prepared pr = prepare(a);
   SparseParams& p = pr.params;
   const KernelParams& f = p.f;
   // the kernel accumulates the output rows in place and writes every lse
   at::Tensor out = at::zeros({f.B, f.H, f.N, f.Dv}, v.options());
-  at::Tensor lse = softmax ? at::empty({f.B, f.H, f.N}, v.options()) : at::empty({0}, v.options());
+  at::Tensor lse =
+      a.softmax ? at::empty({f.B, f.H, f.N}, v.options()) : at::empty({0}, v.options());
   p.f.out = out.data_ptr();
-  p.f.lse = softmax ? lse.data_ptr() : nullptr;
+  p.f.lse = a.softmax ? lse.data_ptr() : nullptr;
   if (f.B * f.N == 0 || f.H == 0) {
-    if (softmax) lse.fill_(-std::numeric_limits<double>::infinity());
+    if (a.softmax) lse.fill_(-std::numeric_limits<double>::infinity());
     return {out, lse};
   }
   cuda_sparse_fwd(p, v.scalar_type() == at::kDouble, device_info(),
@@ -76,25 +68,13 @@ std::tuple<at::Tensor, at::Tensor> sparse_fwd_cuda(
   return {out, lse};
 }
 
-GradTuple sparse_bwd_cuda(
-    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
-    const c10::optional<at::Tensor>& grad_lse, const c10::optional<at::Tensor>& q,
-    const c10::optional<at::Tensor>& k, const at::Tensor& v, const c10::optional<at::Tensor>& u,
-    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& W2,
-    const c10::optional<at::Tensor>& b2, const c10::optional<at::Tensor>& offset_table,
-    const c10::optional<at::Tensor>& q_pos, const c10::optional<at::Tensor>& k_pos,
-    const at::Tensor& row_ptr, const at::Tensor& col_idx, const c10::optional<at::Tensor>& log_w,
-    at::ArrayRef<double> window_lo, at::ArrayRef<double> window_hi, double scale,
-    int64_t activation, bool softmax) {
+GradTuple sparse_bwd_cuda(const GradArgs& g, const SparseArgs& a) {
+  const at::Tensor& v = a.v;
   check_cuda_value(v, "sparse_bwd");
   const c10::cuda::CUDAGuard guard(v.device());
-  const SparseArgs a = SparseArgs::from(q, k, v, u, t, W2, b2, offset_table, q_pos, k_pos, row_ptr,
-                                        col_idx, log_w, window_lo, window_hi, scale, activation,
-                                        softmax);
   Prepared pr = prepare(a);
   // one gradient buffer each (copies = 1), zero-filled
-  const Backward bw =
-      prepare_backward(pr, GradArgs{grad_out, out, lse, grad_lse}, a, /*copies=*/1);
+  const Backward bw = prepare_backward(pr, g, a, /*copies=*/1);
   const KernelParams& f = pr.params.f;
   const int64_t B = f.B, N = f.N, M = f.M, E = pr.params.E;
   // no pair: all zero. M == 0 too: prepare() admits only absent pairs then (a present
@@ -125,14 +105,14 @@ GradTuple sparse_bwd_cuda(
   // the key pass's pair list: the present pairs sorted (stably) by b * M + key
   at::Tensor perm, key_ptr, entry_row;
   if (deterministic && B * M > 0) {
-    const auto lopts = col_idx.options();
-    const at::Tensor rp = row_ptr.contiguous();
+    const auto lopts = a.col_idx.options();
+    const at::Tensor rp = a.row_ptr.contiguous();
     const at::Tensor eidx = at::arange(E, lopts).unsqueeze(0).expand({B, E}).contiguous();
     at::Tensor present = eidx < rp.select(1, N).unsqueeze(1);  // listed
-    if (log_w.has_value())
-      present = present.logical_and(log_w->ne(-std::numeric_limits<double>::infinity()));
+    if (a.log_w.has_value())
+      present = present.logical_and(a.log_w->ne(-std::numeric_limits<double>::infinity()));
     const at::Tensor sort_key =
-        at::where(present, col_idx + at::arange(B, lopts).unsqueeze(1) * M, B * M);
+        at::where(present, a.col_idx + at::arange(B, lopts).unsqueeze(1) * M, B * M);
     auto sorted = at::sort(sort_key.reshape({-1}), /*stable=*/true, /*dim=*/0,
                            /*descending=*/false);
     perm = std::get<1>(sorted).contiguous();
@@ -153,8 +133,8 @@ GradTuple sparse_bwd_cuda(
 }  // namespace
 
 ITNET_CUDA_LIBRARY_IMPL(m) {
-  m.impl("sparse_fwd", &sparse_fwd_cuda);
-  m.impl("sparse_bwd", &sparse_bwd_cuda);
+  m.impl("sparse_fwd", &OpEntry<SparseArgs>::fwd<&sparse_fwd_cuda>);
+  m.impl("sparse_bwd", &OpEntry<SparseArgs>::bwd<&sparse_bwd_cuda>);
 }
 
 }  // namespace sparse
