@@ -145,11 +145,11 @@ class Build(cpp_extension.BuildExtension):
         super().build_extension(ext)
 
     @staticmethod
-    def _base_flags(ext):
+    def _base_flags(ext, default_std="-std=c++17"):
         args = ext.extra_compile_args
         cflags = list(args.get("cxx", []) if isinstance(args, dict) else args)
         # the language standard and ABI defines BuildExtension added for this torch
-        std = [f for f in cflags if f.startswith("-std=")] or ["-std=c++17"]
+        std = [f for f in cflags if f.startswith("-std=")] or [default_std]
         std += [f for f in cflags if f.startswith("-D")]
         inc = [f"-I{d}" for d in ext.include_dirs]
         macros = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
@@ -209,7 +209,9 @@ class Build(cpp_extension.BuildExtension):
             obj = os.path.join(out_dir, src.replace("/", "_") + ".o")
             cmd = [cxx, "-x", "c++", "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC",
                    "-fvisibility=hidden", *(["-O1", "-g"] if SANITIZE else ["-O2"]), *check,
-                   "-Wno-unknown-pragmas", f"-fmacro-prefix-map={ROOT}/=", *self._base_flags(ext),
+                   "-Wno-unknown-pragmas", f"-fmacro-prefix-map={ROOT}/=",
+                   # the standard torch compiles the library's own C++ with (ninja's flags)
+                   *self._base_flags(ext, default_std="-std=c++20"),
                    "-include", os.path.join(EMULATE_DIR, "device.h")]
             jobs.append((os.path.join(ROOT, src), obj, cmd))
         return self._compile_objects(jobs, header_exts=("h", "cuh"))

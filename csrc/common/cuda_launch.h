@@ -17,7 +17,7 @@
 
 #if defined(ITNET_EMULATE)
 
-#define ITNET_LAUNCH(grid, block, smem, stream, ...)                                       \
+#define ITNET_LAUNCH(grid, block, smem, stream, ...)                                          \
   ::itnet::emu::make_launcher(__VA_ARGS__, #__VA_ARGS__ " (" __FILE__ ")", grid, block, smem, \
                               stream)
 
@@ -26,10 +26,10 @@
 
 // One allocation per declaration site (the address of a static local is
 // unique to the site and the template instance), the same offset in every block.
-#define ITNET_SHARED(type, name, ...)                                                        \
-  static const char name##_emu_site = 0;                                                     \
-  using name##_emu_type = type __VA_ARGS__;                                                  \
-  name##_emu_type& name = *static_cast<name##_emu_type*>(::itnet::emu::shared_static(        \
+#define ITNET_SHARED(type, name, ...)                                                 \
+  static const char name##_emu_site = 0;                                              \
+  using name##_emu_type = type __VA_ARGS__;                                           \
+  name##_emu_type& name = *static_cast<name##_emu_type*>(::itnet::emu::shared_static( \
       &name##_emu_site, sizeof(name##_emu_type), alignof(name##_emu_type), #name))
 
 #define ITNET_CUDA_NS itnet_emu

@@ -303,12 +303,16 @@ void launch(const BwdParams& bp, cudaStream_t stream) {
   const int64_t es = static_cast<int64_t>(sizeof(T));
   {
     const Launch L = plan(p, p.N, es, p.mlp ? 2 : 0, "query-side");
-    ITNET_LAUNCH(static_cast<unsigned>(L.blocks), L.warps * kWarp, static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream, dense_bwd_q_kernel<T, A>)(bp, L.smem, L.ntiles);
+    ITNET_LAUNCH(static_cast<unsigned>(L.blocks), L.warps * kWarp,
+                 static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream,
+                 dense_bwd_q_kernel<T, A>)(bp, L.smem, L.ntiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   {
     const Launch L = plan(p, p.M, es, (p.mlp && bp.dt) ? 1 : 0, "key-side");
-    ITNET_LAUNCH(static_cast<unsigned>(L.blocks), L.warps * kWarp, static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream, dense_bwd_k_kernel<T, A>)(bp, L.smem, L.ntiles);
+    ITNET_LAUNCH(static_cast<unsigned>(L.blocks), L.warps * kWarp,
+                 static_cast<size_t>(L.warps * L.smem.bytes_per_warp), stream,
+                 dense_bwd_k_kernel<T, A>)(bp, L.smem, L.ntiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

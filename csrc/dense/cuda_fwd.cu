@@ -86,7 +86,8 @@ __global__ void __launch_bounds__(kFwdWarps* kWarp) dense_fwd_kernel(const FwdPa
 
 template <class T, Activation A>
 void launch(const FwdParams& p, int64_t blocks, cudaStream_t stream) {
-  ITNET_LAUNCH(static_cast<unsigned>(blocks), kFwdWarps * kWarp, 0, stream, dense_fwd_kernel<T, A>)(p);
+  ITNET_LAUNCH(static_cast<unsigned>(blocks), kFwdWarps * kWarp, 0, stream,
+               dense_fwd_kernel<T, A>)(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -117,7 +117,8 @@ template <bool kWait>
 __global__ void cp_async_kernel(float* out, int n) {
   ITNET_DYNAMIC_SHARED(float, s);
   const int tid = static_cast<int>(threadIdx.x);
-  __align__(16) float src[4] = {1.0f * tid, 1.0f * tid + 0.25f, 1.0f * tid + 0.5f, 1.0f * tid + 0.75f};
+  __align__(16) float src[4] = {1.0f * tid, 1.0f * tid + 0.25f, 1.0f * tid + 0.5f,
+                                1.0f * tid + 0.75f};
   // the source must outlive the copy: global memory in a real kernel; here
   // this thread's stack, which lives until the thread exits
   dense::flash::cp_async_16(s + 4 * tid, src, true);
@@ -135,8 +136,10 @@ __global__ void mma_kernel(float* out, int n) {
   ITNET_SHARED(__half, a_s, [16 * 16]);
   ITNET_SHARED(__half, b_s, [16 * 8]);
   const int lane = static_cast<int>(threadIdx.x);
-  for (int e = lane; e < 256; e += 32) a_s[e] = __float2half_rn(static_cast<float>((e * 7) % 11 - 5));
-  for (int e = lane; e < 128; e += 32) b_s[e] = __float2half_rn(static_cast<float>((e * 5) % 9 - 4));
+  for (int e = lane; e < 256; e += 32)
+    a_s[e] = __float2half_rn(static_cast<float>((e * 7) % 11 - 5));
+  for (int e = lane; e < 128; e += 32)
+    b_s[e] = __float2half_rn(static_cast<float>((e * 5) % 9 - 4));
   __syncwarp();
   uint32_t a[4], b[4];
   const int mi = lane / 8, r = lane % 8;
@@ -172,26 +175,63 @@ struct Control {
 
 const std::map<std::string, Control>& controls() {
   static const std::map<std::string, Control> c = {
-      {"neighbour_ok", {64, [](float* o) { ITNET_LAUNCH(1, 64, 64 * sizeof(float), nullptr, neighbour_kernel<true>)(o, 64); }}},
-      {"missing_syncthreads", {64, [](float* o) { ITNET_LAUNCH(1, 64, 64 * sizeof(float), nullptr, neighbour_kernel<false>)(o, 64); }}},
-      {"warp_neighbour_ok", {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, warp_neighbour_kernel<true>)(o, 64); }}},
-      {"missing_syncwarp", {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, warp_neighbour_kernel<false>)(o, 64); }}},
-      {"write_write_race", {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, write_write_kernel)(o, 64); }}},
-      {"static_out_of_bounds", {33, [](float* o) { ITNET_LAUNCH(1, 33, 0, nullptr, static_oob_kernel)(o, 33); }}},
-      {"dynamic_out_of_bounds", {32, [](float* o) { ITNET_LAUNCH(1, 32, 31 * sizeof(float), nullptr, dynamic_oob_kernel)(o, 32); }}},
-      {"divergent_shuffle", {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, divergent_shuffle_kernel)(o, 64); }}},
-      {"warp_sum_ok", {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, warp_sum_kernel)(o, 64); }}},
-      {"partial_barrier", {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, partial_barrier_kernel)(o, 64); }}},
-      {"uninitialized_shared", {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, uninitialized_kernel)(o, 64); }}},
-      {"cp_async_ok", {128, [](float* o) { ITNET_LAUNCH(1, 32, 128 * sizeof(float), nullptr, cp_async_kernel<true>)(o, 128); }}},
-      {"missing_cp_async_wait", {128, [](float* o) { ITNET_LAUNCH(1, 32, 128 * sizeof(float), nullptr, cp_async_kernel<false>)(o, 128); }}},
-      {"mma_m16n8k16", {128, [](float* o) { ITNET_LAUNCH(1, 32, 0, nullptr, mma_kernel)(o, 128); }}},
-      {"too_many_threads", {1, [](float* o) { ITNET_LAUNCH(1, 2048, 0, nullptr, warp_sum_kernel)(o, 1); }}},
-      {"big_dynamic_without_attribute", {32, [](float* o) { ITNET_LAUNCH(1, 32, 64 * 1024, nullptr, big_dynamic_kernel<0>)(o, 32); }}},
-      {"big_dynamic_ok", {32, [](float* o) {
-         TORCH_CHECK(cudaFuncSetAttribute(big_dynamic_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024) == cudaSuccess);
-         ITNET_LAUNCH(1, 32, 64 * 1024, nullptr, big_dynamic_kernel<1>)(o, 32);
-       }}},
+      {"neighbour_ok",
+       {64,
+        [](float* o) {
+          ITNET_LAUNCH(1, 64, 64 * sizeof(float), nullptr, neighbour_kernel<true>)(o, 64);
+        }}},
+      {"missing_syncthreads",
+       {64,
+        [](float* o) {
+          ITNET_LAUNCH(1, 64, 64 * sizeof(float), nullptr, neighbour_kernel<false>)(o, 64);
+        }}},
+      {"warp_neighbour_ok",
+       {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, warp_neighbour_kernel<true>)(o, 64); }}},
+      {"missing_syncwarp",
+       {64,
+        [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, warp_neighbour_kernel<false>)(o, 64); }}},
+      {"write_write_race",
+       {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, write_write_kernel)(o, 64); }}},
+      {"static_out_of_bounds",
+       {33, [](float* o) { ITNET_LAUNCH(1, 33, 0, nullptr, static_oob_kernel)(o, 33); }}},
+      {"dynamic_out_of_bounds",
+       {32,
+        [](float* o) {
+          ITNET_LAUNCH(1, 32, 31 * sizeof(float), nullptr, dynamic_oob_kernel)(o, 32);
+        }}},
+      {"divergent_shuffle",
+       {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, divergent_shuffle_kernel)(o, 64); }}},
+      {"warp_sum_ok",
+       {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, warp_sum_kernel)(o, 64); }}},
+      {"partial_barrier",
+       {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, partial_barrier_kernel)(o, 64); }}},
+      {"uninitialized_shared",
+       {64, [](float* o) { ITNET_LAUNCH(1, 64, 0, nullptr, uninitialized_kernel)(o, 64); }}},
+      {"cp_async_ok",
+       {128,
+        [](float* o) {
+          ITNET_LAUNCH(1, 32, 128 * sizeof(float), nullptr, cp_async_kernel<true>)(o, 128);
+        }}},
+      {"missing_cp_async_wait",
+       {128,
+        [](float* o) {
+          ITNET_LAUNCH(1, 32, 128 * sizeof(float), nullptr, cp_async_kernel<false>)(o, 128);
+        }}},
+      {"mma_m16n8k16",
+       {128, [](float* o) { ITNET_LAUNCH(1, 32, 0, nullptr, mma_kernel)(o, 128); }}},
+      {"too_many_threads",
+       {1, [](float* o) { ITNET_LAUNCH(1, 2048, 0, nullptr, warp_sum_kernel)(o, 1); }}},
+      {"big_dynamic_without_attribute",
+       {32,
+        [](float* o) { ITNET_LAUNCH(1, 32, 64 * 1024, nullptr, big_dynamic_kernel<0>)(o, 32); }}},
+      {"big_dynamic_ok",
+       {32,
+        [](float* o) {
+          TORCH_CHECK(cudaFuncSetAttribute(big_dynamic_kernel<1>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           64 * 1024) == cudaSuccess);
+          ITNET_LAUNCH(1, 32, 64 * 1024, nullptr, big_dynamic_kernel<1>)(o, 32);
+        }}},
   };
   return c;
 }

@@ -62,7 +62,8 @@ namespace itnet {
 namespace emu {
 inline unsigned linear_lane() {
   const ThreadIds& t = ids();
-  const unsigned linear = t.thread_idx.x + t.block_dim.x * (t.thread_idx.y + t.block_dim.y * t.thread_idx.z);
+  const unsigned linear =
+      t.thread_idx.x + t.block_dim.x * (t.thread_idx.y + t.block_dim.y * t.thread_idx.z);
   return linear % 32u;
 }
 
@@ -192,7 +193,9 @@ inline F atomic_add_float(F* a, F x) {
 }
 }  // namespace emu
 }  // namespace itnet
-inline float atomicAdd(float* a, float x) { return ::itnet::emu::atomic_add_float<float, uint32_t>(a, x); }
+inline float atomicAdd(float* a, float x) {
+  return ::itnet::emu::atomic_add_float<float, uint32_t>(a, x);
+}
 inline double atomicAdd(double* a, double x) {
   return ::itnet::emu::atomic_add_float<double, uint64_t>(a, x);
 }
@@ -250,13 +253,14 @@ struct Launcher {
       void (*kernel)(P...);
       std::tuple<std::decay_t<P>...> args;
     } c{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(a)...)};
-    launch(reinterpret_cast<const void*>(kernel), name, as_dim(grid), as_dim(block), smem,
-           [](void* p) {
-             const Closure& cl = *static_cast<const Closure*>(p);
-             std::tuple<std::decay_t<P>...> mine = cl.args;  // this thread's parameters
-             std::apply(cl.kernel, mine);
-           },
-           &c);
+    launch(
+        reinterpret_cast<const void*>(kernel), name, as_dim(grid), as_dim(block), smem,
+        [](void* p) {
+          const Closure& cl = *static_cast<const Closure*>(p);
+          std::tuple<std::decay_t<P>...> mine = cl.args;  // this thread's parameters
+          std::apply(cl.kernel, mine);
+        },
+        &c);
   }
 };
 

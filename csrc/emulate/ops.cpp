@@ -31,10 +31,15 @@ const char* order_name(Order o) {
 
 void configure_op(const std::string& order, int64_t seed, bool race_check, bool poison_shared) {
   Settings s;
-  if (order == "forward") s.order = Order::Forward;
-  else if (order == "reverse") s.order = Order::Reverse;
-  else if (order == "shuffle") s.order = Order::Shuffle;
-  else TORCH_CHECK(false, "order: expected \"forward\", \"reverse\" or \"shuffle\", got \"", order, "\"");
+  if (order == "forward")
+    s.order = Order::Forward;
+  else if (order == "reverse")
+    s.order = Order::Reverse;
+  else if (order == "shuffle")
+    s.order = Order::Shuffle;
+  else
+    TORCH_CHECK(false, "order: expected \"forward\", \"reverse\" or \"shuffle\", got \"", order,
+                "\"");
   TORCH_CHECK(seed >= 0, "seed: expected a non-negative integer, got ", seed);
   s.seed = static_cast<uint64_t>(seed);
   s.race_check = race_check;

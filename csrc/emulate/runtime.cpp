@@ -37,8 +37,8 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr uint16_t kNone = 0xFFFF;
-constexpr size_t kRedzone = 256;             // bytes between shared allocations
-constexpr size_t kDynamicOffset = 1024;      // the dynamic array's offset in the arena
+constexpr size_t kRedzone = 256;         // bytes between shared allocations
+constexpr size_t kDynamicOffset = 1024;  // the dynamic array's offset in the arena
 constexpr size_t kArenaBytes = kDynamicOffset + kSmemPerBlockOptin + 64 * kRedzone + 4096;
 
 enum class State : uint8_t { Runnable, AtBarrier, AtWarpOp, Exited };
@@ -97,9 +97,9 @@ struct Launch {
   // shared memory
   unsigned char* arena = nullptr;
   std::vector<int16_t>* region_of = nullptr;  // per arena byte: region index or -1
-  std::vector<Region> regions;                  // 0: the dynamic array
+  std::vector<Region> regions;                // 0: the dynamic array
   std::unordered_map<const void*, int> sites;
-  size_t static_bytes = 0, end = 0;             // static total; arena bytes in use
+  size_t static_bytes = 0, end = 0;  // static total; arena bytes in use
   // race checking
   bool checking = false;
   uint32_t serial = 0;  // of the running block (shadow records of older blocks are stale)
@@ -341,7 +341,8 @@ std::string place(const Launch& L, size_t off) {
       }
     }
     s << "shared memory outside every allocation";
-    if (best) s << " (byte " << dist << " of '" << best->name << "', which has " << best->bytes << ")";
+    if (best)
+      s << " (byte " << dist << " of '" << best->name << "', which has " << best->bytes << ")";
   }
   return s.str();
 }
@@ -358,9 +359,8 @@ void on_access(uintptr_t addr, size_t size, bool write) {
   const uint32_t gen = static_cast<uint32_t>(L.warp_syncs[tid / kWarp].size());
   for (size_t off = off0; off < off0 + size && off < kArenaBytes; ++off) {
     if ((*L.region_of)[off] < 0) {
-      fail_here(thread_str(tid) + (write ? " writes " : " reads ") +
-                std::to_string(size) + " bytes at " + place(L, off) +
-                ": a shared-memory index out of range");
+      fail_here(thread_str(tid) + (write ? " writes " : " reads ") + std::to_string(size) +
+                " bytes at " + place(L, off) + ": a shared-memory index out of range");
     }
     Shadow& s = g_shadow[off];
     if (s.block != L.serial) s = Shadow{L.serial};
@@ -377,9 +377,9 @@ void on_access(uintptr_t addr, size_t size, bool write) {
       what = "read";
     }
     if (other != kNone) {
-      fail_here("shared-memory race: " + thread_str(tid) +
-                (write ? " writes " : " reads ") + std::to_string(size) + " bytes at " +
-                place(L, off) + ", which " + thread_str(other) + " " + what +
+      fail_here("shared-memory race: " + thread_str(tid) + (write ? " writes " : " reads ") +
+                std::to_string(size) + " bytes at " + place(L, off) + ", which " +
+                thread_str(other) + " " + what +
                 " in the same barrier interval (no __syncthreads or __syncwarp orders them)");
     }
     if (write) {
@@ -465,7 +465,8 @@ bool release_warps(Launch& L) {
         if (g.arrived) *g.arrived = arrived;
         g.state = State::Runnable;
       }
-      if (f.out == nullptr && f.arrived == nullptr) L.warp_syncs[static_cast<size_t>(w)].push_back(arrived);
+      if (f.out == nullptr && f.arrived == nullptr)
+        L.warp_syncs[static_cast<size_t>(w)].push_back(arrived);
       done |= arrived;
       released = true;
     }
@@ -478,9 +479,12 @@ bool release_barrier(Launch& L) {
   std::vector<uint32_t> waiting, exited;
   for (int i = 0; i < L.threads; ++i) {
     const Fiber& f = F[static_cast<size_t>(i)];
-    if (f.state == State::AtBarrier) waiting.push_back(f.tid);
-    else if (f.state == State::Exited) exited.push_back(f.tid);
-    else return false;
+    if (f.state == State::AtBarrier)
+      waiting.push_back(f.tid);
+    else if (f.state == State::Exited)
+      exited.push_back(f.tid);
+    else
+      return false;
   }
   if (waiting.empty()) return false;
   if (!exited.empty())
@@ -500,7 +504,8 @@ bool release_barrier(Launch& L) {
     const Fiber& f = F[static_cast<size_t>(i)];
     if (f.state == State::AtBarrier) at_barrier.push_back(f.tid);
     if (f.state == State::Exited) exited.push_back(f.tid);
-    if (f.state == State::AtWarpOp) warp_ops << " " << f.tid << ":" << f.op << "(" << hex(f.mask) << ")";
+    if (f.state == State::AtWarpOp)
+      warp_ops << " " << f.tid << ":" << f.op << "(" << hex(f.mask) << ")";
   }
   std::string msg = "deadlock: no thread can go on.";
   if (!at_barrier.empty()) msg += " At __syncthreads: threads " + ranges(at_barrier) + ".";
@@ -522,8 +527,9 @@ void run_block(Launch& L, const Settings& st, const Dim& bidx, uint64_t block_li
   }
   L.epoch = 0;
   for (auto& h : L.warp_syncs) h.clear();
-  if (st.poison_shared && L.end > kDynamicOffset)
-    std::memset(L.arena + kDynamicOffset, 0xFF, L.end - kDynamicOffset);
+  // the allocations only: the redzones between them stay poisoned for ASan
+  if (st.poison_shared)
+    for (const Region& g : L.regions) std::memset(L.arena + g.offset, 0xFF, g.bytes);
   for (int i = 0; i < L.threads; ++i) {
     Fiber& f = F[static_cast<size_t>(i)];
     f.state = State::Runnable;
@@ -546,7 +552,8 @@ void run_block(Launch& L, const Settings& st, const Dim& bidx, uint64_t block_li
       if (L.failed) throw std::runtime_error("itnet emulator: " + where(L) + ": " + L.error);
     }
     bool live = false;
-    for (int i = 0; i < L.threads && !live; ++i) live = F[static_cast<size_t>(i)].state != State::Exited;
+    for (int i = 0; i < L.threads && !live; ++i)
+      live = F[static_cast<size_t>(i)].state != State::Exited;
     if (!live) break;
     if (release_warps(L)) continue;
     if (release_barrier(L)) continue;
@@ -581,9 +588,9 @@ void launch(const void* kernel, const char* name, Dim grid, Dim block, size_t dy
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
   if (threads == 0 || threads > kMaxThreadsPerBlock || block.z > 64)
-    launch_error(L, "invalid launch: " + std::to_string(threads) +
-                        " threads per block (block " + dim_str(block) + "; at most " +
-                        std::to_string(kMaxThreadsPerBlock) + ", z at most 64)");
+    launch_error(L, "invalid launch: " + std::to_string(threads) + " threads per block (block " +
+                        dim_str(block) + "; at most " + std::to_string(kMaxThreadsPerBlock) +
+                        ", z at most 64)");
   if (blocks == 0 || grid.x > 0x7FFFFFFFu || grid.y > 65535 || grid.z > 65535)
     launch_error(L, "invalid launch: grid " + dim_str(grid) +
                         " (x in [1, 2^31 - 1], y and z in [1, 65535])");
@@ -592,13 +599,13 @@ void launch(const void* kernel, const char* name, Dim grid, Dim block, size_t dy
     const size_t allowed = it == g_max_dynamic.end() ? size_t(kSmemPerBlock)
                                                      : std::max<size_t>(kSmemPerBlock, it->second);
     if (dynamic_smem > allowed)
-      launch_error(L, "invalid launch: " + std::to_string(dynamic_smem) +
-                          " bytes of dynamic shared memory, more than the " +
-                          std::to_string(allowed) + " allowed" +
-                          (it == g_max_dynamic.end()
-                               ? " (above 48 KiB a kernel needs cudaFuncSetAttribute("
-                                 "cudaFuncAttributeMaxDynamicSharedMemorySize) first)"
-                               : " by cudaFuncSetAttribute"));
+      launch_error(
+          L, "invalid launch: " + std::to_string(dynamic_smem) +
+                 " bytes of dynamic shared memory, more than the " + std::to_string(allowed) +
+                 " allowed" +
+                 (it == g_max_dynamic.end() ? " (above 48 KiB a kernel needs cudaFuncSetAttribute("
+                                              "cudaFuncAttributeMaxDynamicSharedMemorySize) first)"
+                                            : " by cudaFuncSetAttribute"));
   }
   L.threads = static_cast<int>(threads);
   ensure_fibers(threads);
@@ -712,15 +719,9 @@ void* shared_dynamic() {
 
 bool in_shared(const void* p) {
   running("a shared-memory address check");
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(t_launch->arena);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p),
+                  base = reinterpret_cast<uintptr_t>(t_launch->arena);
   return a >= base && a < base + kArenaBytes;
-}
-
-void check_shared_index(const char* name, long long i, long long n, const char* file, int line) {
-  if (i >= 0 && i < n) return;
-  fail_here(thread_str(running("a shared index check").tid) +
-            ": index " + std::to_string(i) + " of shared '" + name + "' out of range [0, " +
-            std::to_string(n) + ") at " + file + ":" + std::to_string(line));
 }
 
 void cp_async(void* dst, const void* src, int bytes, bool valid) {
@@ -733,8 +734,10 @@ void cp_async_wait_all() {
   Fiber& f = running("cp.async.wait_group");
   for (const Copy& c : f.pending) {
     on_access(reinterpret_cast<uintptr_t>(c.dst), static_cast<size_t>(c.bytes), true);
-    if (c.valid) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
-    else std::memset(c.dst, 0, static_cast<size_t>(c.bytes));
+    if (c.valid)
+      std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+    else
+      std::memset(c.dst, 0, static_cast<size_t>(c.bytes));
   }
   f.pending.clear();
 }

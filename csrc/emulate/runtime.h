@@ -53,8 +53,8 @@ void launch(const void* kernel, const char* name, Dim grid, Dim block, size_t dy
 bool set_max_dynamic_smem(const void* kernel, int bytes);
 
 // The emulated device: sm_90 with an H100's shared memory and SM count.
-constexpr int kSmemPerBlock = 48 * 1024;         // without opting in
-constexpr int kSmemPerBlockOptin = 227 * 1024;   // sharedMemPerBlockOptin
+constexpr int kSmemPerBlock = 48 * 1024;        // without opting in
+constexpr int kSmemPerBlockOptin = 227 * 1024;  // sharedMemPerBlockOptin
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr int kSmCount = 132;
 constexpr int kCcMajor = 9, kCcMinor = 0;
@@ -79,8 +79,6 @@ void* shared_static(const void* site, size_t bytes, size_t align, const char* na
 void* shared_dynamic();
 // Whether p points into the running block's shared memory.
 bool in_shared(const void* p);
-// Index check of a shared array declared through the macros (ITNET_SMEM_AT).
-void check_shared_index(const char* name, long long i, long long n, const char* file, int line);
 
 // ---- cp.async (the flash kernels) -----------------------------------------
 // Queues a copy of `bytes` bytes (or zeros when !valid) to shared dst; the
@@ -97,7 +95,7 @@ enum class Order { Forward = 0, Reverse = 1, Shuffle = 2 };
 struct Settings {
   Order order = Order::Forward;
   uint64_t seed = 0;
-  bool race_check = true;       // effective only in an instrumented build
+  bool race_check = true;  // effective only in an instrumented build
   bool poison_shared = true;
 };
 Settings settings();

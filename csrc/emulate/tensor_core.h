@@ -27,8 +27,10 @@ namespace emu {
 
 inline void require_full_warp(const char* op, unsigned arrived) {
   if (arrived != 0xffffffffu)
-    device_fail(std::string(op) + " is .aligned: every lane of the warp must execute it, "
-                "but only lanes of mask " + std::to_string(arrived) + " did");
+    device_fail(std::string(op) +
+                " is .aligned: every lane of the warp must execute it, "
+                "but only lanes of mask " +
+                std::to_string(arrived) + " did");
 }
 
 inline float half_bits_to_float(uint16_t h, bool bf16) {
@@ -54,7 +56,9 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
                 sizeof(Frag), all, &arrived);
   require_full_warp("mma.sync", arrived);
   float A[16][16], B[16][8];
-  auto lo = [&](uint32_t r) { return half_bits_to_float(static_cast<uint16_t>(r & 0xffffu), bf16); };
+  auto lo = [&](uint32_t r) {
+    return half_bits_to_float(static_cast<uint16_t>(r & 0xffffu), bf16);
+  };
   auto hi = [&](uint32_t r) { return half_bits_to_float(static_cast<uint16_t>(r >> 16), bf16); };
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
@@ -83,8 +87,7 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
 }
 
 inline void check_shared_row(const char* op, const void* p, unsigned align) {
-  if (!in_shared(p))
-    device_fail(std::string(op) + ": the address is not in shared memory");
+  if (!in_shared(p)) device_fail(std::string(op) + ": the address is not in shared memory");
   if (reinterpret_cast<uintptr_t>(p) % align != 0)
     device_fail(std::string(op) + ": the address is not " + std::to_string(align) +
                 "-byte aligned");
@@ -115,8 +118,7 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
 inline void cp_async_checked(void* dst, const void* src, int bytes, bool valid) {
   check_shared_row("cp.async (destination)", dst, static_cast<unsigned>(bytes));
   if (valid && reinterpret_cast<uintptr_t>(src) % static_cast<unsigned>(bytes) != 0)
-    device_fail("cp.async: the global source is not " + std::to_string(bytes) +
-                "-byte aligned");
+    device_fail("cp.async: the global source is not " + std::to_string(bytes) + "-byte aligned");
   cp_async(dst, src, bytes, valid);
 }
 

@@ -28,16 +28,16 @@ void __tsan_vptr_read(void**) {}
 void __tsan_ignore_thread_begin() {}
 void __tsan_ignore_thread_end() {}
 
-#define ITNET_EMU_PLAIN(n)                                                               \
-  void __tsan_read##n(void* p) { report_access(p, n, false); }                           \
-  void __tsan_write##n(void* p) { report_access(p, n, true); }                           \
-  void __tsan_unaligned_read##n(void* p) { report_access(p, n, false); }                 \
-  void __tsan_unaligned_write##n(void* p) { report_access(p, n, true); }                 \
-  void __tsan_volatile_read##n(void* p) { report_access(p, n, false); }                  \
-  void __tsan_volatile_write##n(void* p) { report_access(p, n, true); }                  \
-  void __tsan_unaligned_volatile_read##n(void* p) { report_access(p, n, false); }        \
-  void __tsan_unaligned_volatile_write##n(void* p) { report_access(p, n, true); }        \
-  void __tsan_read##n##_pc(void* p, void*) { report_access(p, n, false); }               \
+#define ITNET_EMU_PLAIN(n)                                                        \
+  void __tsan_read##n(void* p) { report_access(p, n, false); }                    \
+  void __tsan_write##n(void* p) { report_access(p, n, true); }                    \
+  void __tsan_unaligned_read##n(void* p) { report_access(p, n, false); }          \
+  void __tsan_unaligned_write##n(void* p) { report_access(p, n, true); }          \
+  void __tsan_volatile_read##n(void* p) { report_access(p, n, false); }           \
+  void __tsan_volatile_write##n(void* p) { report_access(p, n, true); }           \
+  void __tsan_unaligned_volatile_read##n(void* p) { report_access(p, n, false); } \
+  void __tsan_unaligned_volatile_write##n(void* p) { report_access(p, n, true); } \
+  void __tsan_read##n##_pc(void* p, void*) { report_access(p, n, false); }        \
   void __tsan_write##n##_pc(void* p, void*) { report_access(p, n, true); }
 
 ITNET_EMU_PLAIN(1)
@@ -51,43 +51,43 @@ void __tsan_read_range(void* p, unsigned long n) { report_access(p, n, false); }
 void __tsan_write_range(void* p, unsigned long n) { report_access(p, n, true); }
 
 // Atomics: the memory order argument uses the __ATOMIC_* codes.
-#define ITNET_EMU_ATOMIC(bits, T)                                                         \
-  T __tsan_atomic##bits##_load(const volatile T* a, int) {                                \
-    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                          \
-  }                                                                                       \
-  void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                             \
-    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                             \
-  }                                                                                       \
-  T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                             \
-    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                   \
-  }                                                                                       \
-  T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                            \
-    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                    \
-  }                                                                                       \
-  T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                            \
-    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                    \
-  }                                                                                       \
-  T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                            \
-    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                    \
-  }                                                                                       \
-  T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                             \
-    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                     \
-  }                                                                                       \
-  T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                            \
-    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                    \
-  }                                                                                       \
-  T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                           \
-    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                   \
-  }                                                                                       \
-  int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) { \
+#define ITNET_EMU_ATOMIC(bits, T)                                                           \
+  T __tsan_atomic##bits##_load(const volatile T* a, int) {                                  \
+    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                            \
+  }                                                                                         \
+  void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                               \
+    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                               \
+  }                                                                                         \
+  T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                               \
+    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                     \
+  }                                                                                         \
+  T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                              \
+    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                      \
+  }                                                                                         \
+  T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                              \
+    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                      \
+  }                                                                                         \
+  T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                              \
+    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                      \
+  }                                                                                         \
+  T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                               \
+    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                       \
+  }                                                                                         \
+  T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                              \
+    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                      \
+  }                                                                                         \
+  T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                             \
+    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                     \
+  }                                                                                         \
+  int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {   \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
-  }                                                                                       \
-  int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {   \
+  }                                                                                         \
+  int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {     \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
-  }                                                                                       \
-  T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {       \
-    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);     \
-    return c;                                                                             \
+  }                                                                                         \
+  T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {         \
+    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);       \
+    return c;                                                                               \
   }
 
 ITNET_EMU_ATOMIC(8, uint8_t)

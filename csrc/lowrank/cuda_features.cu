@@ -112,7 +112,8 @@ void launch_features(const FeatureParams& p, const void* c, cudaStream_t stream)
   if (p.fmap != FeatureMap::Favor) {
     // grid-stride: a bounded grid for any count
     const int64_t blocks = std::min<int64_t>(ceil_div(count, kThreads), 65536);
-    ITNET_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, elementwise_features_kernel<T>)(
+    ITNET_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream,
+                 elementwise_features_kernel<T>)(
         static_cast<const T*>(p.x), static_cast<T*>(p.phi), count, p.fmap);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;

@@ -211,7 +211,8 @@ cudaError_t launch_per_channel(Kernel* kernel, int threads, int64_t static_smem,
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_smem));
     if (err != cudaSuccess) return err;
   }
-  ITNET_LAUNCH(static_cast<unsigned>(p.B * p.D), threads, static_cast<size_t>(dynamic_smem), stream, kernel)(p, ex);
+  ITNET_LAUNCH(static_cast<unsigned>(p.B * p.D), threads, static_cast<size_t>(dynamic_smem),
+               stream, kernel)(p, ex);
   return cudaSuccess;
 }
 

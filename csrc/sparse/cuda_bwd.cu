@@ -345,7 +345,8 @@ void launch(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan
     auto* kernel = &sparse_bwd_row_kernel<T, A>;
     const int64_t smem = plan.warps_per_block * L.bytes;
     set_smem(kernel, smem);
-    ITNET_LAUNCH(static_cast<unsigned>(plan.blocks), plan.warps_per_block * kWarp, static_cast<size_t>(smem), stream, kernel)(rp, ex, L, plan.warps);
+    ITNET_LAUNCH(static_cast<unsigned>(plan.blocks), plan.warps_per_block * kWarp,
+                 static_cast<size_t>(smem), stream, kernel)(rp, ex, L, plan.warps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (ex.deterministic && f.B * f.M > 0) {
@@ -359,8 +360,8 @@ void launch(const SparseBwdParams& bp, const CudaBwdExtra& ex, const CudaBwdPlan
     auto* kernel = &sparse_bwd_key_kernel<T, A>;
     const int64_t smem = warps * L.bytes;
     set_smem(kernel, smem);
-    ITNET_LAUNCH(static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream, kernel)(
-        bp, ex, L);
+    ITNET_LAUNCH(static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream,
+                 kernel)(bp, ex, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

@@ -122,8 +122,8 @@ void launch(const SparseParams& p, const CudaDevice& dev, cudaStream_t stream) {
   const int64_t smem = warps * L.bytes;
   auto* kernel = &sparse_fwd_kernel<T, A>;
   set_smem(kernel, smem);
-  ITNET_LAUNCH(static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream, kernel)(p,
-                                                                                             L);
+  ITNET_LAUNCH(static_cast<unsigned>(blocks), warps * kWarp, static_cast<size_t>(smem), stream,
+               kernel)(p, L);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

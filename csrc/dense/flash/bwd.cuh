@@ -124,7 +124,7 @@ __device__ __forceinline__ void store_rows(T* g, const float (&c)[kDT][4], float
 template <class T, int kD, bool kMlp, Activation A>
 __global__ void __launch_bounds__(128)
     bwd_kv_kernel(const BwdParams bp, const FlashGrads G, const BwdSmem L) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ITNET_FLASH_ARCH_OK
   using Cfg = BwdTiles<kD>;
   constexpr int kBk = Cfg::kBk, kBq = Cfg::kBq, kLd = Cfg::kLd;
   constexpr int kNQ = kBq / 8;  // n-tiles of S^T (queries)
@@ -324,7 +324,7 @@ __global__ void __launch_bounds__(128)
 template <class T, int kD, bool kMlp, Activation A>
 __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
     bwd_q_kernel(const BwdParams bp, const FlashGrads G, const BwdSmem L) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ITNET_FLASH_ARCH_OK
   using Cfg = BwdTiles<kD>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kLd = Cfg::kLd;
   constexpr int kNT = kBc / 8;

@@ -26,7 +26,7 @@ namespace flash {
 
 template <class T, int kD, bool kMlp, Activation A>
 __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem L) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ITNET_FLASH_ARCH_OK
   using Cfg = FwdTiles<kD, kMlp>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kLd = Cfg::kLd, kRB = Cfg::kRB;
   constexpr int kNT = kBc / 8;  // n-tiles of S

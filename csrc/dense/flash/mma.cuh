@@ -15,6 +15,15 @@
 #include "emulate/tensor_core.h"
 #endif
 
+// Whether a flash kernel body is compiled: the device passes for sm_80+ (the
+// host pass and older architectures see empty kernels, never launched there),
+// and the emulated build, where the PTX wrappers below have host bodies.
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(ITNET_EMULATE)
+#define ITNET_FLASH_ARCH_OK 1
+#else
+#define ITNET_FLASH_ARCH_OK 0
+#endif
+
 namespace itnet {
 namespace dense {
 namespace flash {

@@ -2,5 +2,5 @@
 // language (emulate/device.h) and the runtime API.
 #pragma once
 
-#include "emulate/device.h"
 #include "cuda_runtime_api.h"
+#include "emulate/device.h"

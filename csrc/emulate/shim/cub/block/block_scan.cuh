@@ -30,7 +30,8 @@ class BlockScan {
   // prefix = prefix_op(x_0 op ... op x_{n-1}) as lane 0 of warp 0 returns it.
   template <class ScanOp, class PrefixOp>
   __device__ void ExclusiveScan(T input, T& output, ScanOp op, PrefixOp& prefix_op) {
-    const int tid = static_cast<int>(threadIdx.x + BLOCK_DIM_X * (threadIdx.y + BLOCK_DIM_Y * threadIdx.z));
+    const int tid =
+        static_cast<int>(threadIdx.x + BLOCK_DIM_X * (threadIdx.y + BLOCK_DIM_Y * threadIdx.z));
     items_[tid] = input;
     __syncthreads();
     if (tid == 0) {
@@ -55,7 +56,8 @@ class BlockScan {
   // output = x_0 op ... op x_tid
   template <class ScanOp>
   __device__ void InclusiveScan(T input, T& output, ScanOp op) {
-    const int tid = static_cast<int>(threadIdx.x + BLOCK_DIM_X * (threadIdx.y + BLOCK_DIM_Y * threadIdx.z));
+    const int tid =
+        static_cast<int>(threadIdx.x + BLOCK_DIM_X * (threadIdx.y + BLOCK_DIM_Y * threadIdx.z));
     items_[tid] = input;
     __syncthreads();
     if (tid == 0)
