@@ -62,6 +62,18 @@ requires_gpu = pytest.mark.skipif(not GPU, reason="needs a real GPU (not the emu
 CUDA_TESTS = [requires_cuda, pytest.mark.cuda_kernels]
 
 
+def emu_cases(cases, keep):
+    """The parametrized cases of a test: all of them on a GPU; under the emulator (where every
+    case costs seconds of CPU time) a deterministic subset of ``keep`` of them, spread evenly
+    over the list (its first and last included)."""
+    cases = list(cases)
+    if not EMULATED or keep >= len(cases):
+        return cases
+    if keep <= 1:
+        return cases[:1]
+    return [cases[round(i * (len(cases) - 1) / (keep - 1))] for i in range(keep)]
+
+
 @contextlib.contextmanager
 def cpu_kernels():
     """Inside a ``cuda_kernels`` test under the emulator, the itnet operators run their CPU

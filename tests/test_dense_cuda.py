@@ -10,7 +10,9 @@ R up to 130, Dv > 256; float32 (bound 1e-4 relative to the largest reference ent
 float64 (1e-10). Plus rows with an empty support (exact zeros, lse = -inf, zero and finite
 gradients). float16 / bfloat16: tests/test_dense_cuda_half.py.
 
-Skipped without a GPU (or in a build without the CUDA kernels).
+Without a GPU (or in a build without the CUDA kernels) the kernels run under the device
+emulator of an ITNET_EMULATE=1 build (cuda_helpers: DEVICE = "cpu", fewer cases of the slow
+parametrizations, the tests that need a real GPU skipped), or everything is skipped.
 """
 import functools
 import math
@@ -20,14 +22,14 @@ import torch
 
 from itnet_ext import functional, reference
 from conftest import rel_err as _rel_err
-from cuda_helpers import (DIFF_NAMES, assert_empty_rows, describe, empty_rows_problem,
-                          requires_cuda, to_dev)
+from cuda_helpers import (CUDA_TESTS, DEVICE, DIFF_NAMES, assert_empty_rows, cpu_kernels,
+                          describe, empty_rows_problem, requires_gpu, to_dev)
 
 F64 = torch.float64
 F32 = torch.float32
 TOL = {F64: 1e-10, F32: 1e-4}
 
-pytestmark = requires_cuda
+pytestmark = CUDA_TESTS
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +81,7 @@ def run(fn, kw, seed):
     return res, dict(zip(names, grads))
 
 
-def check_vs_reference(kw, dtype, device="cuda", fused=functional.integral_transform, seed=0,
+def check_vs_reference(kw, dtype, device=DEVICE, fused=functional.integral_transform, seed=0,
                        tol=None):
     """Fused op in dtype on device vs the float64 reference on CPU (same rounded inputs)."""
     tol = TOL[dtype] if tol is None else tol
@@ -188,15 +190,17 @@ def test_matches_cpu_kernels_and_repeats(make_problem):
     calls give the same forward result (the forward has no atomics)."""
     kw = make_problem(21, content=True, mlp=True, support="offset", D=2, N=47, M=65, H=3,
                       normalize="softmax", kpm=True)
-    cuda_kw = to_dev(kw, F64, "cuda")
+    cuda_kw = to_dev(kw, F64, DEVICE)
     cpu_kw = to_dev(kw, F64, "cpu")
     o1, l1 = functional.integral_transform(**cuda_kw, return_lse=True)
     o2, l2 = functional.integral_transform(**cuda_kw, return_lse=True)
-    o3, l3 = functional.integral_transform(**cpu_kw, return_lse=True)
+    with cpu_kernels():
+        o3, l3 = functional.integral_transform(**cpu_kw, return_lse=True)
     assert torch.equal(o1, o2) and torch.equal(l1, l2)
     assert rel_err(o1, o3) <= 1e-12 and rel_err(l1, l3) <= 1e-12
 
 
+@requires_gpu
 def test_other_device_index_and_stream(make_problem):
     """Runs on a non-default stream (and on the device of the inputs, not the current one)."""
     kw = make_problem(5, content=True, mlp=True, support="window", D=1, N=20, M=30)

@@ -17,6 +17,7 @@ round an exactly computed value the other way: FlashAttention 3's tests add twic
 rounding error of the reference in the output dtype for the same reason), and the last term
 keeps exact-zero cases from failing on noise. All three implementations see the same
 rounded inputs and cotangents.
+Under the emulator, plain PyTorch's low-precision yardstick runs on the CPU instead.
 
 Cases: seeded random problems over every feature (conftest.make_problem with this file's
 sizes: N, M in {1, 63, 65, 129, 200}, head dims 1..256 with non-multiples of 8, R up to 64,
@@ -28,7 +29,9 @@ deterministic mode (20 bitwise-equal backward runs; the float32 backward and an
 offset table raise under it - also a frozen one, the op cannot tell -, warn with
 ``warn_only=True``), and that the flash kernels are the ones that run.
 
-Skipped without a GPU (or in a build without the CUDA kernels).
+Without a GPU (or in a build without the CUDA kernels) the kernels run under the device
+emulator of an ITNET_EMULATE=1 build (cuda_helpers: DEVICE = "cpu", fewer cases of the slow
+parametrizations, the tests that need a real GPU skipped), or everything is skipped.
 """
 import functools
 import math
@@ -38,11 +41,11 @@ import torch
 
 import lowp_reference
 from conftest import rel_err
-from cuda_helpers import (DIFF_NAMES, assert_empty_rows, describe, empty_rows_problem,
-                          requires_cuda, to_dev)
+from cuda_helpers import (CUDA_TESTS, DEVICE, DIFF_NAMES, EMULATED, assert_empty_rows, describe,
+                          emu_cases, empty_rows_problem, requires_gpu, to_dev)
 from itnet_ext import functional, reference
 
-pytestmark = requires_cuda
+pytestmark = CUDA_TESTS
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 HALF = [pytest.param(F16, id="f16"), pytest.param(BF16, id="bf16")]
@@ -151,8 +154,8 @@ def check_half(kw, dtype, seed=0):
     """The fused op in dtype on CUDA vs the float64 reference on CPU, bounded by the error of
     plain PyTorch in dtype on CUDA (FlashAttention's rule). Returns (results, grads) of the
     fused op."""
-    kwd = to_dev(kw, dtype, "cuda")
-    kwl = to_dev(kwd, dtype, "cuda")  # same rounded values, fresh leaves
+    kwd = to_dev(kw, dtype, DEVICE)
+    kwl = to_dev(kwd, dtype, DEVICE)  # same rounded values, fresh leaves
     kwr = to_dev(kwd, F64, "cpu")
     res_d, g_d = run(functional.integral_transform, kwd, seed, dtype)
     res_l, g_l = run(lowp_reference.integral_transform, kwl, seed, dtype)
@@ -160,7 +163,7 @@ def check_half(kw, dtype, seed=0):
     what = describe(kw)
 
     # dtype contract: out in v's dtype, lse in float32, gradients in the inputs' dtypes
-    assert res_d[0].dtype == dtype and res_d[0].is_cuda, res_d[0].dtype
+    assert res_d[0].dtype == dtype and res_d[0].device.type == DEVICE, res_d[0].dtype
     if len(res_d) > 1:
         assert res_d[1].dtype == F32, f"lse dtype {res_d[1].dtype}, expected float32"
     items = [(name, a, lo, r, OUT_MULT)
@@ -185,8 +188,9 @@ def check_half(kw, dtype, seed=0):
 # --------------------------------------------------------------------------------------------
 # accuracy
 # --------------------------------------------------------------------------------------------
+# (under the emulator, where every case costs seconds: 8 of the 50 seeds)
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("seed", range(50))
+@pytest.mark.parametrize("seed", emu_cases(range(50), 8))
 def test_fuzz_half(seed, dtype, make_problem):
     check_half(make_problem(5000 + seed), dtype, seed=seed)
 
@@ -195,8 +199,12 @@ HEAD_DIMS = [(1, 1), (3, 5), (8, 8), (40, 40), (64, 64), (72, 40), (128, 128), (
              (256, 256), (64, 256), (256, 64)]
 
 
+# (under the emulator: 4 of them, one at least per head-dim class 64 / 128 / 256 of the kernels)
+HEAD_DIM_CASES = emu_cases(HEAD_DIMS, 4)
+
+
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("dims", HEAD_DIMS, ids=[f"Dk{a}-Dv{b}" for a, b in HEAD_DIMS])
+@pytest.mark.parametrize("dims", HEAD_DIM_CASES, ids=[f"Dk{a}-Dv{b}" for a, b in HEAD_DIM_CASES])
 def test_head_dims(dims, dtype, make_problem):
     i = HEAD_DIMS.index(dims)
     kw = make_problem(600 + i, content=True, mlp=bool(i % 2), Dk=dims[0], Dv=dims[1],
@@ -220,6 +228,9 @@ FEATURES = [  # (options, has MLP term)
 ]
 FEATURE_CASES = [(i, act) for i, f in enumerate(FEATURES)
                  for act in (["relu", "gelu", "silu"] if f["mlp"] else ["-"])]
+if EMULATED:  # (under the emulator: every feature set, with one activation each, in turn)
+    FEATURE_CASES = [(i, a) for i, a in FEATURE_CASES
+                     if a in ("-", ("relu", "gelu", "silu")[i % 3])]
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -233,8 +244,9 @@ def test_features_half(feat, activation, dtype, make_problem):
     check_half(kw, dtype, seed=feat)
 
 
+# (under the emulator: the smallest and the largest)
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("R", [1, 16, 32, 64])
+@pytest.mark.parametrize("R", emu_cases([1, 16, 32, 64], 2))
 def test_mlp_widths(R, dtype, make_problem):
     kw = make_problem(800 + R, content=True, mlp=True, R=R, N=129, M=65, Dk=64, Dv=64,
                       support="offset", D=1, normalize="softmax", use_u=True, use_t=True,
@@ -261,8 +273,9 @@ def test_fallback_beyond_flash_limits(case, dtype, make_problem):
     check_half(kw, dtype)
 
 
-@pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("mode", ["attn", "mlp-causal"])
+# (under the emulator: only the MLP + causal mode, in float16)
+@pytest.mark.parametrize("dtype", HALF if not EMULATED else HALF[:1])
+@pytest.mark.parametrize("mode", ["attn", "mlp-causal"] if not EMULATED else ["mlp-causal"])
 def test_larger(mode, dtype, make_problem):
     mlp = mode != "attn"
     kw = make_problem(950, content=True, mlp=mlp, B=1, H=4, N=512, M=512, Dk=128, Dv=128,
@@ -301,7 +314,7 @@ def test_positions_of_any_float_dtype(dtype, make_problem):
     """Integer-valued positions in float16 / float32 / float64 give identical results."""
     kw = make_problem(13, content=True, mlp=True, N=40, M=50, support="offset", D=2,
                       pos="batch", normalize="softmax")
-    kwd = to_dev(kw, dtype, "cuda")
+    kwd = to_dev(kw, dtype, DEVICE)
     outs = []
     for pdt in (dtype, F32, F64):
         kwp = dict(kwd, q_pos=kwd["q_pos"].to(pdt), k_pos=kwd["k_pos"].to(pdt))
@@ -313,19 +326,22 @@ def test_positions_of_any_float_dtype(dtype, make_problem):
 # --------------------------------------------------------------------------------------------
 # deterministic mode
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", HALF)
+# (under the emulator, whose blocks run one after the other, float16 only)
+@pytest.mark.parametrize("dtype", emu_cases(HALF, 1))
 def test_deterministic_backward_bitwise(dtype, make_problem, deterministic):
     """Under torch.use_deterministic_algorithms(True), 20 forward + backward runs give
-    bitwise-identical outputs and gradients of every input (MLP on, no offset table)."""
+    bitwise-identical outputs and gradients of every input (MLP on, no offset table). Under
+    the emulator (blocks run one after another: no scheduling to vary) 3 runs: each costs
+    about ten seconds there."""
     kw = make_problem(91, content=True, mlp=True, B=2, H=4, N=257, M=300, Dk=64, Dv=64, R=32,
                       support="frac", D=1, kpm=True, key_weight="B", use_u=True, use_t=True,
                       use_b2=True, normalize="softmax", mask=None, causal=False,
                       activation="silu")
-    kwd = to_dev(kw, dtype, "cuda")
+    kwd = to_dev(kw, dtype, DEVICE)
     torch.use_deterministic_algorithms(True)
     first = None
-    for i in range(20):
-        res, grads = run(functional.integral_transform, to_dev(kwd, dtype, "cuda"), 0, dtype)
+    for i in range(3 if EMULATED else 20):
+        res, grads = run(functional.integral_transform, to_dev(kwd, dtype, DEVICE), 0, dtype)
         if first is None:
             first = (res, grads)
             assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
@@ -347,7 +363,7 @@ def _small_problem(make_problem, **opt):
 def test_deterministic_mode_float32_backward_raises(make_problem, deterministic):
     """The float32 backward uses float atomics: it raises under the deterministic mode (the
     forward does not)."""
-    kwd = to_dev(_small_problem(make_problem), F32, "cuda")
+    kwd = to_dev(_small_problem(make_problem), F32, DEVICE)
     torch.use_deterministic_algorithms(True)
     out = functional.integral_transform(**kwd)
     with pytest.raises(RuntimeError, match="deterministic"):
@@ -359,7 +375,7 @@ def test_deterministic_mode_offset_table_raises(make_problem, deterministic, fro
     """float16 with an offset table: its gradient is accumulated with atomics, so the backward
     reports itself as nondeterministic under the deterministic mode - also when the table is
     frozen (the op is not told which gradients are needed). The forward is unaffected."""
-    kwd = to_dev(_small_problem(make_problem, support="offset", D=1), F16, "cuda")
+    kwd = to_dev(_small_problem(make_problem, support="offset", D=1), F16, DEVICE)
     if frozen:
         kwd["offset_table"].requires_grad_(False)
     torch.use_deterministic_algorithms(True)
@@ -381,6 +397,8 @@ def _cuda_kernel_names(fn):
     return " ".join(names)
 
 
+# (the CUDA profiler: the emulator launches no CUDA kernel)
+@requires_gpu
 @pytest.mark.parametrize("flash_env", ["1", "0"])
 def test_flash_kernels_are_the_ones_that_run(monkeypatch, flash_env):
     """fp16 attention inside the flash limits runs the tensor-core kernels (forward, key and
@@ -407,7 +425,7 @@ def test_flash_kernels_are_the_ones_that_run(monkeypatch, flash_env):
 def test_deterministic_warn_only_float32(make_problem, deterministic):
     """warn_only=True: the float32 backward warns and still returns correct gradients."""
     kw = _small_problem(make_problem, support="offset", D=1, kpm=True, key_weight="B")
-    kwd = to_dev(kw, F32, "cuda")
+    kwd = to_dev(kw, F32, DEVICE)
     torch.use_deterministic_algorithms(True, warn_only=True)
     with pytest.warns(UserWarning, match="deterministic"):
         res_d, g_d = run(functional.integral_transform, kwd, 0, F32)

@@ -12,7 +12,9 @@ its CPU kernels; opcheck.
 Errors are relative to the largest reference entry: float64 1e-10, float32 1e-4, float16 4e-3,
 bfloat16 2e-2 (16-bit results are rounded once from float32 sums).
 
-Skipped without a GPU (or in a build without the CUDA kernels).
+Without a GPU (or in a build without the CUDA kernels) the kernels run under the device
+emulator of an ITNET_EMULATE=1 build (cuda_helpers: DEVICE = "cpu", fewer cases of the slow
+parametrizations, the tests that need a real GPU skipped), or everything is skipped.
 """
 import zlib
 
@@ -21,14 +23,14 @@ import torch
 
 from itnet_ext import functional, reference
 from itnet_ext.nn.feature_maps import PositiveRandomFeatures
-from cuda_helpers import requires_cuda
+from cuda_helpers import CUDA_TESTS, DEVICE, cpu_kernels, emu_cases, requires_gpu
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 TOL = {F64: 1e-10, F32: 1e-4, F16: 4e-3, BF16: 2e-2}
 MAPS = ("identity", "elu+1", "relu", "favor+")
 FAVOR = 3
 
-pytestmark = requires_cuda
+pytestmark = CUDA_TESTS
 
 
 def _seed(*key):
@@ -78,8 +80,8 @@ def _check(name, normalize, causal, dtype, B, H, N, M, Dk, Dv, F=None, eps=0.0, 
     ref_out, ref_grads = _run(lambda a, b, c: reference.lowrank_integral_transform(a, b, c, **kw),
                               q64, k64, v64, w, F64, "cpu")
     out, got = _run(lambda a, b, c: functional.lowrank_integral_transform(a, b, c, **kw),
-                    q, k, v, w, dtype, "cuda")
-    assert out.dtype == dtype and out.device.type == "cuda"
+                    q, k, v, w, dtype, DEVICE)
+    assert out.dtype == dtype and out.device.type == DEVICE
     tol = TOL[dtype]
     what = f"{name} {normalize} causal={causal} {dtype} N={N} M={M} Dk={Dk} Dv={Dv} F={F}"
     assert _rel(out, ref_out) <= tol, f"out: {what}: {_rel(out, ref_out)}"
@@ -177,9 +179,9 @@ def test_relu_empty_rows_and_eps():
 def test_empty(name, normalize, B, N, M):
     Dk, Dv = 4, 3
     fm = _feature_map(name, Dk, 6, 0)
-    q = torch.randn(B, 2, N, Dk, device="cuda", requires_grad=True)
-    k = torch.randn(B, 2, M, Dk, device="cuda", requires_grad=True)
-    v = torch.randn(B, 2, M, Dv, device="cuda", requires_grad=True)
+    q = torch.randn(B, 2, N, Dk, device=DEVICE, requires_grad=True)
+    k = torch.randn(B, 2, M, Dk, device=DEVICE, requires_grad=True)
+    v = torch.randn(B, 2, M, Dv, device=DEVICE, requires_grad=True)
     out = functional.lowrank_integral_transform(q, k, v, feature_map=fm, normalize=normalize)
     assert out.shape == (B, 2, N, Dv)
     assert (out == 0).all()
@@ -190,6 +192,8 @@ def test_empty(name, normalize, B, N, M):
 
 # ---- bad input, determinism --------------------------------------------------------------------
 
+# (the emulator's tensors are all on the CPU: no wrong device to pass)
+@requires_gpu
 def test_projection_on_wrong_device():
     q = torch.randn(1, 1, 4, 3, device="cuda")
     W = torch.randn(5, 3)  # on CPU
@@ -201,16 +205,18 @@ def test_projection_on_wrong_device():
         torch.ops.itnet.lowrank_features(q, W, FAVOR, 1)
 
 
+@requires_gpu
 def test_mixed_devices():
     q = torch.randn(1, 1, 4, 3, device="cuda")
     with pytest.raises(RuntimeError, match="k: expected a tensor on"):
         torch.ops.itnet.lowrank_fwd(q, q.cpu(), q, None, 1, False, 0.0)
 
 
-@pytest.mark.parametrize("name", ("elu+1", "favor+"))
+# (under the emulator, whose blocks run one after the other, one map: favor+ costs ~25 s there)
+@pytest.mark.parametrize("name", emu_cases(("elu+1", "favor+"), 1))
 def test_deterministic(name):
     g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(2, 2, n, d, generator=g).cuda() for n, d in
+    q, k, v = (torch.randn(2, 2, n, d, generator=g).to(DEVICE) for n, d in
                ((300, 24), (4000, 24), (4000, 40)))
     fm = _feature_map(name, 24, 96, 3)
     results = []
@@ -232,14 +238,17 @@ def test_features_op_favor(shape, F, stabilize):
     x = torch.randn(*shape, generator=g, dtype=F64) * 2
     W = torch.randn(F, shape[-1], generator=g, dtype=F64)
     gphi = torch.randn(*shape[:-1], F, generator=g, dtype=F64)
-    ref = torch.ops.itnet.lowrank_features(x, W, FAVOR, stabilize)
-    got = torch.ops.itnet.lowrank_features(x.cuda(), W.cuda(), FAVOR, stabilize)
+    with cpu_kernels():
+        ref = torch.ops.itnet.lowrank_features(x, W, FAVOR, stabilize)
+    got = torch.ops.itnet.lowrank_features(x.to(DEVICE), W.to(DEVICE), FAVOR, stabilize)
     assert got.dtype == F64 and _rel(got, ref) <= 1e-12
-    ref_dx = torch.ops.itnet.lowrank_features_bwd(gphi, x, W, FAVOR, stabilize)
-    dx = torch.ops.itnet.lowrank_features_bwd(gphi.cuda(), x.cuda(), W.cuda(), FAVOR, stabilize)
+    with cpu_kernels():
+        ref_dx = torch.ops.itnet.lowrank_features_bwd(gphi, x, W, FAVOR, stabilize)
+    dx = torch.ops.itnet.lowrank_features_bwd(gphi.to(DEVICE), x.to(DEVICE), W.to(DEVICE), FAVOR,
+                                              stabilize)
     assert _rel(dx, ref_dx) <= 1e-10
     # float16 input: float32 features
-    got16 = torch.ops.itnet.lowrank_features(x.half().cuda(), W.cuda(), FAVOR, stabilize)
+    got16 = torch.ops.itnet.lowrank_features(x.half().to(DEVICE), W.to(DEVICE), FAVOR, stabilize)
     assert got16.dtype == F32
 
 
@@ -247,19 +256,24 @@ def test_features_op_favor(shape, F, stabilize):
 def test_features_op_elementwise(code):
     x = torch.randn(3, 33, 7, dtype=F64)
     gphi = torch.randn(3, 33, 7, dtype=F64)
-    ref = torch.ops.itnet.lowrank_features(x, None, code, 0)
-    got = torch.ops.itnet.lowrank_features(x.cuda(), None, code, 0)
+    with cpu_kernels():
+        ref = torch.ops.itnet.lowrank_features(x, None, code, 0)
+    got = torch.ops.itnet.lowrank_features(x.to(DEVICE), None, code, 0)
     assert torch.allclose(got.cpu(), ref, rtol=1e-14, atol=0)
-    dx = torch.ops.itnet.lowrank_features_bwd(gphi.cuda(), x.cuda(), None, code, 0)
-    assert torch.allclose(dx.cpu(), torch.ops.itnet.lowrank_features_bwd(gphi, x, None, code, 0),
-                          rtol=1e-14, atol=0)
+    dx = torch.ops.itnet.lowrank_features_bwd(gphi.to(DEVICE), x.to(DEVICE), None, code, 0)
+    with cpu_kernels():
+        ref_dx = torch.ops.itnet.lowrank_features_bwd(gphi, x, None, code, 0)
+    assert torch.allclose(dx.cpu(), ref_dx, rtol=1e-14, atol=0)
 
 
+# opcheck's test_faketensor cannot run under the emulator: its dispatch mode redirects the
+# FakeTensor call to torch.ops.itnet_emu, which has no fake (Meta) kernel
+@requires_gpu
 def test_opcheck():
-    q = torch.randn(1, 2, 9, 4, device="cuda", requires_grad=True)
-    k = torch.randn(1, 2, 11, 4, device="cuda", requires_grad=True)
-    v = torch.randn(1, 2, 11, 3, device="cuda", requires_grad=True)
-    W = torch.randn(6, 4, device="cuda")
+    q = torch.randn(1, 2, 9, 4, device=DEVICE, requires_grad=True)
+    k = torch.randn(1, 2, 11, 4, device=DEVICE, requires_grad=True)
+    v = torch.randn(1, 2, 11, 3, device=DEVICE, requires_grad=True)
+    W = torch.randn(6, 4, device=DEVICE)
     # schema and fake kernels (the autograd checks are the slow ones; gradients are compared
     # with the oracle above)
     utils = ("test_schema", "test_faketensor")

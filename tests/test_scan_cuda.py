@@ -12,7 +12,9 @@ The gradients of sequences longer than 600 steps come from the float64 CPU kerne
 LOOP_GRAD_MAX_T). Errors are relative to the largest reference entry: float64 1e-10, float32
 1e-4, float16 4e-3, bfloat16 2e-2 (16-bit results are rounded once from float32 sums).
 
-Skipped without a GPU (or in a build without the CUDA kernels).
+Without a GPU (or in a build without the CUDA kernels) the kernels run under the device
+emulator of an ITNET_EMULATE=1 build (cuda_helpers: DEVICE = "cpu", fewer cases of the slow
+parametrizations, the tests that need a real GPU skipped), or everything is skipped.
 """
 import zlib
 
@@ -20,14 +22,14 @@ import pytest
 import torch
 
 from itnet_ext import functional, reference
-from cuda_helpers import requires_cuda
+from cuda_helpers import CUDA_TESTS, DEVICE, cpu_kernels, emu_cases, requires_gpu
 from scan_helpers import F64, FORMS, scan_problem
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 TOL = {F64: 1e-10, F32: 1e-4, F16: 4e-3, BF16: 2e-2}
 DTYPES = (F64, F32, F16, BF16)
 
-pytestmark = requires_cuda
+pytestmark = CUDA_TESTS
 
 
 def _seed(*key):
@@ -92,7 +94,8 @@ def _oracle(names, ts, gy, gh):
     with torch.no_grad():
         a, k = _rebuild(names, ts)
         y, hT = reference.decay_scan(*a, **k, return_final_state=True)
-    out = _run(functional.decay_scan, names, ts, gy, gh)
+    with cpu_kernels():
+        out = _run(functional.decay_scan, names, ts, gy, gh)
     assert _rel(out[0], y) <= 1e-10 and _rel(out[1], hT) <= 1e-10, "CPU kernels vs the loop"
     return [y, hT] + out[2:]
 
@@ -101,7 +104,7 @@ def compare(args, kw, dtype, *, with_gh=True, tol=None, seed=0):
     """functional.decay_scan on CUDA in `dtype` vs the float64 loop on CPU; returns the worst
     relative error."""
     names, ts = _flat(args, kw)
-    dev = [t.to(dtype).cuda() for t in ts]
+    dev = [t.to(dtype).to(DEVICE) for t in ts]
     ref = [t.to(dtype).double() for t in ts]       # the same rounded values, on CPU
     g = torch.Generator().manual_seed(seed + 1)
     x = args[0]
@@ -114,7 +117,7 @@ def compare(args, kw, dtype, *, with_gh=True, tol=None, seed=0):
     tol = TOL[dtype] if tol is None else tol
     worst = 0.0
     for name, a, b in zip(["y", "final_state"] + names, got, want):
-        assert a.device.type == "cuda" and a.dtype == dtype, name
+        assert a.device.type == DEVICE and a.dtype == dtype, name
         assert a.shape == b.shape, (name, a.shape, b.shape)
         assert a.is_contiguous(), name
         e = _rel(a, b)
@@ -182,8 +185,10 @@ def test_lengths_half(T, dtype, form):
     compare(args, kw, dtype)
 
 
+# (under the emulator: two of the four forms, every Rk)
 @pytest.mark.parametrize("Rk", [1, 16, 64, 256, 300])
-@pytest.mark.parametrize("form", ["full", "factored", "channel_static", "bcast_batch_time"])
+@pytest.mark.parametrize("form", emu_cases(["full", "factored", "channel_static",
+                                            "bcast_batch_time"], 2))
 def test_state_sizes(Rk, form):
     args, kw = scan_problem(_seed("rk", Rk, form), form, B=2, T=150, D=4, Rk=Rk, G=2,
                             grouped=True)
@@ -242,7 +247,7 @@ def test_long_sequence_mild_decay_factored():
 def test_empty_sizes(B, T, D, form, dtype):
     g = torch.Generator().manual_seed(0)
     Rk = 4
-    dev = dict(device="cuda", dtype=dtype)
+    dev = dict(device=DEVICE, dtype=dtype)
     x = torch.randn(B, T, D, generator=g).to(**dev).requires_grad_()
     if form == "full":
         ld = (-torch.rand(B, T, D, Rk, generator=g)).to(**dev).requires_grad_()
@@ -257,25 +262,26 @@ def test_empty_sizes(B, T, D, form, dtype):
     skip = torch.randn(D, generator=g).to(**dev).requires_grad_()
     y, hT = functional.decay_scan(x, ld, phi, psi, skip=skip, initial_state=h0,
                                   return_final_state=True)
-    assert y.shape == (B, T, D) and hT.shape == (B, D, Rk) and y.is_cuda
+    assert y.shape == (B, T, D) and hT.shape == (B, D, Rk) and y.device.type == DEVICE
     if T == 0:
         assert torch.equal(hT, h0)
     gh = torch.randn(B, D, Rk, generator=g).to(**dev)
     leaves = [x, *(ld if isinstance(ld, tuple) else (ld,)), phi, psi, skip, h0]
     grads = torch.autograd.grad(y.float().sum() + (hT.float() * gh.float()).sum(), leaves)
     for t, gr in zip(leaves, grads):
-        assert gr.shape == t.shape and gr.dtype == t.dtype and gr.is_cuda
+        assert gr.shape == t.shape and gr.dtype == t.dtype and gr.device.type == DEVICE
         assert torch.isfinite(gr).all()
     if T == 0:
         assert torch.equal(grads[-1], gh)           # the state passes through unchanged
         assert not grads[0].numel() and not grads[-2].abs().sum()
 
 
-@pytest.mark.parametrize("form", FORMS)
+# (under the emulator: three of the seven forms)
+@pytest.mark.parametrize("form", emu_cases(FORMS, 3))
 def test_gradcheck_cuda(form):
     args, kw = scan_problem(_seed("gc", form), form, B=2, T=9, D=4, Rk=3, G=2, grouped=True)
     names, ts = _flat(args, kw)
-    leaves = [t.cuda().requires_grad_() for t in ts]
+    leaves = [t.to(DEVICE).requires_grad_() for t in ts]
 
     def fn(*ls):
         a, k = _rebuild(names, ls)
@@ -289,7 +295,7 @@ def test_gradcheck_cuda_two_block_sizes():
     args, kw = scan_problem(_seed("gc140"), "factored", B=1, T=140, D=2, Rk=2, G=1,
                             grouped=True)
     names, ts = _flat(args, kw)
-    leaves = [t.cuda().requires_grad_() for t in ts]
+    leaves = [t.to(DEVICE).requires_grad_() for t in ts]
 
     def fn(*ls):
         a, k = _rebuild(names, ls)
@@ -306,10 +312,15 @@ def _op_args(form, dtype=F64, B=2, T=7, D=4, Rk=3, G=2):
         (dt, A), ld = ld, None
     elif ld.dim() == 2:
         ld = ld.reshape(1, 1, D, Rk)
-    return tuple(None if t is None else t.to(dtype).cuda()
+    return tuple(None if t is None else t.to(dtype).to(DEVICE)
                  for t in (x, ld, dt, A, phi, psi, kw["skip"], kw["initial_state"]))
 
 
+# opcheck's test_faketensor cannot run under the emulator: its dispatch mode redirects the
+# FakeTensor call to torch.ops.itnet_emu, which has no fake (Meta) kernel; and on CPU tensors
+# the fake decay_scan_fwd(checkpoint=True) describes the CPU kernels' checkpoints, not the
+# empty third output of the (emulated) CUDA entry point
+@requires_gpu
 @pytest.mark.parametrize("form", ["full", "channel", "static", "factored", "bcast_batch"])
 @pytest.mark.parametrize("dtype", [F64, F16], ids=str)
 def test_opcheck_cuda(form, dtype):
@@ -317,7 +328,7 @@ def test_opcheck_cuda(form, dtype):
     torch.library.opcheck(torch.ops.itnet.decay_scan_fwd.default, args)
     x = args[0]
     gy = torch.randn_like(x)
-    gh = torch.randn(x.shape[0], x.shape[2], args[4].shape[-1], dtype=dtype, device="cuda")
+    gh = torch.randn(x.shape[0], x.shape[2], args[4].shape[-1], dtype=dtype, device=DEVICE)
     torch.library.opcheck(torch.ops.itnet.decay_scan_bwd.default, (gy, gh) + args)
     torch.library.opcheck(torch.ops.itnet.decay_scan_bwd.default, (gy, None) + args)
     # checkpoint=True is a CPU option: on CUDA the third output stays empty
@@ -328,11 +339,11 @@ def test_opcheck_cuda(form, dtype):
 
 def test_noncontiguous_inputs():
     args, kw = scan_problem(_seed("nc"), "full", B=2, T=33, D=6, Rk=4, G=2, grouped=True)
-    x, ld, phi, psi = (t.cuda() for t in args)
+    x, ld, phi, psi = (t.to(DEVICE) for t in args)
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)
     ldt = ld.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
     assert not xt.is_contiguous() and not ldt.is_contiguous()
-    skip, h0 = kw["skip"].cuda(), kw["initial_state"].cuda()
+    skip, h0 = kw["skip"].to(DEVICE), kw["initial_state"].to(DEVICE)
     y1 = functional.decay_scan(xt, ldt, phi, psi, skip=skip, initial_state=h0)
     y2 = functional.decay_scan(x, ld, phi, psi, skip=skip, initial_state=h0)
     assert torch.equal(y1, y2)
@@ -347,7 +358,7 @@ def _grads_of(args, kw, seed):
     gy = torch.randn(args[0].shape, generator=g, dtype=F64)
     gh = torch.randn(args[0].shape[0], args[0].shape[2], args[2].shape[-1], generator=g,
                      dtype=F64)
-    return _run(functional.decay_scan, names, [t.float().cuda() for t in ts], gy, gh)
+    return _run(functional.decay_scan, names, [t.float().to(DEVICE) for t in ts], gy, gh)
 
 
 def test_deterministic_mode_groups():
@@ -377,6 +388,7 @@ def test_one_channel_per_group_is_deterministic():
         assert torch.equal(u, v)
 
 
+@requires_gpu
 def test_side_stream():
     args, kw = scan_problem(_seed("stream"), "factored", B=2, T=600, D=4, Rk=6, G=2,
                             grouped=True)
@@ -398,8 +410,9 @@ def test_cpu_and_cuda_agree():
     g = torch.Generator().manual_seed(9)
     gy = torch.randn(args[0].shape, generator=g, dtype=F64)
     gh = torch.randn(2, 6, 7, generator=g, dtype=F64)
-    cpu = _run(functional.decay_scan, names, [t.float() for t in ts], gy, gh)
-    gpu = _run(functional.decay_scan, names, [t.float().cuda() for t in ts], gy, gh)
+    with cpu_kernels():
+        cpu = _run(functional.decay_scan, names, [t.float() for t in ts], gy, gh)
+    gpu = _run(functional.decay_scan, names, [t.float().to(DEVICE) for t in ts], gy, gh)
     for u, v in zip(gpu, cpu):
         assert _rel(u, v) <= 1e-4
 

@@ -16,7 +16,9 @@ to max(1, max |reference|); float64: 1e-10. Plus: the deterministic mode is bitw
 repeatable (and agrees with the reference); CUDA and CPU kernels agree to 1e-12 in float64;
 gradcheck on the GPU; opcheck; a side stream; bad inputs give clear errors.
 
-Skipped without a GPU (or in a build without the CUDA kernels).
+Without a GPU (or in a build without the CUDA kernels) the kernels run under the device
+emulator of an ITNET_EMULATE=1 build (cuda_helpers: DEVICE = "cpu", fewer cases of the slow
+parametrizations, the tests that need a real GPU skipped), or everything is skipped.
 """
 import math
 import random
@@ -27,7 +29,7 @@ import torch
 
 from itnet_ext import functional, reference
 from conftest import rel_err as _rel_err
-from cuda_helpers import requires_cuda
+from cuda_helpers import CUDA_TESTS, DEVICE, cpu_kernels, requires_gpu
 
 F64 = torch.float64
 F32 = torch.float32
@@ -37,12 +39,12 @@ DIFF = ("q", "k", "v", "u", "t", "W2", "b2", "offset_table", "log_w")
 ACTS = ("relu", "gelu", "silu")
 TERMS = ("content", "mlp", "offset", "both", "all")
 
-pytestmark = requires_cuda
+pytestmark = CUDA_TESTS
 
-# Where the fused op runs. (Only ever "cuda" here; the helpers also run the same checks
-# against the CPU kernels when pointed at "cpu", which is how this file's own logic can be
-# checked on a machine without a GPU.)
-DEVICE = "cuda"
+# Where the fused op runs (cuda_helpers.DEVICE): "cuda", or "cpu" under the device emulator
+# (the CUDA kernels, emulated). The helpers also run the same checks against the CPU kernels
+# when pointed at "cpu" outside the emulator, which is how this file's own logic can be
+# checked on a machine without a GPU.
 
 
 def _seed(*key):
@@ -473,8 +475,9 @@ def test_cpu_and_cuda_agree():
     every gradient equal to 1e-12."""
     kw = sparse_problem(_seed("cpu"), terms="all", normalize="softmax", form="csr", B=2, H=9,
                         N=31, M=40, S=45, Dk=12, Dv=10, R=33)
-    r_c, g_c = run(fused, to_dev(kw, F64, "cuda"), 3)
-    r_h, g_h = run(fused, to_dev(kw, F64, "cpu"), 3)
+    r_c, g_c = run(fused, to_dev(kw, F64, DEVICE), 3)
+    with cpu_kernels():
+        r_h, g_h = run(fused, to_dev(kw, F64, "cpu"), 3)
     for a, b in zip(r_c, r_h):
         assert rel_err(a, b) <= 1e-12
     for n in g_h:
@@ -527,6 +530,9 @@ def _op_args(kw):
             ACTS.index(kw.get("activation", "gelu")), kw["normalize"] == "softmax")
 
 
+# opcheck's test_faketensor cannot run under the emulator: its dispatch mode redirects the
+# FakeTensor call to torch.ops.itnet_emu, which has no fake (Meta) kernel
+@requires_gpu
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
 def test_opcheck_cuda(normalize):
     kw = sparse_problem(_seed("opcheck", normalize), terms="all", normalize=normalize,
@@ -543,6 +549,7 @@ def test_opcheck_cuda(normalize):
                               test_utils=("test_schema", "test_faketensor"))
 
 
+@requires_gpu
 def test_side_stream_and_device():
     """Runs on a non-default stream, on the device of the inputs."""
     kw = sparse_problem(_seed("stream"), terms="all", normalize="softmax", form="csr")
@@ -630,6 +637,6 @@ def test_shared_memory_limit_error():
     pair in shared memory)."""
     kw = sparse_problem(_seed("smem"), terms="mlp", normalize="softmax", form="csr", B=1, H=6,
                         N=2, M=3, S=2, R=4000, use_u=True, use_t=True)
-    kwd = to_dev(kw, F64, "cuda")
+    kwd = to_dev(kw, F64, DEVICE)
     with pytest.raises(RuntimeError, match="shared memory"):
         functional.sparse_integral_transform(**kwd)

@@ -55,34 +55,40 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
   warp_exchange(bf16 ? "mma.sync.m16n8k16.bf16" : "mma.sync.m16n8k16.f16", 0xffffffffu, &mine,
                 sizeof(Frag), all, &arrived);
   require_full_warp("mma.sync", arrived);
-  float A[16][16], B[16][8];
-  auto lo = [&](uint32_t r) {
-    return half_bits_to_float(static_cast<uint16_t>(r & 0xffffu), bf16);
-  };
+  // This lane's outputs need rows g and g + 8 of A (held by lanes 4g .. 4g + 3: a0 / a2
+  // and a1 / a3) and columns 2t, 2t + 1 of B (held by lanes 8t .. 8t + 7: b0, b1).
+  auto lo = [&](uint32_t r) { return half_bits_to_float(static_cast<uint16_t>(r & 0xffffu), bf16); };
   auto hi = [&](uint32_t r) { return half_bits_to_float(static_cast<uint16_t>(r >> 16), bf16); };
-  for (int l = 0; l < 32; ++l) {
-    const int g = l >> 2, t = l & 3;
-    const Frag& f = all[l];
-    A[g][2 * t] = lo(f.a[0]);
-    A[g][2 * t + 1] = hi(f.a[0]);
-    A[g + 8][2 * t] = lo(f.a[1]);
-    A[g + 8][2 * t + 1] = hi(f.a[1]);
-    A[g][2 * t + 8] = lo(f.a[2]);
-    A[g][2 * t + 9] = hi(f.a[2]);
-    A[g + 8][2 * t + 8] = lo(f.a[3]);
-    A[g + 8][2 * t + 9] = hi(f.a[3]);
-    B[2 * t][g] = lo(f.b[0]);
-    B[2 * t + 1][g] = hi(f.b[0]);
-    B[2 * t + 8][g] = lo(f.b[1]);
-    B[2 * t + 9][g] = hi(f.b[1]);
-  }
   const int lane = static_cast<int>(linear_lane());
   const int g = lane >> 2, t = lane & 3;
+  float A[2][16], B[2][16];  // A[row g, g + 8][k], B[column 2t, 2t + 1][k]
+  for (int tt = 0; tt < 4; ++tt) {
+    const Frag& f = all[4 * g + tt];
+    A[0][2 * tt] = lo(f.a[0]);
+    A[0][2 * tt + 1] = hi(f.a[0]);
+    A[1][2 * tt] = lo(f.a[1]);
+    A[1][2 * tt + 1] = hi(f.a[1]);
+    A[0][2 * tt + 8] = lo(f.a[2]);
+    A[0][2 * tt + 9] = hi(f.a[2]);
+    A[1][2 * tt + 8] = lo(f.a[3]);
+    A[1][2 * tt + 9] = hi(f.a[3]);
+  }
+  for (int col = 0; col < 2; ++col) {
+    const int n = 2 * t + col;  // column n of B is held by lanes 4n .. 4n + 3 (groupID n)
+    for (int tt = 0; tt < 4; ++tt) {
+      const Frag& f = all[4 * n + tt];
+      B[col][2 * tt] = lo(f.b[0]);
+      B[col][2 * tt + 1] = hi(f.b[0]);
+      B[col][2 * tt + 8] = lo(f.b[1]);
+      B[col][2 * tt + 9] = hi(f.b[1]);
+    }
+  }
+  // c0: (g, 2t), c1: (g, 2t + 1), c2: (g + 8, 2t), c3: (g + 8, 2t + 1)
   for (int i = 0; i < 4; ++i) {
-    const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-    double s = c[i];
-    for (int k = 0; k < 16; ++k) s += static_cast<double>(A[row][k]) * B[k][col];
-    c[i] = static_cast<float>(s);
+    const int r = i >> 1, col = i & 1;
+    double acc = c[i];
+    for (int k = 0; k < 16; ++k) acc += static_cast<double>(A[r][k]) * B[col][k];
+    c[i] = static_cast<float>(acc);
   }
 }
 
