@@ -190,7 +190,7 @@ def check_half(kw, dtype, seed=0):
 # --------------------------------------------------------------------------------------------
 # (under the emulator, where every case costs seconds: 8 of the 50 seeds)
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("seed", emu_cases(range(50), 8))
+@pytest.mark.parametrize("seed", emu_cases(range(50), 16))
 def test_fuzz_half(seed, dtype, make_problem):
     check_half(make_problem(5000 + seed), dtype, seed=seed)
 

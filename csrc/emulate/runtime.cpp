@@ -293,7 +293,23 @@ void ensure_fibers(size_t n) {
   }
 }
 
+// ITNET_EMU_POISON_STACK=1: each fiber's stack (its top 32 KiB) is filled with
+// 0xFF bytes at every block start, so a kernel that reads a local variable (a
+// register on the GPU) before writing it gets NaN instead of what an earlier
+// thread left there.
+bool poison_stacks() {
+  static const bool on = [] {
+    const char* e = std::getenv("ITNET_EMU_POISON_STACK");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
 void start_fiber(Fiber& f, size_t page) {
+  if (poison_stacks()) {
+    const size_t n = std::min<size_t>(f.stack_bytes, 32 * 1024);
+    std::memset(f.stack + page + f.stack_bytes - n, 0xFF, n);
+  }
 #if defined(ITNET_EMU_FAST_SWITCH)
   // a stack that itnet_emu_switch "returns" into fiber_start from: six zero
   // registers, fiber_start's address, and a null return address for it (16-byte
