@@ -10,6 +10,9 @@ set -euo pipefail
 py="$1"; shift
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$src"
+# the interpreter's environment first on PATH: its ninja, the one that built the objects in
+# build/ (another ninja version does not read their log and compiles everything again)
+PATH="$(dirname "$py"):$PATH"
 mkdir -p build
 t0=$SECONDS
 ITNET_EMULATE=1 ITNET_FORCE_CUDA=0 "$py" -m pip install -q --no-build-isolation --no-deps -e . \
