@@ -31,16 +31,12 @@
 // shared memory is declared through ITNET_SHARED / ITNET_DYNAMIC_SHARED.
 #define __shared__ ITNET_use_ITNET_SHARED_not___shared__
 
-#define __CUDACC_EMULATED__ 1
 
 #include "vector_types.h"  // shim/: CUDA's vector and launch-shape types
 
 namespace itnet {
 namespace emu {
 // The built-in variables read the running fiber's ids.
-struct ThreadIdxView {
-  operator uint3() const { return {ids().thread_idx.x, ids().thread_idx.y, ids().thread_idx.z}; }
-};
 inline uint3 as_uint3(const Dim& d) { return {d.x, d.y, d.z}; }
 }  // namespace emu
 }  // namespace itnet

@@ -86,7 +86,6 @@ struct Region {
 };
 
 struct Launch {
-  const void* kernel = nullptr;
   std::string name;
   Dim grid, block, block_idx;
   size_t dynamic = 0;
@@ -103,6 +102,7 @@ struct Launch {
   size_t static_bytes = 0, end = 0;  // static total; arena bytes in use
   // race checking
   bool checking = false;
+  bool poison = true;  // the launch's settings().poison_shared
   uint32_t serial = 0;  // of the running block (shadow records of older blocks are stale)
   uint32_t epoch = 0;
   std::vector<std::vector<unsigned>> warp_syncs;  // per warp: the mask of each completed __syncwarp
@@ -135,8 +135,11 @@ unsigned char* g_arena = nullptr;
 std::vector<int16_t> g_region_of;
 std::vector<Shadow> g_shadow;
 uint32_t g_serial = 0;
+#if defined(__x86_64__)
+void* g_scheduler_sp = nullptr;  // the scheduler's context (see itnet_emu_switch)
+#else
 ucontext_t g_scheduler;
-void* g_scheduler_sp = nullptr;
+#endif
 #if defined(ITNET_EMU_ASAN)
 const void* g_main_stack_bottom = nullptr;
 size_t g_main_stack_size = 0;
@@ -331,7 +334,7 @@ void start_fiber(Fiber& f, size_t page) {
 #endif
 }
 
-void resume(Launch& L, Fiber& f) {
+void resume(Fiber& f) {
   t_fiber = &f;
   ++g_stats.switches;
 #if defined(ITNET_EMU_ASAN)
@@ -347,11 +350,8 @@ void resume(Launch& L, Fiber& f) {
   __sanitizer_finish_switch_fiber(save, nullptr, nullptr);
 #endif
   t_fiber = nullptr;
-  (void)L;
 }
 
-// Suspends the running fiber until the scheduler resumes it.
-void block_here(Fiber& f) { switch_to_scheduler(f); }
 
 Fiber& running(const char* what) {
   if (t_fiber == nullptr || t_launch == nullptr)
@@ -606,7 +606,7 @@ void run_block(Launch& L, const Settings& st, const Dim& bidx, uint64_t block_li
   L.epoch = 0;
   for (auto& h : L.warp_syncs) h.clear();
   // the allocations only: the redzones between them stay poisoned for ASan
-  if (st.poison_shared)
+  if (L.poison)
     for (const Region& g : L.regions) std::memset(L.arena + g.offset, 0xFF, g.bytes);
   for (int i = 0; i < L.threads; ++i) {
     Fiber& f = F[static_cast<size_t>(i)];
@@ -626,7 +626,7 @@ void run_block(Launch& L, const Settings& st, const Dim& bidx, uint64_t block_li
     for (int i : L.order) {
       Fiber& f = F[static_cast<size_t>(i)];
       if (f.state != State::Runnable) continue;
-      resume(L, f);
+      resume(f);
       if (L.failed) throw std::runtime_error("itnet emulator: " + where(L) + ": " + L.error);
     }
     bool live = false;
@@ -656,7 +656,6 @@ void launch(const void* kernel, const char* name, Dim grid, Dim block, size_t dy
   std::lock_guard<std::mutex> lock(g_launch_mutex);
   const Settings st = settings();
   Launch L;
-  L.kernel = kernel;
   L.name = name;
   L.grid = grid;
   L.block = block;
@@ -700,6 +699,7 @@ void launch(const void* kernel, const char* name, Dim grid, Dim block, size_t dy
   ASAN_POISON_MEMORY_REGION(g_arena, kArenaBytes);
 #endif
   L.region_of = &g_region_of;
+  L.poison = st.poison_shared;
   L.regions.push_back(Region{"dynamic (extern) shared memory", kDynamicOffset, dynamic_smem});
   mark_region(L, kDynamicOffset, dynamic_smem, 0);
   L.end = kDynamicOffset + ((dynamic_smem + 15) / 16) * 16 + kRedzone;
@@ -727,7 +727,7 @@ void launch(const void* kernel, const char* name, Dim grid, Dim block, size_t dy
 void sync_threads() {
   Fiber& f = running("__syncthreads");
   f.state = State::AtBarrier;
-  block_here(f);
+  switch_to_scheduler(f);  // until the scheduler releases it
 }
 
 void sync_warp(unsigned mask) {
@@ -739,7 +739,7 @@ void sync_warp(unsigned mask) {
   f.bytes = 0;
   f.out = nullptr;
   f.arrived = nullptr;
-  block_here(f);
+  switch_to_scheduler(f);  // until the scheduler releases it
 }
 
 void warp_exchange(const char* op, unsigned mask, const void* mine, size_t bytes, void* out,
@@ -752,7 +752,7 @@ void warp_exchange(const char* op, unsigned mask, const void* mine, size_t bytes
   f.bytes = bytes;
   f.out = out;
   f.arrived = arrived;
-  block_here(f);
+  switch_to_scheduler(f);  // until the scheduler releases it
 }
 
 unsigned live_lanes() {
@@ -786,7 +786,7 @@ void* shared_static(const void* site, size_t bytes, size_t align, const char* na
   L.static_bytes += bytes;
   L.end = off + bytes + kRedzone;
   // poisoned like the rest of the block's shared memory
-  if (settings().poison_shared) std::memset(L.arena + off, 0xFF, bytes);
+  if (L.poison) std::memset(L.arena + off, 0xFF, bytes);
   return L.arena + off;
 }
 
