@@ -16,10 +16,15 @@ for CPU tensors. Its .cu files are compiled with -fsanitize=thread
 instrumentation whose hooks the emulator implements (the shared-memory race
 and bounds checks); with ITNET_SANITIZE=1, with ASan + UBSan instead.
 
+ITNET_FLASH_SWEEP adds the flash configuration sweep (csrc/dense/flash/sweep/,
+dense/flash/sweep.h): "all", or comma-separated file-name patterns (e.g.
+"fwd_*_f16,bwd_w8_t64_f16"). Without it those files are not compiled.
+
 Objects are kept in build/<configuration>/ (the torch, the Python and the
 flags in the name): a rebuild, or `pip install -e .` after another one,
 compiles only what changed.
 """
+import fnmatch
 import glob
 import os
 import platform
@@ -41,6 +46,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
 EMULATE_DIR = os.path.join(CSRC, "emulate")
 EMULATE = os.environ.get("ITNET_EMULATE") == "1"
+SWEEP_DIR = "csrc/dense/flash/sweep/"
+SWEEP = [p for p in os.environ.get("ITNET_FLASH_SWEEP", "").split(",") if p]
 
 # Sources compiled once per CPU capability, with these defines / flags.
 MULTI_ARCH_SOURCES = ["csrc/dense/cpu_fwd.cpp", "csrc/dense/cpu_bwd.cpp", "csrc/scan/cpu_kernel.cpp",
@@ -205,7 +212,8 @@ class Build(cpp_extension.BuildExtension):
         # build keeps the bounds checks to ASan and runs without the race checks.
         check = SANITIZE or ["-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0"]
         jobs = []
-        for src in rel(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True)):
+        # the kernels, and the emulator's own control kernels (csrc/emulate/*.cu)
+        for src in library_sources("cu") + rel(glob.glob(os.path.join(EMULATE_DIR, "*.cu"))):
             obj = os.path.join(out_dir, src.replace("/", "_") + ".o")
             cmd = [cxx, "-x", "c++", "-c", os.path.join(ROOT, src), "-o", obj, "-fPIC",
                    "-fvisibility=hidden", *(["-O1", "-g"] if SANITIZE else ["-O2"]), *check,
@@ -217,10 +225,18 @@ class Build(cpp_extension.BuildExtension):
         return self._compile_objects(jobs, header_exts=("h", "cuh"))
 
 
+def sweep_selected(src):
+    """Whether a flash sweep instance is built (ITNET_FLASH_SWEEP)."""
+    stem = os.path.splitext(os.path.basename(src))[0]
+    return any(p == "all" or fnmatch.fnmatch(stem, p) for p in SWEEP)
+
+
 def library_sources(ext):
-    """csrc's files ending in ext, but the emulator's own (csrc/emulate/)."""
+    """csrc's files ending in ext, but the emulator's own (csrc/emulate/) and the flash
+    sweep instances not selected."""
     found = rel(glob.glob(os.path.join(CSRC, "**", f"*.{ext}"), recursive=True))
-    return [s for s in found if not s.startswith("csrc/emulate/")]
+    return [s for s in found if not s.startswith("csrc/emulate/")
+            and (not s.startswith(SWEEP_DIR) or sweep_selected(s))]
 
 
 def extension():

@@ -14,6 +14,9 @@
 #include "common/enum_names.h"
 #include "common/capability.h"
 #include "lowrank/params.h"
+#ifdef ITNET_WITH_CUDA
+#include "dense/flash/sweep.h"
+#endif
 
 namespace itnet {
 
@@ -22,6 +25,35 @@ bool cuda_kernels_compiled() {
   return true;
 #else
   return false;
+#endif
+}
+
+// The flash configuration sweep (dense/flash/sweep.h): which configurations
+// this build has, which are selected, and selecting them. A build without the
+// CUDA kernels has none.
+std::vector<std::string> flash_configs(bool backward) {
+#ifdef ITNET_WITH_CUDA
+  return dense::flash::sweep_names(backward);
+#else
+  (void)backward;
+  return {};
+#endif
+}
+
+std::vector<std::string> flash_config() {
+#ifdef ITNET_WITH_CUDA
+  return dense::flash::selected_sweep();
+#else
+  return {"", ""};
+#endif
+}
+
+void set_flash_config(const std::string& fwd, const std::string& bwd) {
+#ifdef ITNET_WITH_CUDA
+  dense::flash::select_sweep(fwd, bwd);
+#else
+  TORCH_CHECK(fwd.empty() && bwd.empty(), "set_flash_config: this build of itnet_ext has no CUDA "
+              "kernels, so no flash configurations; only the default (\"\", \"\") is accepted");
 #endif
 }
 
@@ -125,4 +157,11 @@ ITNET_TORCH_LIBRARY(ITNET_OPS_NS, m) {
   // kind "activation" (dense / sparse ops), "feature_map", "stabilizer"
   // (low-rank ops). Any other kind raises.
   m.def("enum_names(str kind) -> str[]", &itnet::enum_names);
+  // The flash configuration sweep (float16 / bfloat16 CUDA kernels of the dense op;
+  // built with ITNET_FLASH_SWEEP): the compiled forward (backward=False) or
+  // backward configurations, the selected pair (fwd, bwd; "" = default) and the
+  // selection, process-wide, for benchmarks (itnet_ext.dense.sweep).
+  m.def("flash_configs(bool backward) -> str[]", &itnet::flash_configs);
+  m.def("flash_config() -> str[]", &itnet::flash_config);
+  m.def("set_flash_config(str fwd, str bwd) -> ()", &itnet::set_flash_config);
 }

@@ -15,7 +15,8 @@ cd "$src"
 PATH="$(dirname "$py"):$PATH"
 mkdir -p build
 t0=$SECONDS
-ITNET_EMULATE=1 ITNET_FORCE_CUDA=0 "$py" -m pip install -q --no-build-isolation --no-deps -e . \
+# (the flash configuration sweep too: each of its instances is checked by test_flash_sweep.py)
+ITNET_EMULATE=1 ITNET_FLASH_SWEEP=all ITNET_FORCE_CUDA=0 "$py" -m pip install -q --no-build-isolation --no-deps -e . \
   >build/emulate-build.log 2>&1 || { tail -60 build/emulate-build.log; exit 1; }
 echo "[emulate] build: $((SECONDS - t0)) s"
 (cd / && "$py" - "$src" <<'PY'
@@ -30,5 +31,6 @@ print("[emulate] library:", m.__file__, "| controls:", len(emulate.control_names
 PY
 )
 tests=(tests/test_emulate.py tests/test_scan_cuda.py tests/test_lowrank_cuda.py
-       tests/test_sparse_cuda.py tests/test_dense_cuda.py tests/test_dense_cuda_half.py)
+       tests/test_sparse_cuda.py tests/test_dense_cuda.py tests/test_dense_cuda_half.py
+       tests/test_flash_sweep.py)
 ITNET_REQUIRE_EMULATION=1 "$py" -m pytest -q -p no:cacheprovider --durations=5 "${tests[@]}" "$@"

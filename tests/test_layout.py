@@ -1,10 +1,11 @@
 """The package's layering (docs/design.md section 5): imports go only downward, with no cycle.
 
-Layers, lowest first: the compiled library ``_C``; ``_common`` (shared private pieces); the
+Layers, lowest first: the compiled library ``_C`` and the emulated one's loader ``emulate``
+(it imports nothing of the package); ``_common`` (shared private pieces); the
 strategy packages ``dense``, ``sparse``, ``scan``, ``lowrank`` (each may use ``_common`` and,
 without a cycle, a sibling: lowrank's causal path runs on the scan, the scan's quadratic oracle
 on the dense one); the layers ``nn``; ``recurrence`` and ``models`` (the ITNet stacks); then the public namespaces and tools
-(``functional``, ``reference``, the package itself, ``bench``, ``emulate``). Every import counts, including
+(``functional``, ``reference``, the package itself, ``bench``). Every import counts, including
 the ones inside functions, so a lazy import cannot hide a cycle.
 """
 import ast
@@ -16,7 +17,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 RANK = {"_C": 0, "_common": 1, "dense": 2, "sparse": 2, "scan": 2, "lowrank": 2, "nn": 3,
         "recurrence": 4, "models": 4, "functional": 5, "reference": 5, "__init__": 6, "bench": 7,
-        "data": 1, "distributed": 4, "experiments": 7, "emulate": 7}
+        "data": 1, "distributed": 4, "experiments": 7, "emulate": 0}
 STRATEGIES = ("dense", "sparse", "scan", "lowrank")
 
 

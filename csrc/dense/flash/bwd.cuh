@@ -19,6 +19,7 @@
 #include "common/dispatch.h"
 #include "dense/flash/config.h"
 #include "dense/flash/logits.cuh"
+#include "dense/flash/sweep.h"
 #include "common/cuda_launch.h"
 
 namespace itnet {
@@ -121,11 +122,11 @@ __device__ __forceinline__ void store_rows(T* g, const float (&c)[kDT][4], float
 
 // ---------------------------------------------------------------------------
 // Key pass.
-template <class T, int kD, bool kMlp, Activation A>
-__global__ void __launch_bounds__(128)
+template <class T, class Cfg, bool kMlp, Activation A>
+__global__ void __launch_bounds__(Cfg::kThreads)
     bwd_kv_kernel(const BwdParams bp, const FlashGrads G, const BwdSmem L) {
 #if ITNET_FLASH_ARCH_OK
-  using Cfg = BwdTiles<kD>;
+  constexpr int kD = Cfg::kD, kWarps = Cfg::kWarps;
   constexpr int kBk = Cfg::kBk, kBq = Cfg::kBq, kLd = Cfg::kLd;
   constexpr int kNQ = kBq / 8;  // n-tiles of S^T (queries)
   constexpr int kDT = kD / 8;
@@ -171,7 +172,7 @@ __global__ void __launch_bounds__(128)
     load_rows_f32(t_s, t, kBk, p.M - j0, R, ld, tid, Cfg::kThreads);
     stage_mlp_params(p, h, w2_s, e_s, ld, R4, tid, Cfg::kThreads);
     for (int c = tid; c < kBk * ld; c += Cfg::kThreads) dt_s[c] = 0.f;
-    for (int c = tid; c < 4 * ld; c += Cfg::kThreads) dw_s[c] = 0.f;
+    for (int c = tid; c < kWarps * ld; c += Cfg::kThreads) dw_s[c] = 0.f;
     if (de_s != nullptr)
       for (int64_t c = tid; c < p.O * ld; c += Cfg::kThreads) de_s[c] = 0.f;
   }
@@ -296,7 +297,7 @@ __global__ void __launch_bounds__(128)
   if (kMlp) {
     const int64_t nkt = gridDim.x;
     const float tot = warp_sum(db2);
-    ITNET_SHARED(float, db2_s, [4]);
+    ITNET_SHARED(float, db2_s, [kWarps]);
     if (lane == 0) db2_s[warp] = tot;
     __syncthreads();  // dt_s, dw_s, de_s, db2_s complete
     if (G.dt != nullptr) {
@@ -306,10 +307,17 @@ __global__ void __launch_bounds__(128)
       }
     }
     float* dW2 = G.dW2 + (bh * nkt + kt) * R;
-    for (int r = tid; r < R; r += Cfg::kThreads)
-      dW2[r] = ((dw_s[r] + dw_s[ld + r]) + dw_s[2 * ld + r]) + dw_s[3 * ld + r];
-    if (G.db2 != nullptr && tid == 0)
-      G.db2[bh * nkt + kt] = ((db2_s[0] + db2_s[1]) + db2_s[2]) + db2_s[3];
+    // the warps' partial sums in warp order (a fixed order: deterministic)
+    for (int r = tid; r < R; r += Cfg::kThreads) {
+      float acc = dw_s[r];
+      for (int w = 1; w < kWarps; ++w) acc += dw_s[w * ld + r];
+      dW2[r] = acc;
+    }
+    if (G.db2 != nullptr && tid == 0) {
+      float acc = db2_s[0];
+      for (int w = 1; w < kWarps; ++w) acc += db2_s[w];
+      G.db2[bh * nkt + kt] = acc;
+    }
     if (de_s != nullptr)
       for (int64_t c = tid; c < p.O * R; c += Cfg::kThreads) {
         const float x = de_s[(c / R) * ld + c % R];
@@ -321,11 +329,11 @@ __global__ void __launch_bounds__(128)
 
 // ---------------------------------------------------------------------------
 // Query pass.
-template <class T, int kD, bool kMlp, Activation A>
-__global__ void __launch_bounds__(128, kMlp ? 1 : 3)
+template <class T, class Cfg, bool kMlp, Activation A>
+__global__ void __launch_bounds__(Cfg::kThreads, kMlp ? 1 : Cfg::kQMinBlocks)
     bwd_q_kernel(const BwdParams bp, const FlashGrads G, const BwdSmem L) {
 #if ITNET_FLASH_ARCH_OK
-  using Cfg = BwdTiles<kD>;
+  constexpr int kD = Cfg::kD;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kLd = Cfg::kLd;
   constexpr int kNT = kBc / 8;
   constexpr int kDT = kD / 8;
@@ -466,13 +474,12 @@ __global__ void __launch_bounds__(128, kMlp ? 1 : 3)
 #endif
 }
 
-template <class T, int kD, bool kMlp, Activation A>
+template <class T, class Cfg, bool kMlp, Activation A>
 void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t stream) {
-  using Cfg = BwdTiles<kD>;
   const FwdParams& p = bp.f;
-  const BwdSmem Lkv = make_bwd_smem(Cfg::kKvBytes, 2 * Cfg::kBq, Cfg::kBk, Cfg::kBk, true, p,
-                                    G.dE != nullptr);
-  auto kv = &bwd_kv_kernel<T, kD, kMlp, A>;
+  const BwdSmem Lkv = make_bwd_smem(Cfg::kKvBytes, 2 * Cfg::kBq, Cfg::kBk, Cfg::kBk, Cfg::kWarps,
+                                    true, p, G.dE != nullptr);
+  auto kv = &bwd_kv_kernel<T, Cfg, kMlp, A>;
   if (p.M > 0) {  // (no key tiles: no key-side gradient has elements)
     if (Lkv.bytes > 48 * 1024)
       C10_CUDA_CHECK(cudaFuncSetAttribute(kv, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -486,8 +493,9 @@ void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t s
   // with M = 0 the query pass still runs: it writes dq = 0 and du = 0
   const bool want_q = (p.content && G.dq != nullptr) || (kMlp && G.du != nullptr);
   if (!want_q || p.N == 0) return;
-  const BwdSmem Lq = make_bwd_smem(Cfg::kQBytes, Cfg::kBr, 2 * Cfg::kBc, Cfg::kBr, false, p, false);
-  auto qk = &bwd_q_kernel<T, kD, kMlp, A>;
+  const BwdSmem Lq = make_bwd_smem(Cfg::kQBytes, Cfg::kBr, 2 * Cfg::kBc, Cfg::kBr, Cfg::kWarps,
+                                   false, p, false);
+  auto qk = &bwd_q_kernel<T, Cfg, kMlp, A>;
   if (Lq.bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(qk, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(Lq.bytes)));
@@ -497,13 +505,44 @@ void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t s
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The default instances (bwd_<dtype>_d<kD>.cu): every activation.
 template <class T, int kD>
 void launch_bwd(const BwdParams& bp, const FlashGrads& G, cudaStream_t stream) {
-  const FwdParams& p = bp.f;
-  if (!p.mlp) return launch_bwd_kernels<T, kD, false, Activation::Relu>(bp, G, stream);
-  ITNET_DISPATCH_ACTIVATION(p.activation, A, launch_bwd_kernels<T, kD, true, A>(bp, G, stream));
+  using Cfg = BwdTiles<kD>;
+  if (!bp.f.mlp) return launch_bwd_kernels<T, Cfg, false, Activation::Relu>(bp, G, stream);
+  ITNET_DISPATCH_ACTIVATION(bp.f.activation, A, launch_bwd_kernels<T, Cfg, true, A>(bp, G, stream));
+}
+
+// A sweep instance (sweep/): attention only, or the MLP with kSweepActivation.
+template <class T, class Cfg>
+void launch_bwd_sweep(const BwdParams& bp, const FlashGrads& G, cudaStream_t stream) {
+  if (!bp.f.mlp) return launch_bwd_kernels<T, Cfg, false, Activation::Relu>(bp, G, stream);
+  check_sweep_activation(bp.f.activation);
+  launch_bwd_kernels<T, Cfg, true, kSweepActivation>(bp, G, stream);
+}
+
+template <class T, class Cfg>
+bool register_bwd_sweep(const char* name, Dtype dt) {
+  add_bwd_sweep(BwdSweep{name, Cfg::kD, dt, &launch_bwd_sweep<T, Cfg>, &bwd_bytes_cfg<Cfg>,
+                         Cfg::kBk});
+  return true;
 }
 
 }  // namespace flash
 }  // namespace dense
 }  // namespace itnet
+
+// A backward sweep instance for head dims 64 and 128: WARPS warps of 16 rows,
+// tiles of TILE rows streamed past them.
+#define ITNET_FLASH_SWEEP_BWD(T, DT, WARPS, TILE, NAME)                              \
+  namespace itnet {                                                                  \
+  namespace dense {                                                                  \
+  namespace flash {                                                                  \
+  namespace {                                                                        \
+  [[maybe_unused]] const bool registered =                                           \
+      register_bwd_sweep<T, BwdCfg<64, WARPS, TILE>>(NAME, Dtype::DT) &&             \
+      register_bwd_sweep<T, BwdCfg<128, WARPS, TILE>>(NAME, Dtype::DT);              \
+  }                                                                                  \
+  }                                                                                  \
+  }                                                                                  \
+  }

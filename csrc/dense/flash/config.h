@@ -41,46 +41,71 @@ inline Smem make_smem(int64_t tile_bytes, int rows_q, int rows_k, const FwdParam
   return s;
 }
 
-template <int kD, bool kMlp>
-struct FwdTiles {
-  static constexpr int kThreads = 128;
-  // 16-row blocks per warp: two halve the shared-memory (ldmatrix) traffic
-  // per MMA, which bounds these kernels; registers allow it up to kD = 128
-  // (with 32-key tiles there) without the pair MLP (with it: spills)
-  static constexpr int kRB = kD <= 128 && !kMlp ? 2 : 1;
+// A forward configuration: kWarps warps of kRB blocks of 16 query rows
+// (kBr = 16 kRB kWarps query rows per block), key tiles of kBc keys, kStages
+// load stages (2: the next K tile streams in during softmax and P V, as in
+// FlashAttention 2; 1: K and V of a tile are loaded together, then used) and
+// the pair-MLP term in packed 16-bit math (kPacked: pre-activation, activation
+// and W2 products on half2 / bfloat162 pairs, sums of 4 hidden units then
+// accumulated in float32; packed.cuh). The default per head dim is FwdTiles;
+// the others are the instances of the configuration sweep (sweep/).
+template <int kD_, int kWarps_, int kRB_, int kBc_, int kStages_ = 2, bool kPacked_ = false>
+struct FwdCfg {
+  static constexpr int kD = kD_, kWarps = kWarps_, kRB = kRB_, kBc = kBc_, kStages = kStages_;
+  static constexpr bool kPacked = kPacked_;
+  static constexpr int kThreads = 32 * kWarps;
   static constexpr bool kQInRegs = kD <= 64;        // Q fragments loaded once
-  static constexpr int kBr = 64 * kRB;              // query rows per block
-  // keys per tile: fewer for the wide accumulators (registers)
-  static constexpr int kBc = kD <= 64 || (kD <= 128 && kRB == 1) ? 64 : 32;
+  static constexpr int kBr = 16 * kRB * kWarps;     // query rows per block
   static constexpr int kLd = kD + 8;                // padded smem row (elements)
   static constexpr int64_t kTileBytes = int64_t(kBr + 2 * kBc) * kLd * 2;
+  static_assert(kD % 16 == 0 && kBc % 16 == 0 && kRB >= 1, "FwdCfg: 16-element steps");
+  static_assert(kStages == 1 || kStages == 2, "FwdCfg: 1 or 2 load stages");
 };
 
-template <int kD>
-struct BwdTiles {
-  static constexpr int kThreads = 128;
-  static constexpr int kBk = 64;                    // keys per block, key pass
-  static constexpr int kBq = kD <= 64 ? 64 : 32;    // queries per tile, key pass
-  static constexpr int kBr = 64;                    // queries per block, query pass
-  static constexpr int kBc = kD <= 64 ? 64 : 32;    // keys per tile, query pass
+// The default forward configuration: 4 warps; two 16-row blocks per warp
+// halve the shared-memory (ldmatrix) traffic per MMA, which bounds these
+// kernels; registers allow it up to kD = 128 (with 32-key tiles there)
+// without the pair MLP (with it: spills). Fewer keys per tile for the wide
+// accumulators (registers).
+template <int kD, bool kMlp, int kRB = (kD <= 128 && !kMlp ? 2 : 1)>
+using FwdTiles = FwdCfg<kD, 4, kRB, (kD <= 64 || (kD <= 128 && kRB == 1) ? 64 : 32)>;
+
+// A backward configuration: kWarps warps of 16 rows (keys in the key pass,
+// queries in the query pass: kBk = kBr = 16 kWarps) and tiles of kTile
+// queries (key pass) or keys (query pass) streamed past them.
+template <int kD_, int kWarps_, int kTile_>
+struct BwdCfg {
+  static constexpr int kD = kD_, kWarps = kWarps_;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBk = 16 * kWarps;           // keys per block, key pass
+  static constexpr int kBq = kTile_;                // queries per tile, key pass
+  static constexpr int kBr = 16 * kWarps;           // queries per block, query pass
+  static constexpr int kBc = kTile_;                // keys per tile, query pass
+  // blocks per SM the query pass (no MLP) is compiled for (registers)
+  static constexpr int kQMinBlocks = kWarps <= 4 ? 3 : 1;
   static constexpr int kLd = kD + 8;
   // Key pass: K, V tiles, two buffers of the Q, dO tiles (the next query tile
   // streams in while one is in use), then two of lse and delta (float32).
   static constexpr int64_t kKvBytes = int64_t(2 * kBk + 4 * kBq) * kLd * 2 + 4 * kBq * 4;
   // Query pass: Q, dO tiles, two buffers of the K, V tiles.
   static constexpr int64_t kQBytes = int64_t(2 * kBr + 4 * kBc) * kLd * 2;
+  static_assert(kD % 16 == 0 && kTile_ % 16 == 0, "BwdCfg: 16-element steps");
 };
+
+// The default backward configuration per head dim.
+template <int kD>
+using BwdTiles = BwdCfg<kD, 4, (kD <= 64 ? 64 : 32)>;
 
 // Shared memory of a pass: the forward's layout (u, t, W2, E rows) plus
 // float32 accumulators: per-row MLP gradients (dt or du) of the block's
-// rows, per-warp dW2 rows and the offset-table gradient.
+// rows, per-warp dW2 rows (key pass) and the offset-table gradient.
 struct BwdSmem {
   Smem base;
   int64_t off_rows = 0, off_dw = 0, off_de = 0, bytes = 0;
 };
 
 inline BwdSmem make_bwd_smem(int64_t tile_bytes, int rows_q, int rows_k, int own_rows,
-                             bool key_pass, const FwdParams& p, bool want_de) {
+                             int warps, bool key_pass, const FwdParams& p, bool want_de) {
   BwdSmem s;
   s.base = make_smem(tile_bytes, rows_q, rows_k, p);
   s.bytes = s.base.bytes;
@@ -89,11 +114,26 @@ inline BwdSmem make_bwd_smem(int64_t tile_bytes, int rows_q, int rows_k, int own
     s.off_rows = s.bytes;
     s.bytes += own_rows * row;
     s.off_dw = s.bytes;
-    if (key_pass) s.bytes += 4 * row;
+    if (key_pass) s.bytes += warps * row;
     s.off_de = s.bytes;
     if (key_pass && want_de) s.bytes += p.O * row;
   }
   return s;
+}
+
+// Shared memory of a configuration's forward kernel / backward passes for p.
+template <class Cfg>
+int64_t fwd_bytes_cfg(const FwdParams& p) {
+  return make_smem(Cfg::kTileBytes, Cfg::kBr, Cfg::kBc, p).bytes;
+}
+
+template <class Cfg>
+int64_t bwd_bytes_cfg(const FwdParams& p, bool want_dE) {
+  const int64_t kv = make_bwd_smem(Cfg::kKvBytes, 2 * Cfg::kBq, Cfg::kBk, Cfg::kBk, Cfg::kWarps,
+                                   true, p, want_dE).bytes;
+  const int64_t q = make_bwd_smem(Cfg::kQBytes, Cfg::kBr, 2 * Cfg::kBc, Cfg::kBr, Cfg::kWarps,
+                                  false, p, false).bytes;
+  return kv > q ? kv : q;
 }
 
 template <class T, int kD>

@@ -18,16 +18,20 @@
 #include "common/dispatch.h"
 #include "dense/flash/config.h"
 #include "dense/flash/logits.cuh"
+#include "dense/flash/packed.cuh"
+#include "dense/flash/sweep.h"
 #include "common/cuda_launch.h"
 
 namespace itnet {
 namespace dense {
 namespace flash {
 
-template <class T, int kD, bool kMlp, Activation A>
-__global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem L) {
+template <class T, class Cfg, bool kMlp, Activation A>
+__global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const FwdParams p, const Smem L) {
 #if ITNET_FLASH_ARCH_OK
-  using Cfg = FwdTiles<kD, kMlp>;
+  constexpr int kD = Cfg::kD;
+  constexpr bool kPacked = kMlp && Cfg::kPacked;
+  constexpr bool kTwoStage = Cfg::kStages == 2;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kLd = Cfg::kLd, kRB = Cfg::kRB;
   constexpr int kNT = kBc / 8;  // n-tiles of S
   constexpr int kDT = kD / 8;   // n-tiles of O
@@ -59,13 +63,19 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
 
   if (p.content) {
     load_rows_async<T, kBr, kD, kLd, Cfg::kThreads>(q_s, q, Dk, p.N - i0, Dk, tid);
-    if (nkt > 0) load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_s, k, Dk, p.M, Dk, tid);
+    if (kTwoStage && nkt > 0)
+      load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_s, k, Dk, p.M, Dk, tid);
   }
   cp_async_commit();
   if (kMlp) {
     const float* u = p.u ? static_cast<const float*>(p.u) + (b * p.N + i0) * R : nullptr;
-    load_rows_f32(u_s, u, kBr, p.N - i0, R, L.ld, tid, Cfg::kThreads);
-    stage_mlp_params(p, h, w2_s, e_s, L.ld, L.R4, tid, Cfg::kThreads);
+    if (kPacked) {
+      load_rows_packed<T>(u_s, u, kBr, p.N - i0, R, L.ld, tid, Cfg::kThreads);
+      stage_mlp_params_packed<T>(p, h, w2_s, e_s, L.ld, L.R4, tid, Cfg::kThreads);
+    } else {
+      load_rows_f32(u_s, u, kBr, p.N - i0, R, L.ld, tid, Cfg::kThreads);
+      stage_mlp_params(p, h, w2_s, e_s, L.ld, L.R4, tid, Cfg::kThreads);
+    }
   }
   cp_async_wait_all();
   __syncthreads();
@@ -92,11 +102,20 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
 
   for (int64_t kt = 0; kt < nkt; ++kt) {
     const int64_t j0 = kt * kBc;
+    if (!kTwoStage && p.content)
+      load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_s, k + j0 * Dk, Dk, p.M - j0, Dk, tid);
     load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(v_s, v + j0 * Dv, Dv, p.M - j0, Dv, tid);
     cp_async_commit();
     if (kMlp) {
       const float* t = p.t ? static_cast<const float*>(p.t) + (b * p.M + j0) * R : nullptr;
-      load_rows_f32(t_s, t, kBc, p.M - j0, R, L.ld, tid, Cfg::kThreads);
+      if (kPacked)
+        load_rows_packed<T>(t_s, t, kBc, p.M - j0, R, L.ld, tid, Cfg::kThreads);
+      else
+        load_rows_f32(t_s, t, kBc, p.M - j0, R, L.ld, tid, Cfg::kThreads);
+    }
+    if (!kTwoStage) {
+      cp_async_wait_all();
+      __syncthreads();  // K_j, V_j and t_j in place
     }
 
     float s[kRB][kNT][4];
@@ -134,13 +153,15 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[rb][nt][e] *= scale;
     }
-    cp_async_wait_all();
-    __syncthreads();  // V_j and t_j in place; every warp is done with K_j
-    if (kt + 1 < nkt && p.content) {
-      load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_s, k + (j0 + kBc) * Dk, Dk,
-                                                      p.M - j0 - kBc, Dk, tid);
+    if (kTwoStage) {
+      cp_async_wait_all();
+      __syncthreads();  // V_j and t_j in place; every warp is done with K_j
+      if (kt + 1 < nkt && p.content) {
+        load_rows_async<T, kBc, kD, kLd, Cfg::kThreads>(k_s, k + (j0 + kBc) * Dk, Dk,
+                                                        p.M - j0 - kBc, Dk, tid);
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
 
     const bool finish = tile_needs_finish(p, i0, kBr, j0, kBc);
 #pragma unroll
@@ -149,7 +170,10 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
         const FragPos f{b, h, i0, j0, row0(rb)};
         int code[kNT][4];
         window_codes<kNT, false>(p, f, lane, code);
-        if (kMlp) add_mlp<A, kNT, false>(s[rb], code, p, f, u_s, t_s, e_s, w2_s, L.ld, L.R4, lane);
+        if (kPacked)
+          add_mlp_packed<T, A, kNT>(s[rb], code, p, f, u_s, t_s, e_s, w2_s, L.ld, L.R4, lane);
+        else if (kMlp)
+          add_mlp<A, kNT, false>(s[rb], code, p, f, u_s, t_s, e_s, w2_s, L.ld, L.R4, lane);
         if (finish) finish_logits<kNT, false>(s[rb], code, p, f, lane);
       }
 
@@ -212,7 +236,8 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
       }
     }
     cp_async_wait_all();
-    __syncthreads();  // K_{j+1} in place; every warp is done with V_j and t_j
+    // two stages: K_{j+1} in place; both: every warp is done with V_j and t_j
+    __syncthreads();
   }
 
   T* out = static_cast<T*>(p.out);
@@ -243,11 +268,10 @@ __global__ void __launch_bounds__(128) fwd_kernel(const FwdParams p, const Smem 
 #endif
 }
 
-template <class T, int kD, bool kMlp, Activation A>
+template <class T, class Cfg, bool kMlp, Activation A>
 void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
-  using Cfg = FwdTiles<kD, kMlp>;
   const Smem L = make_smem(Cfg::kTileBytes, Cfg::kBr, Cfg::kBc, p);
-  auto kernel = &fwd_kernel<T, kD, kMlp, A>;
+  auto kernel = &fwd_kernel<T, Cfg, kMlp, A>;
   if (L.bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(L.bytes)));
@@ -258,12 +282,47 @@ void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The default instances (fwd_<dtype>_d<kD>.cu): every activation.
 template <class T, int kD>
 void launch_fwd(const FwdParams& p, cudaStream_t stream) {
-  if (!p.mlp) return launch_fwd_kernel<T, kD, false, Activation::Relu>(p, stream);
-  ITNET_DISPATCH_ACTIVATION(p.activation, A, launch_fwd_kernel<T, kD, true, A>(p, stream));
+  if (!p.mlp) return launch_fwd_kernel<T, FwdTiles<kD, false>, false, Activation::Relu>(p, stream);
+  ITNET_DISPATCH_ACTIVATION(p.activation, A,
+                            launch_fwd_kernel<T, FwdTiles<kD, true>, true, A>(p, stream));
+}
+
+// A sweep instance (sweep/): attention only, or the pair MLP with the default
+// activation (the sweep times configurations, not activations; sweep.h).
+template <class T, class Cfg>
+void launch_fwd_sweep(const FwdParams& p, cudaStream_t stream) {
+  if (!p.mlp) return launch_fwd_kernel<T, Cfg, false, Activation::Relu>(p, stream);
+  check_sweep_activation(p.activation);
+  launch_fwd_kernel<T, Cfg, true, kSweepActivation>(p, stream);
+}
+
+template <class T, class Cfg>
+bool register_fwd_sweep(const char* name, Dtype dt) {
+  add_fwd_sweep(FwdSweep{name, Cfg::kD, dt, &launch_fwd_sweep<T, Cfg>, &fwd_bytes_cfg<Cfg>});
+  return true;
 }
 
 }  // namespace flash
 }  // namespace dense
 }  // namespace itnet
+
+// A forward sweep instance for head dims 64 and 128: BR x BC tiles, WARPS
+// warps, STAGES load stages, PACKED MLP math; its name says the same.
+#define ITNET_FLASH_SWEEP_FWD(T, DT, BR, BC, WARPS, STAGES, PACKED, NAME)              \
+  namespace itnet {                                                                    \
+  namespace dense {                                                                    \
+  namespace flash {                                                                    \
+  namespace {                                                                          \
+  static_assert(BR % (16 * WARPS) == 0, "sweep: BR must be a multiple of 16 x WARPS"); \
+  template <int kD>                                                                    \
+  using SweepCfg = FwdCfg<kD, WARPS, BR / (16 * WARPS), BC, STAGES, PACKED>;           \
+  [[maybe_unused]] const bool registered =                                             \
+      register_fwd_sweep<T, SweepCfg<64>>(NAME, Dtype::DT) &&                          \
+      register_fwd_sweep<T, SweepCfg<128>>(NAME, Dtype::DT);                           \
+  }                                                                                    \
+  }                                                                                    \
+  }                                                                                    \
+  }

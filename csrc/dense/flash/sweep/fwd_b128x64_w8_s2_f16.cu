@@ -1,0 +1,4 @@
+// Flash sweep (sweep.h): forward, float16, 128 x 64 tiles, 8 warps, 2 load stages.
+#include "dense/flash/fwd.cuh"
+
+ITNET_FLASH_SWEEP_FWD(__half, Half, 128, 64, 8, 2, false, "b128x64_w8_s2")

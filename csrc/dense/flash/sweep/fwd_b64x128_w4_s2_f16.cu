@@ -1,0 +1,4 @@
+// Flash sweep (sweep.h): forward, float16, 64 x 128 tiles, 4 warps, 2 load stages.
+#include "dense/flash/fwd.cuh"
+
+ITNET_FLASH_SWEEP_FWD(__half, Half, 64, 128, 4, 2, false, "b64x128_w4_s2")
