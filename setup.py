@@ -47,7 +47,7 @@ CSRC = os.path.join(ROOT, "csrc")
 EMULATE_DIR = os.path.join(CSRC, "emulate")
 EMULATE = os.environ.get("ITNET_EMULATE") == "1"
 SWEEP_DIR = "csrc/dense/flash/sweep/"
-SWEEP = [p for p in os.environ.get("ITNET_FLASH_SWEEP", "").split(",") if p]
+SWEEP = [p.strip() for p in os.environ.get("ITNET_FLASH_SWEEP", "").split(",") if p.strip()]
 
 # Sources compiled once per CPU capability, with these defines / flags.
 MULTI_ARCH_SOURCES = ["csrc/dense/cpu_fwd.cpp", "csrc/dense/cpu_bwd.cpp", "csrc/scan/cpu_kernel.cpp",
@@ -229,6 +229,18 @@ def sweep_selected(src):
     """Whether a flash sweep instance is built (ITNET_FLASH_SWEEP)."""
     stem = os.path.splitext(os.path.basename(src))[0]
     return any(p == "all" or fnmatch.fnmatch(stem, p) for p in SWEEP)
+
+
+def _check_sweep_patterns():
+    stems = [os.path.splitext(os.path.basename(s))[0]
+             for s in glob.glob(os.path.join(ROOT, SWEEP_DIR, "*.cu"))]
+    unmatched = [p for p in SWEEP if p != "all" and not fnmatch.filter(stems, p)]
+    if unmatched:
+        sys.exit(f"ITNET_FLASH_SWEEP: no file under {SWEEP_DIR} matches {', '.join(unmatched)} "
+                 "(\"all\", or comma-separated file-name patterns such as fwd_*_f16)")
+
+
+_check_sweep_patterns()
 
 
 def library_sources(ext):

@@ -30,15 +30,32 @@ def _names(backward):
 
 
 FWD, BWD = _names(False), _names(True)
-needs_sweep = pytest.mark.skipif(
-    not FWD, reason="the flash sweep is not compiled (build with ITNET_FLASH_SWEEP=all)")
+_WHY = "the flash sweep is not compiled (build with ITNET_FLASH_SWEEP=all)"
+needs_sweep = pytest.mark.skipif(not FWD, reason=_WHY)
+needs_bwd_sweep = pytest.mark.skipif(not BWD, reason=_WHY)
+
+
+def check_instance(kw, dtype, seed):
+    """check_half; a partial sweep build (ITNET_FLASH_SWEEP patterns) may lack the instance
+    for this dtype or head dim: skipped then, with the reason (CI builds them all)."""
+    try:
+        check_half(kw, dtype, seed=seed)
+    except RuntimeError as e:
+        if "has no instance for head dim" in str(e):
+            pytest.skip(str(e).splitlines()[0])
+        raise
 
 
 def problem(make_problem, seed, head_dim, mlp):
-    """Partial tiles everywhere; the MLP case with a window, an offset table and every
-    MLP input, the attention case causal with key padding."""
+    """Partial tiles everywhere; the MLP case ("mlp") with a window, an offset table and every
+    MLP input, "mlp-plain" without a window (the MLP code without the per-pair window test),
+    the attention case (False) causal with key padding."""
     common = dict(B=1, H=2, N=150, M=200, Dk=head_dim - 8, Dv=head_dim, normalize="softmax",
                   content=True, mask=None, key_weight=None)
+    if mlp == "mlp-plain":
+        return make_problem(seed, mlp=True, R=18, activation="gelu", support="none",
+                            causal=True, kpm=True, use_u=True, use_t=True, use_b2=True,
+                            **common)
     if mlp:
         return make_problem(seed, mlp=True, R=18, activation="gelu", support="offset", D=1,
                             causal=False, kpm=False, use_u=True, use_t=True, use_b2=True,
@@ -48,22 +65,24 @@ def problem(make_problem, seed, head_dim, mlp):
 
 CASES = [(d, mlp) for d in (64, 128) for mlp in (False, True)]
 IDS = [f"d{d}-{'mlp' if mlp else 'attn'}" for d, mlp in CASES]
+FWD_CASES = CASES + [(64, "mlp-plain"), (128, "mlp-plain")]
+FWD_IDS = IDS + ["d64-mlp-plain", "d128-mlp-plain"]
 
 
 @needs_sweep
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", FWD_CASES, ids=FWD_IDS)
 @pytest.mark.parametrize("name", FWD or ["-"])
 def test_forward_config(name, case, dtype, make_problem):
     d, mlp = case
-    kw = problem(make_problem, 900 + d + mlp, d, mlp)
+    kw = problem(make_problem, 900 + d + FWD_CASES.index(case), d, mlp)
     with sweep.use(fwd=name, emulated=EMULATED):
         assert sweep.current(emulated=EMULATED) == (name, "")
-        check_half(kw, dtype, seed=d)
+        check_instance(kw, dtype, d)
     assert sweep.current(emulated=EMULATED) == ("", "")
 
 
-@needs_sweep
+@needs_bwd_sweep
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("name", BWD or ["-"])
@@ -71,7 +90,7 @@ def test_backward_config(name, case, dtype, make_problem):
     d, mlp = case
     kw = problem(make_problem, 950 + d + mlp, d, mlp)
     with sweep.use(bwd=name, emulated=EMULATED):
-        check_half(kw, dtype, seed=d)
+        check_instance(kw, dtype, d)
 
 
 @needs_sweep
@@ -94,6 +113,7 @@ def test_selection_errors(make_problem):
 
 
 @needs_sweep
+@needs_bwd_sweep
 @pytest.mark.skipif(not EMULATED, reason="the script's --emulate mode runs on the emulator")
 def test_sweep_script_runs_every_config(tmp_path):
     """python -m itnet_ext.bench.flash_sweep --emulate: every configuration runs, in both modes,
@@ -104,7 +124,7 @@ def test_sweep_script_runs_every_config(tmp_path):
 
     out = tmp_path / "sweep.json"
     assert flash_sweep.main(["--emulate", "--dtypes", "float16", "--dh", "64",
-                             "--out", str(out)]) == 0
+                             "--time-budget-s", "1e9", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     rows = [r for r in res["rows"] if "skipped" not in r]
     assert len(rows) == len(res["rows"]) == 2 * (len(FWD) + len(BWD) + 2)

@@ -5,11 +5,12 @@
 //
 // Two passes, neither with floating-point atomics (deterministic; only the
 // offset-table gradient uses atomics):
-//  - key pass, block = (64 keys, h, b), 4 warps of 16 keys, looping over query
-//    tiles: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q in
+//  - key pass, block = (kBk = 16 Cfg::kWarps keys, h, b; default 64 keys, 4
+//    warps), one warp per 16 keys, looping over query tiles of kBq: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q in
 //    registers; the key-side MLP gradient dt (rows of the warp, shared-memory
 //    accumulators), dW2 / db2 per block, the key-weight gradient per key.
-//  - query pass, block = (64 queries, h, b), looping over key tiles: S, dP,
+//  - query pass, block = (kBr = 16 Cfg::kWarps queries, h, b), looping over
+//    key tiles of kBc: S, dP,
 //    dQ += dS K and the query-side MLP gradient du.
 // Per-head and per-block partial sums (FlashGrads) are reduced by the caller.
 #pragma once
@@ -486,6 +487,10 @@ void launch_bwd_kernels(const BwdParams& bp, const FlashGrads& G, cudaStream_t s
                                           static_cast<int>(Lkv.bytes)));
     const dim3 gkv(static_cast<unsigned>((p.M + Cfg::kBk - 1) / Cfg::kBk),
                    static_cast<unsigned>(p.H), static_cast<unsigned>(p.B));
+    TORCH_CHECK(G.key_tiles == static_cast<int64_t>(gkv.x),
+                "flash backward: the per-key-tile buffers were sized for ", G.key_tiles,
+                " key tiles, the kernel has ", gkv.x, " (the flash configuration changed during "
+                "the call? set_flash_config is process-wide: not while other threads compute)");
     ITNET_LAUNCH(gkv, Cfg::kThreads, Lkv.bytes, stream, kv)(bp, G, Lkv);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -127,10 +127,11 @@ int64_t fwd_bytes_cfg(const FwdParams& p) {
   return make_smem(Cfg::kTileBytes, Cfg::kBr, Cfg::kBc, p).bytes;
 }
 
+// (the backward: dynamic plus the key pass's static db2 partials, one float per warp)
 template <class Cfg>
 int64_t bwd_bytes_cfg(const FwdParams& p, bool want_dE) {
   const int64_t kv = make_bwd_smem(Cfg::kKvBytes, 2 * Cfg::kBq, Cfg::kBk, Cfg::kBk, Cfg::kWarps,
-                                   true, p, want_dE).bytes;
+                                   true, p, want_dE).bytes + 4 * Cfg::kWarps;
   const int64_t q = make_bwd_smem(Cfg::kQBytes, Cfg::kBr, 2 * Cfg::kBc, Cfg::kBr, Cfg::kWarps,
                                   false, p, false).bytes;
   return kv > q ? kv : q;

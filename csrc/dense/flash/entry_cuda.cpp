@@ -69,10 +69,10 @@ bool supported(const DenseArgs& a, bool backward) {
   if (p.Dk > dmax || p.Dv > dmax || p.R > flash::kMaxR || p.O * p.R > flash::kMaxTable)
     return false;
   if (v.size(0) > 65535 || v.size(1) > 65535) return false;  // grid y, z
+  // (dynamic plus static shared memory: the backward's key pass has its db2 partials)
   const int64_t smem = backward ? flash::bwd_smem_bytes(p, a.offset_table.has_value())
                                 : flash::fwd_smem_bytes(p);
-  // (+16 in the backward: the key pass's static db2 partials)
-  return smem + (backward ? 16 : 0) <= static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  return smem <= static_cast<int64_t>(prop->sharedMemPerBlockOptin);
 }
 
 flash::Dtype flash_dtype(const at::Tensor& v) {
@@ -180,6 +180,7 @@ GradTuple flash_dense_bwd(const GradArgs& g, const DenseArgs& a) {
   G.db2 = static_cast<float*>(ptr(db2));
   G.dkw = static_cast<float*>(ptr(dkw));
   G.dE = static_cast<float*>(ptr(dE));
+  G.key_tiles = nkt;
   flash::bwd(bp, G, flash_dtype(a.v), at::cuda::getCurrentCUDAStream());
 
   // fixed-order reductions of the partial sums (deterministic)

@@ -37,7 +37,8 @@ inline int head_dim_bucket(int64_t Dk, int64_t Dv) {
   return d <= 64 ? 64 : d <= 128 ? 128 : 256;
 }
 
-// Shared memory the forward / backward kernels need for p (bytes).
+// Shared memory the forward / backward kernels need for p (bytes; the backward: dynamic plus
+// static).
 int64_t fwd_smem_bytes(const FwdParams& p);
 int64_t bwd_smem_bytes(const FwdParams& p, bool want_dE);
 
@@ -57,6 +58,9 @@ struct FlashGrads {
   float* db2 = nullptr;   // (B, H, nkt) per key tile, written; null = not wanted
   float* dkw = nullptr;   // (H, B, M) per head, written; null = not wanted
   float* dE = nullptr;    // (O, R) atomically accumulated (zero-filled; not deterministic)
+  // nkt the per-key-tile buffers were sized with (bwd_key_tiles): the launch checks that its
+  // grid has as many key tiles (a flash configuration changed in between would overrun them)
+  int64_t key_tiles = 0;
 };
 
 // Key tiles of the key-side backward pass (the nkt of FlashGrads).

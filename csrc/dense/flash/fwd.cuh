@@ -1,15 +1,18 @@
 // Forward flash kernel of the dense op (fp16 / bf16 in, fp32 accumulation).
 //
-// Block = (query tile, head h, batch b), 4 warps of kRB blocks of 16 query
-// rows (config.h: 2 for head dims <= 64, whose Q fragments stay in registers).
-// Q (64 x kD), K and V (kBc x kD) tiles are staged in shared memory by
+// Block = (query tile, head h, batch b), Cfg::kWarps warps of kRB blocks of 16
+// query rows (config.h; the default: 4 warps, kRB = 2 without the pair MLP up
+// to head dim 128; Q fragments stay in registers for head dims <= 64).
+// Q (kBr x kD), K and V (kBc x kD) tiles are staged in shared memory by
 // cp.async; per key tile a warp computes its 16 x kBc logits with MMAs
 // (S = Q K^T), finishes them element by element (logits.cuh: pair MLP,
 // support, bias, mask), updates the online-softmax state of its rows (the
 // shared helpers of common/math.h) and accumulates O += P V with P straight
-// from the accumulator registers. Loads overlap compute as in FlashAttention
-// 2: V of tile j streams in during Q K_j^T, K of tile j + 1 during softmax and
-// P V_j. `none` mode accumulates a = l w instead. Output rows are written
+// from the accumulator registers. With 2 load stages (the default) loads
+// overlap compute as in FlashAttention 2: V of tile j streams in during
+// Q K_j^T, K of tile j + 1 during softmax and P V_j; with 1, K_j and V_j load
+// together before Q K_j^T. The pair MLP runs in float32 or, in the packed
+// configurations, on 16-bit pairs (packed.cuh). `none` mode accumulates a = l w instead. Output rows are written
 // once, in the input dtype; lse in float32.
 #pragma once
 
