@@ -32,5 +32,5 @@ PY
 )
 tests=(tests/test_emulate.py tests/test_scan_cuda.py tests/test_lowrank_cuda.py
        tests/test_sparse_cuda.py tests/test_dense_cuda.py tests/test_dense_cuda_half.py
-       tests/test_flash_sweep.py)
+       tests/test_flash_sweep.py tests/test_reliability_cuda.py)
 ITNET_REQUIRE_EMULATION=1 "$py" -m pytest -q -p no:cacheprovider --durations=5 "${tests[@]}" "$@"

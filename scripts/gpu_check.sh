@@ -220,7 +220,7 @@ else
   [[ $HAVE_KERNELS == 1 ]] && export ITNET_REQUIRE_CUDA=1
   run_step tests 200 180 "$PY" -m pytest tests/test_dense_cuda.py tests/test_dense_cuda_half.py \
     tests/test_scan_cuda.py tests/test_sparse_cuda.py tests/test_lowrank_cuda.py \
-    tests/test_lowp_reference.py -q \
+    tests/test_reliability_cuda.py tests/test_lowp_reference.py -q \
     -p no:cacheprovider -rfE \
     --durations=10 \
     --junitxml="$OUT/tests.xml"

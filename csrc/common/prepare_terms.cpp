@@ -40,7 +40,9 @@ at::Tensor prepare_positions(const c10::optional<at::Tensor>& pos, int64_t B, in
     TORCH_CHECK(p.device() == v.device(), name, ": expected a tensor on ", v.device(), ", got ",
                 p.device());
     p = p.to(at::kDouble).contiguous();
-    TORCH_CHECK(!p.isnan().any().item<bool>(), name, ": contains NaN");
+    // (an inf position would make the offset inf - inf = NaN: the rule is finite ones)
+    TORCH_CHECK(p.isfinite().all().item<bool>(), name,
+                ": contains NaN or inf (positions must be finite)");
   } else {
     TORCH_CHECK(D == 1, name, ": required for a window of ", D,
                 " position dims (the default is the integer index, 1 dim)");

@@ -233,8 +233,9 @@ def check_inputs(
         for name, x in (("q_pos", q_pos), ("k_pos", k_pos)):
             if x is None or x.numel() == 0:
                 continue
-            if torch.isnan(x).any():
-                raise ValueError(f"{name}: contains NaN")
+            # (an inf position would make the offset inf - inf = NaN: the rule is finite ones)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name}: contains NaN or inf (positions must be finite)")
             if offset_table is not None:
                 if not bool(torch.isfinite(x).all()) or not bool((x == torch.round(x)).all()):
                     raise ValueError(

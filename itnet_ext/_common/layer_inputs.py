@@ -149,6 +149,7 @@ def convert_masks(
         if kpm.dtype == torch.bool:
             kpm_out = kpm
         elif kpm.is_floating_point():
+            check_float_key_mask(kpm.detach())
             kpm_add = kpm.to(dtype).view(batch, 1, 1, src_len)
         else:
             raise ValueError(
@@ -192,6 +193,17 @@ def convert_masks(
     return kpm_out, am_out
 
 
+def check_float_key_mask(kpm: Tensor) -> None:
+    """The rule for a float ``key_padding_mask``, in every method: finite values or -inf (a
+    padded key), never NaN or +inf. Under torch.compile an asynchronous assert (no host sync)."""
+    bad = torch.isnan(kpm).any() | (kpm == float("inf")).any()
+    msg = "key_padding_mask: a float mask must not hold NaN or +inf"
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad, msg)
+    elif bool(bad):
+        raise ValueError(msg)
+
+
 def key_masks(key_padding_mask: Optional[Tensor], B: int, M: int, is_batched: bool,
               dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """``key_padding_mask`` in the layer's convention (``(B, M)``, ``(M,)`` unbatched; bool
@@ -213,8 +225,7 @@ def key_masks(key_padding_mask: Optional[Tensor], B: int, M: int, is_batched: bo
         raise ValueError(f"key_padding_mask must be bool (True = ignore) or floating (additive), "
                          f"got {kpm.dtype}")
     kpm = kpm.detach()
-    if bool(torch.isnan(kpm).any()) or bool((kpm == float("inf")).any()):
-        raise ValueError("key_padding_mask: a float mask must not hold NaN or +inf")
+    check_float_key_mask(kpm)
     pad = kpm == _NEG_INF
     bias = torch.where(pad, torch.zeros((), dtype=kpm.dtype, device=kpm.device), kpm)
     if not bool((bias != 0).any()):

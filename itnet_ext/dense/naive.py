@@ -36,6 +36,15 @@ def integral_transform(
                       q_pos=q_pos, k_pos=k_pos)
     cdt, qp, kp, lo, hi, sizes, strides, act = (ks.cdt, ks.qp, ks.kp, ks.lo, ks.hi, ks.sizes,
                                                 ks.strides, ks.act)
+    if key_padding_mask is not None:
+        # padded keys take part in no pair: their k, v and t rows must not reach any result,
+        # not even as 0 * NaN in the products below (the fused ops never read them)
+        def unpad(x, pad):
+            return None if x is None else torch.where(pad, torch.zeros((), dtype=cdt), x)
+
+        kpm4 = key_padding_mask[:, None, :, None]
+        ks.kc, ks.vc = unpad(ks.kc, kpm4), unpad(ks.vc, kpm4)
+        ks.tc = unpad(ks.tc, key_padding_mask[:, :, None])
     wc = None if key_weight is None else key_weight.to(cdt)  # (B or 1, M)
     mask_f = attn_mask.to(cdt) if p.attn_mask_kind == "float" else None
     mask_b = attn_mask if p.attn_mask_kind == "bool" else None

@@ -90,7 +90,9 @@ def positive_features(z: Tensor, *, is_query: bool, padding: Optional[Tensor] = 
         zz = z.detach()
         if padding is not None:
             zz = zz.masked_fill(padding[:, None, :, None], -math.inf)
-        c = zz.amax(dim=(-1, -2), keepdim=True)
+        # (no keys, N = 0: nothing to stabilize, and amax has no identity to return)
+        c = (zz.amax(dim=(-1, -2), keepdim=True) if zz.shape[-2] > 0
+             else zz.new_zeros(*zz.shape[:-2], 1, 1))
         if reduce_max is not None:
             c = reduce_max(c)
         c = torch.where(torch.isfinite(c), c, torch.zeros((), dtype=c.dtype, device=c.device))

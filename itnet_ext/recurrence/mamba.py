@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from ..scan import functional as _F
+from ._checks import check_input, check_state
 
 __all__ = ["MambaMixer"]
 
@@ -96,6 +97,17 @@ class MambaMixer(nn.Module):
         """Skip on the un-scaled scan input, gate, project out."""
         return self.out_proj((y + x * self.D) * TF.silu(z))
 
+    def _check_state(self, state, batch: int, name: str) -> None:
+        """None, or the pair (conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state))."""
+        if state is None:
+            return
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"{name}: expected the pair (conv_state, ssm_state) or None, got "
+                             f"{type(state).__name__}")
+        like = self.in_proj.weight
+        check_state(f"{name}[0] (conv_state)", state[0], (batch, self.d_inner, self.d_conv), like)
+        check_state(f"{name}[1] (ssm_state)", state[1], (batch, self.d_inner, self.d_state), like)
+
     def _zero_state(self, batch: int, like: Tensor):
         return (like.new_zeros(batch, self.d_inner, self.d_conv),
                 like.new_zeros(batch, self.d_inner, self.d_state))
@@ -103,7 +115,9 @@ class MambaMixer(nn.Module):
     # ------------------------------------------------------------------------------------
     def forward(self, u: Tensor, initial_state=None, return_state: bool = False):
         """u (B, T, d_model) -> out (B, T, d_model), or (out, (conv_state, ssm_state))."""
+        check_input("u", u, self.d_model, self.in_proj.weight)
         Bsz = u.shape[0]
+        self._check_state(initial_state, Bsz, "initial_state")
         x, z = self.in_proj(u).chunk(2, dim=-1)
         if u.shape[1] == 0:     # nothing to mix; the state passes through unchanged
             state = initial_state if initial_state is not None else self._zero_state(Bsz, x)
@@ -131,6 +145,8 @@ class MambaMixer(nn.Module):
     def step(self, u_t: Tensor, state=None):
         """One token: u_t (B, d_model), state (conv_state, ssm_state) (zeros if None)
         -> (out_t (B, d_model), new state)."""
+        check_input("u_t", u_t, self.d_model, self.in_proj.weight, step=True)
+        self._check_state(state, u_t.shape[0], "state")
         x, z = self.in_proj(u_t).chunk(2, dim=-1)
         conv_state, ssm_state = self._zero_state(u_t.shape[0], x) if state is None else state
         conv_state = torch.cat([conv_state[..., 1:], x[..., None]], dim=-1)

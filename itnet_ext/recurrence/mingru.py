@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as TF
 
 from ..scan import functional as _F
+from ._checks import check_input, check_state
 
 __all__ = ["MinGRU", "MinLSTM"]
 
@@ -35,7 +36,11 @@ class _MinRNN(nn.Module):
     def forward(self, x: Tensor, h0: Tensor | None = None, return_state: bool = False):
         """x (B, T, d_in) -> hidden states (B, T, d_hidden), or (states, h_T (B, d_hidden))
         with ``return_state``; ``h0`` (B, d_hidden) is the state before x_0 (default 0)."""
+        like = next(self.parameters())
+        check_input("x", x, self.d_in, like, what="d_in")
         Bsz, T = x.shape[0], x.shape[1]
+        if h0 is not None:
+            check_state("h0", h0, (Bsz, self.d_hidden), like)
         log_a, b = self._coefficients(x)
         ones = b.new_ones(1, 1, 1).expand(Bsz, T, 1)                     # phi = psi = 1
         out = _F.decay_scan(b, log_a[..., None], ones, ones,
@@ -49,6 +54,10 @@ class _MinRNN(nn.Module):
     def step(self, x_t: Tensor, h: Tensor | None = None):
         """One token: x_t (B, d_in), h (B, d_hidden) (zeros if None) -> (h_t, h_t): output
         and state are the same vector, paired as the (y_t, state) of the other layers."""
+        like = next(self.parameters())
+        check_input("x_t", x_t, self.d_in, like, step=True, what="d_in")
+        if h is not None:
+            check_state("h", h, (x_t.shape[0], self.d_hidden), like)
         log_a, b = self._coefficients(x_t)
         if h is None:
             h = b.new_zeros(b.shape)

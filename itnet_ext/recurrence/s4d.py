@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..scan import functional as _F
+from ._checks import check_input, check_state
 
 __all__ = ["S4D"]
 
@@ -150,17 +151,18 @@ class S4D(nn.Module):
         h = like.new_zeros(batch, self.d_model, self.d_state)
         return h if self.mode == "real" else torch.complex(h, h)
 
-    def _check_channels(self, x: Tensor) -> None:
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x: expected {self.d_model} channels (d_model) in the last dim, "
-                             f"got shape {tuple(x.shape)}")
+    def _check_state(self, name: str, state, batch: int) -> None:
+        check_state(name, state, (batch, self.d_model, self.d_state), self.log_dt,
+                    complex_ok=self.mode != "real")
 
     # ------------------------------------------------------------------------------------
     def forward(self, x: Tensor, initial_state: Tensor | None = None,
                 return_state: bool = False):
         """x (B, T, D) -> y (B, T, D), or (y, state (B, D, N)) with ``return_state``."""
-        self._check_channels(x)
+        check_input("x", x, self.d_model, self.log_dt)
         Bsz, T = x.shape[0], x.shape[1]
+        if initial_state is not None:
+            self._check_state("initial_state", initial_state, Bsz)
         ld, phi, psi = self._scan_factors(T)
         out = _F.decay_scan(
             x, ld, phi.expand(Bsz, -1, -1, -1), psi.expand(Bsz, -1, -1, -1), skip=self.D,
@@ -176,8 +178,10 @@ class S4D(nn.Module):
 
         A step is a forward of length 1 from ``state``: the factors at k = 1.
         """
-        self._check_channels(x_t)
+        check_input("x_t", x_t, self.d_model, self.log_dt, step=True)
         Bsz = x_t.shape[0]
+        if state is not None:
+            self._check_state("state", state, Bsz)
         if state is None:
             state = self._zero_state(Bsz, x_t)
         ld, phi, psi = self._scan_factors(1)

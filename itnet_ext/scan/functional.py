@@ -8,20 +8,39 @@ from .validate import check_scan_inputs
 __all__ = ["decay_scan", "decay_scan_step"]
 
 
-def _check_stable(p):
-    """stable=True: every decay factor exp(a) must be <= 1 (a <= 0)."""
+def _unstable(p):
+    """A bool tensor: some decay factor exp(a) is above 1 (a > 0); None when there is no decay
+    value to check."""
     if p.form == "factored":
+        if not p.dt.numel():
+            return None
         # a = dt * A <= 0 for every (t, d, r) iff, per channel d, dt > 0 somewhere implies
         # A[d] <= 0 and dt < 0 somewhere implies A[d] >= 0
         flat = p.dt.reshape(-1, p.D)
-        bad = ((flat.amax(0) > 0) & (p.A.amax(1) > 0)) | ((flat.amin(0) < 0) & (p.A.amin(1) < 0))
-        if p.dt.numel() and bool(bad.any()):
-            d = int(bad.nonzero()[0, 0])
-            raise ValueError(f"log_decay (dt, A): stable=True needs dt * A <= 0, but channel {d} "
-                             "has a positive log-decay (a decay factor above 1)")
-    elif p.log_decay.numel() and bool((p.log_decay > 0).any()):
-        raise ValueError(f"log_decay: stable=True needs log_decay <= 0, got a maximum of "
-                         f"{float(p.log_decay.max()):.4g} (a decay factor above 1)")
+        return ((flat.amax(0) > 0) & (p.A.amax(1) > 0)) | ((flat.amin(0) < 0) & (p.A.amin(1) < 0))
+    return (p.log_decay > 0) if p.log_decay.numel() else None
+
+
+def _check_stable(p):
+    """stable=True: every decay factor exp(a) must be <= 1 (a <= 0). Eager: a ValueError naming
+    the channel or the maximum. Under torch.compile (no host sync in the graph): the same
+    condition as an asynchronous assert, a RuntimeError on CPU and a device-side assert on CUDA."""
+    bad = _unstable(p)
+    if bad is None:
+        return
+    what = "log_decay (dt, A)" if p.form == "factored" else "log_decay"
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), f"{what}: stable=True needs every log-decay <= 0 "
+                                        "(a decay factor above 1)")
+        return
+    if not bool(bad.any()):
+        return
+    if p.form == "factored":
+        d = int(bad.nonzero()[0, 0])
+        raise ValueError(f"log_decay (dt, A): stable=True needs dt * A <= 0, but channel {d} "
+                         "has a positive log-decay (a decay factor above 1)")
+    raise ValueError(f"log_decay: stable=True needs log_decay <= 0, got a maximum of "
+                     f"{float(p.log_decay.max()):.4g} (a decay factor above 1)")
 
 
 def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
@@ -48,7 +67,8 @@ def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
         skip: (D,) direct term.
         initial_state: (B, D, Rk) state before the first step (default 0).
         return_final_state: also return the state after the last step (B, D, Rk).
-        stable: check that every decay factor is <= 1 (log_decay <= 0) and raise if not.
+        stable: check that every decay factor is <= 1 (log_decay <= 0) and raise if not (under
+            torch.compile as an asynchronous assert: RuntimeError on CPU, a device assert on CUDA).
 
     Returns:
         y (B, T, D) in x's dtype, or (y, final_state).
@@ -64,7 +84,7 @@ def decay_scan(x, log_decay, phi, psi, *, skip=None, initial_state=None,
     nondeterminism error).
     """
     p = check_scan_inputs(x, log_decay, phi, psi, skip, initial_state)
-    if stable and not torch.compiler.is_compiling():
+    if stable:
         _check_stable(p)
     ld = p.log_decay
     if p.form == "static":
@@ -109,8 +129,11 @@ def decay_scan_step(x_t, log_decay_t, phi_t, psi_t, state, *, skip=None):
     for name, t in (("phi_t", phi_t), ("psi_t", psi_t)):
         if not isinstance(t, torch.Tensor) or t.dim() not in (2, 3):
             raise ValueError(f"{name}: expected a (B, Rk) or (B, G, Rk) tensor")
+    if state is None:
+        raise ValueError("state: expected the (B, D, Rk) state after the previous step (zeros "
+                         "before the first step), got None")
     p = check_scan_inputs(x_t.unsqueeze(1), ld, phi_t.unsqueeze(1), psi_t.unsqueeze(1), skip,
-                          state)
+                          state, state_name="state")
     cd = torch.promote_types(x_t.dtype, torch.float32)
     grp = p.D // p.G
     phi = p.phi[:, 0].to(cd).repeat_interleave(grp, dim=1)    # (B, D, Rk)

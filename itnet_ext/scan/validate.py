@@ -61,7 +61,8 @@ def _tensor(name, x, layout):
         raise ValueError(f"{name}: expected a tensor {layout}, got {type(x).__name__}")
 
 
-def check_scan_inputs(x, log_decay, phi, psi, skip=None, initial_state=None) -> ScanProblem:
+def check_scan_inputs(x, log_decay, phi, psi, skip=None, initial_state=None,
+                      state_name="initial_state") -> ScanProblem:
     _tensor("x", x, "(B, T, D)")
     if x.dim() != 3:
         raise ValueError(f"x: expected shape (B, T, D), got {_shape(x)}")
@@ -137,10 +138,11 @@ def check_scan_inputs(x, log_decay, phi, psi, skip=None, initial_state=None) -> 
         if tuple(skip.shape) != (D,):
             raise ValueError(f"skip: expected shape ({D},), got {_shape(skip)}")
     if initial_state is not None:
-        _tensor("initial_state", initial_state, f"({B}, {D}, {Rk})")
-        same("initial_state", initial_state)
+        # (state_name: the caller's name for it, "state" in decay_scan_step)
+        _tensor(state_name, initial_state, f"({B}, {D}, {Rk})")
+        same(state_name, initial_state)
         if tuple(initial_state.shape) != (B, D, Rk):
-            raise ValueError(f"initial_state: expected shape ({B}, {D}, {Rk}), got "
+            raise ValueError(f"{state_name}: expected shape ({B}, {D}, {Rk}), got "
                              f"{_shape(initial_state)}")
 
     return ScanProblem(B=B, T=T, D=D, Rk=Rk, G=G, dtype=dtype, device=device, form=form,

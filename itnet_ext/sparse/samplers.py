@@ -305,15 +305,25 @@ def local(B, N, M, S, *, sigma, q_pos=None, k_pos=None, causal=False, window=Non
                        and math.isfinite(x) for x in sig)):
         raise ValueError(f"sigma: expected a finite number > 0 or D = {sup.D} of them, "
                          f"got {sigma!r}")
-    inv_var = torch.tensor([1.0 / (x * x) for x in sig], dtype=_F64, device=device)
+    # z = -d2 / (2 sigma_min^2) with d2 = sum_d (off_d sigma_min / sigma_d)^2, shifted per row
+    # by the nearest key's d2 (softmax is shift-invariant): no 1 / sigma^2 to overflow or
+    # divide by zero for a tiny sigma, where the draw tends to the nearest keys
+    sig_t = torch.tensor(sig, dtype=_F64, device=device)
+    smin = sig_t.min()
+    rel = smin / sig_t
     u = _uniforms(B, N, S, generator, device)
     if M == 0:
         return _no_keys(B, N, S, device, dtype, _INF)
     idx = torch.empty(B, N, S, dtype=torch.int64, device=device)
     log_q = torch.empty(B, N, S, dtype=_F64, device=device)
     for s, e in sup.blocks(M * (sup.D + 1)):
-        z = -0.5 * (sup.offsets(s, e) ** 2 * inv_var).sum(-1)   # (B or 1, n, M)
-        z = torch.where(sup.block(s, e), z, torch.full((), -_INF, dtype=_F64, device=device))
+        d2 = ((sup.offsets(s, e) * rel) ** 2).sum(-1)            # (B or 1, n, M)
+        inside = sup.block(s, e)
+        ninf = torch.full((), -_INF, dtype=_F64, device=device)
+        d2min = torch.where(inside, d2, -ninf).amin(-1, keepdim=True)
+        z = torch.where(d2 == d2min, torch.zeros((), dtype=_F64, device=device),
+                        -0.5 * (d2 - d2min) / (smin * smin))
+        z = torch.where(inside, z, ninf)
         idx[:, s:e], log_q[:, s:e] = _draw_from_logits(z, u[:, s:e])
     return idx, log_q.to(dtype)
 

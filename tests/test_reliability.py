@@ -1,0 +1,192 @@
+"""Regression tests of the hostile-input findings (issue 28): each failed before its fix.
+
+- padded keys never reach a result in the oracle either (NaN in v / k / t at a padded key);
+- positions must be finite (an inf position made the offset inf - inf = NaN): one error in the
+  Python checks and in the C++ op;
+- ``decay_scan(stable=True)`` checks the decay sign under torch.compile too;
+- a float ``key_padding_mask`` with NaN / +inf: one clear error in every layer method;
+- the low-rank layer with N = 0 returns an empty output (and gradient);
+- ``samplers.local`` with a tiny sigma: no NaN log-probabilities, no ZeroDivisionError;
+- the recurrent layers and ``decay_scan_step`` name the argument that is wrong.
+"""
+import math
+
+import pytest
+import torch
+
+from itnet_ext import functional, reference
+from itnet_ext.nn import IntegralTransform
+from itnet_ext.recurrence import S4D, MambaMixer, MinGRU, MinLSTM
+from itnet_ext.scan import decay_scan, decay_scan_step
+from itnet_ext.sparse import samplers
+
+F64 = torch.float64
+
+
+def _qkv(seed, B=2, H=2, N=6, M=7, D=8):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, n, D, generator=g, dtype=F64) for n in (N, M, M)]
+
+
+# ---- padded keys ---------------------------------------------------------------------------
+@pytest.mark.parametrize("poison", ["v", "k", "t"])
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+def test_padded_key_never_reaches_the_result(poison, normalize):
+    """NaN in the k / v / t rows of a padded key: every output and every gradient of the other
+    entries stays finite, in the oracle and the fused op alike, and both agree."""
+    q, k, v = _qkv(1)
+    g = torch.Generator().manual_seed(2)
+    B, M, R = 2, k.shape[2], 5
+    extra = dict(u=torch.randn(B, q.shape[2], R, generator=g, dtype=F64),
+                 t=torch.randn(B, M, R, generator=g, dtype=F64),
+                 W2=torch.randn(2, R, generator=g, dtype=F64))
+    kpm = torch.zeros(B, M, dtype=torch.bool)
+    kpm[0, 3] = kpm[1, 0] = True
+    x = {"q": q, "k": k, "v": v, **extra}
+    x[poison] = x[poison].clone()
+    if poison == "t":
+        x["t"][0, 3] = x["t"][1, 0] = math.nan
+    else:
+        x[poison][0, :, 3] = x[poison][1, :, 0] = math.nan
+    outs = []
+    for fn in (reference.integral_transform, functional.integral_transform):
+        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+        out = fn(leaves["q"], leaves["k"], leaves["v"], u=leaves["u"], t=leaves["t"],
+                 W2=leaves["W2"], key_padding_mask=kpm, normalize=normalize)
+        assert torch.isfinite(out).all(), fn.__module__
+        out.sum().backward()
+        for n, leaf in leaves.items():
+            grad = leaf.grad
+            if n in ("k", "v"):
+                grad = grad.masked_fill(kpm[:, None, :, None], 0)
+            elif n == "t":
+                grad = grad.masked_fill(kpm[:, :, None], 0)
+            assert torch.isfinite(grad).all(), (fn.__module__, n)
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-12)
+
+
+# ---- positions -----------------------------------------------------------------------------
+@pytest.mark.parametrize("fn", [functional.integral_transform, reference.integral_transform],
+                         ids=["fused", "reference"])
+@pytest.mark.parametrize("which", ["q_pos", "k_pos"])
+def test_inf_positions_are_rejected(fn, which):
+    q, k, v = _qkv(3, B=1)
+    pos = {"q_pos": torch.arange(6.0, dtype=F64).view(1, 6, 1),
+           "k_pos": torch.arange(7.0, dtype=F64).view(1, 7, 1)}
+    pos[which] = torch.full_like(pos[which], math.inf)
+    with pytest.raises(ValueError, match=rf"^{which}: contains NaN or inf \(positions must be finite\)"):
+        fn(q, k, v, window=[(-10, 10)], **pos)
+
+
+def test_inf_positions_are_rejected_by_the_op():
+    """The C++ op checks too (it is what runs under torch.compile, without the Python checks)."""
+    q, k, v = _qkv(4, B=1)
+    qp = torch.full((1, 6, 1), math.inf, dtype=F64)
+    kp = torch.full((1, 7, 1), math.inf, dtype=F64)
+    with pytest.raises(RuntimeError, match="q_pos: contains NaN or inf"):
+        torch.ops.itnet.dense_fwd(q, k, v, None, None, None, None, None, qp, kp, None, None, None,
+                                  [-10.0], [10.0], 0.5, 0, True, False)
+
+
+# ---- decay_scan(stable=True) under compile --------------------------------------------------
+def test_stable_decay_check_under_compile():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 8, 3, generator=g)
+    phi, psi = torch.randn(1, 8, 2, generator=g), torch.randn(1, 8, 2, generator=g)
+    ld = torch.rand(1, 8, 3, 2, generator=g)  # positive: decay factors above 1
+    f = torch.compile(lambda *a: decay_scan(*a, stable=True), fullgraph=True, backend="eager")
+    with pytest.raises(RuntimeError, match="stable=True needs every log-decay <= 0"):
+        f(x, ld, phi, psi)
+    torch.testing.assert_close(f(x, -ld, phi, psi), decay_scan(x, -ld, phi, psi))
+    with pytest.raises(ValueError, match="stable=True needs log_decay <= 0"):
+        decay_scan(x, ld, phi, psi, stable=True)
+
+
+# ---- float key_padding_mask ------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("method,kw", [("dense", {}), ("lowrank", {"rank": 4}),
+                                       ("sampled", {"samples": 3})], ids=["dense", "lowrank", "sampled"])
+def test_float_key_padding_mask_rule(method, kw, bad):
+    torch.manual_seed(6)
+    layer = IntegralTransform(16, 2, method=method, batch_first=True, **kw)
+    x = torch.randn(2, 5, 16)
+    kpm = torch.zeros(2, 5)
+    kpm[0, 1] = bad
+    with pytest.raises(ValueError, match="key_padding_mask: a float mask must not hold NaN or \\+inf"):
+        layer(x, x, x, key_padding_mask=kpm)
+    kpm[0, 1] = -math.inf  # the allowed values: finite, or -inf (padding)
+    assert torch.isfinite(layer(x, x, x, key_padding_mask=kpm)[0]).all()
+
+
+# ---- N = 0 ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw", [dict(rank=4), dict(rank=4, lowrank_hidden=8),
+                                dict(rank=4, causal=True)], ids=["plain", "feature-mlp", "causal"])
+def test_lowrank_layer_without_tokens(kw):
+    layer = IntegralTransform(16, 2, method="lowrank", batch_first=True, **kw)
+    x = torch.randn(2, 0, 16, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (2, 0, 16)
+    y.sum().backward()
+    assert x.grad.shape == (2, 0, 16)
+
+
+# ---- samplers.local with a tiny sigma --------------------------------------------------------
+@pytest.mark.parametrize("sigma", [1e-155, 1e-170, 1e-300])
+def test_local_sampler_tiny_sigma(sigma):
+    """sigma -> 0: every draw is the nearest key (here the query's own index), log q = 0."""
+    idx, log_q = samplers.local(2, 5, 7, 3, sigma=sigma, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(idx, torch.arange(5).view(1, 5, 1).expand(2, 5, 3))
+    assert torch.equal(log_q, torch.zeros(2, 5, 3, dtype=F64))
+
+
+def test_local_sampler_tiny_sigma_between_keys():
+    """A query half-way between two keys: both nearest keys, each with probability 1/2."""
+    q_pos = torch.tensor([[[0.5]]], dtype=F64)
+    k_pos = torch.arange(4.0, dtype=F64).view(1, 4, 1)
+    idx, log_q = samplers.local(1, 1, 4, 64, sigma=1e-200, q_pos=q_pos, k_pos=k_pos,
+                                generator=torch.Generator().manual_seed(1))
+    assert set(idx.flatten().tolist()) == {0, 1}
+    torch.testing.assert_close(log_q, torch.full_like(log_q, math.log(0.5)))
+
+
+def test_local_sampler_unchanged_for_normal_sigma():
+    """The shifted formula draws what q(j | i) = softmax(-d^2 / (2 sigma^2)) says (float64
+    oracle of the probabilities)."""
+    idx, log_q = samplers.local(1, 4, 9, 5, sigma=[1.7], generator=torch.Generator().manual_seed(2))
+    i = torch.arange(4, dtype=F64)[:, None]
+    j = torch.arange(9, dtype=F64)[None, :]
+    want = torch.log_softmax(-(j - i) ** 2 / (2 * 1.7 ** 2), dim=-1)
+    torch.testing.assert_close(log_q[0], want.gather(1, idx[0]), rtol=1e-12, atol=1e-12)
+
+
+# ---- clear errors of the recurrent layers ----------------------------------------------------
+@pytest.mark.parametrize("make,call,match", [
+    (lambda: MambaMixer(8), lambda m: m(torch.randn(2, 5, 7)), r"^u: expected a \(B, T, 8\) tensor \(8 = d_model\)"),
+    (lambda: MambaMixer(8), lambda m: m(torch.randn(5, 8)), r"^u: expected a \(B, T, 8\) tensor"),
+    (lambda: MambaMixer(8), lambda m: m(torch.randn(2, 5, 8, dtype=F64)), r"^u: expected dtype torch.float32"),
+    (lambda: MambaMixer(8), lambda m: m.step(torch.randn(2, 8), state=(torch.zeros(2, 16, 3), None)),
+     r"^state\[0\] \(conv_state\): expected a tensor of shape \(2, 16, 4\)"),
+    (lambda: MinGRU(8, 4), lambda m: m(torch.randn(2, 5, 7)), r"^x: expected a \(B, T, 8\) tensor \(8 = d_in\)"),
+    (lambda: MinLSTM(8, 4), lambda m: m(torch.randn(2, 5, 8, dtype=F64)), r"^x: expected dtype torch.float32"),
+    (lambda: MinGRU(8, 4), lambda m: m(torch.randn(2, 5, 8), h0=torch.randn(2, 5)), r"^h0: expected a tensor of shape \(2, 4\)"),
+    (lambda: MinLSTM(8, 4), lambda m: m.step(torch.randn(2, 9)), r"^x_t: expected a \(B, 8\) tensor"),
+    (lambda: S4D(8), lambda m: m(torch.randn(2, 5, 8, dtype=F64)), r"^x: expected dtype torch.float32"),
+    (lambda: S4D(8, d_state=4), lambda m: m(torch.randn(2, 5, 8), initial_state=torch.randn(2, 8, 3)),
+     r"^initial_state: expected a tensor of shape \(2, 8, 4\)"),
+    (lambda: S4D(8, d_state=4), lambda m: m.step(torch.randn(2, 8), state=torch.randn(2, 8)),
+     r"^state: expected a tensor of shape \(2, 8, 4\)"),
+], ids=["mamba-channels", "mamba-2d", "mamba-dtype", "mamba-state", "mingru-channels",
+        "minlstm-dtype", "mingru-h0", "minlstm-step", "s4d-dtype", "s4d-state", "s4d-step-state"])
+def test_recurrent_layers_name_the_argument(make, call, match):
+    torch.manual_seed(7)
+    with pytest.raises(ValueError, match=match):
+        call(make())
+
+
+def test_decay_scan_step_names_the_state():
+    x, ld, phi, psi = torch.randn(2, 3), -torch.rand(3, 4), torch.randn(2, 4), torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"^state: expected the \(B, D, Rk\) state"):
+        decay_scan_step(x, ld, phi, psi, None)
+    with pytest.raises(ValueError, match=r"^state: expected shape \(2, 3, 4\), got \(2, 3, 5\)"):
+        decay_scan_step(x, ld, phi, psi, torch.randn(2, 3, 5))
