@@ -190,3 +190,64 @@ def test_decay_scan_step_names_the_state():
         decay_scan_step(x, ld, phi, psi, None)
     with pytest.raises(ValueError, match=r"^state: expected shape \(2, 3, 4\), got \(2, 3, 5\)"):
         decay_scan_step(x, ld, phi, psi, torch.randn(2, 3, 5))
+
+
+# ---- meta tensors, CPU autocast ----------------------------------------------------------------
+def _meta_cases():
+    m = "meta"
+    q, k, v = (torch.empty(1, 2, n, 8, device=m) for n in (5, 6, 6))
+    pos = dict(q_pos=torch.empty(1, 5, 1, device=m), k_pos=torch.empty(1, 6, 1, device=m))
+    return {
+        "dense": lambda: functional.integral_transform(q, k, v),
+        "dense-key_weight": lambda: functional.integral_transform(
+            q, k, v, key_weight=torch.empty(1, 6, device=m)),
+        "dense-window": lambda: functional.integral_transform(q, k, v, window=[(-1, 1)], **pos),
+        "sparse-idx": lambda: functional.sparse_integral_transform(
+            q, k, v, idx=torch.empty(1, 5, 3, dtype=torch.long, device=m)),
+        "sparse-csr": lambda: functional.sparse_integral_transform(
+            q, k, v, row_ptr=torch.empty(1, 6, dtype=torch.long, device=m),
+            col_idx=torch.empty(1, 9, dtype=torch.long, device=m)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_meta_cases()))
+def test_meta_tensors_give_shapes(case):
+    """Meta tensors have no values: the data-dependent checks are skipped (as under compile),
+    the fake kernels give the output's shape and dtype."""
+    out = _meta_cases()[case]()
+    assert out.is_meta and out.shape == (1, 2, 5, 8) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_hidden=4), dict(method="sampled", samples=3)],
+                         ids=["dense-mlp", "sampled"])
+def test_cpu_autocast_names_the_cause(kw):
+    layer = IntegralTransform(16, 2, batch_first=True, **kw)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", torch.bfloat16):
+        with pytest.raises(ValueError, match=r"^v: expected dtype float32 or float64 on CPU, got "
+                                             r"torch.bfloat16 .*autocast"):
+            layer(x, x, x)
+
+
+# ---- the sampled layer under torch.compile(fullgraph=True) -------------------------------------
+@pytest.mark.parametrize("kw", [dict(), dict(proposal="local", sigma=1.5),
+                                dict(proposal="stratified", near_window=[(-1, 1)]),
+                                dict(proposal="saliency")],
+                         ids=["uniform", "local", "stratified", "saliency"])
+def test_sampled_layer_compiles_fullgraph(kw):
+    """No graph break (the samplers' value checks are asynchronous asserts under compile); the
+    same draws as eager for the same seed (the eager backend runs the same ops on the global
+    RNG). A ``generator=`` argument is the documented exception (Dynamo does not trace
+    torch.Generator arguments)."""
+    torch.manual_seed(8)
+    layer = IntegralTransform(16, 2, batch_first=True, method="sampled", samples=3, **kw)
+    x = torch.randn(2, 5, 16)
+    scores = torch.randn(2, 5) if kw.get("proposal") == "saliency" else None
+
+    def run(m):
+        torch.manual_seed(9)
+        return m(x, x, x, key_scores=scores)[0] if scores is not None else m(x, x, x)[0]
+
+    eager = run(layer)
+    compiled = run(torch.compile(layer, fullgraph=True, backend="eager"))
+    torch.testing.assert_close(compiled, eager)

@@ -14,6 +14,35 @@ NORMALIZATIONS = ("softmax", "none")
 Window = Tuple[Tuple[float, float], ...]
 
 
+def data_check(bad: torch.Tensor, msg: str) -> None:
+    """A data-dependent check: ``bad`` (a bool tensor) any-true raises ValueError(msg) in eager
+    mode; under torch.compile it is an asynchronous assert instead (no host sync, no graph
+    break: a RuntimeError with msg on CPU, a device-side assert on CUDA)."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), msg)
+    elif bool(bad.any()):
+        raise ValueError(msg)
+
+
+def values_checkable(v) -> bool:
+    """Whether the data-dependent checks (NaN, positivity, integer positions: a host sync) can
+    run: not under torch.compile (the op itself checks there) and not on meta tensors (no
+    values; the fake kernels give the shapes)."""
+    return not torch.compiler.is_compiling() and not (isinstance(v, torch.Tensor) and v.is_meta)
+
+
+def check_cpu_dtype(v) -> None:
+    """The dense and sparse CPU kernels compute in float32 / float64: a 16-bit v on CPU is
+    refused here, before the other arguments' dtypes are compared with it (under
+    torch.autocast("cpu") the layers' projections give bfloat16 while W2, u, t stay float32,
+    and a message about W2 would hide the cause)."""
+    if (isinstance(v, torch.Tensor) and v.device.type == "cpu"
+            and v.dtype in (torch.float16, torch.bfloat16)):
+        raise ValueError(f"v: expected dtype float32 or float64 on CPU, got {v.dtype} (float16 / "
+                         "bfloat16 run on CUDA; under torch.autocast('cpu', ...) call the layer "
+                         "outside the autocast region or in float32)")
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 for float64, else float32: the dtype the kernels and the oracles compute in
     (float16 / bfloat16 inputs accumulate in float32)."""

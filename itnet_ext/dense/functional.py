@@ -8,7 +8,7 @@ tile from the saved per-row log-sum-exp.
 """
 import torch
 
-from .._common.checks import window_bounds
+from .._common.checks import check_cpu_dtype, values_checkable, window_bounds
 from .._common.kernel_args import check_inputs
 from .._common.names import ACTIVATIONS
 from . import op  # noqa: F401  (registers the fake kernel and autograd of itnet::dense_*)
@@ -63,7 +63,8 @@ def integral_transform(
     """
     # the arguments by name, as check_inputs takes them (one spelling of the list: the signature)
     # data-dependent checks need a host sync; under torch.compile the op itself performs them
-    prob = check_inputs(**locals(), check_values=not torch.compiler.is_compiling())
+    check_cpu_dtype(v)
+    prob = check_inputs(**locals(), check_values=values_checkable(v))
     if attn_mask is not None and attn_mask.requires_grad:
         raise ValueError("attn_mask: gradients w.r.t. the attention mask are not supported by "
                          "the fused op; pass attn_mask.detach() or use itnet_ext.reference")

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._common.checks import data_check
 from .._common.layer_inputs import key_masks, layer_window
 from . import functional as _functional
 from . import samplers as _samplers
@@ -210,8 +211,7 @@ def check_key_scores(key_scores, B: int, M: int, is_batched: bool, device) -> Te
     if s.device != device:
         raise ValueError(f"key_scores is on {s.device} but the input is on {device}")
     s = s.detach()
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError("key_scores must be finite (exclude keys with key_padding_mask)")
+    data_check(~torch.isfinite(s), "key_scores must be finite (exclude keys with key_padding_mask)")
     return s.expand(B, M)
 
 

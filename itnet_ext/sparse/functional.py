@@ -3,7 +3,7 @@ neighbourhoods): the public entry of ``itnet::sparse_fwd`` / ``sparse_bwd``."""
 import torch
 
 from .._common.names import ACTIVATIONS
-from .._common.checks import window_bounds
+from .._common.checks import check_cpu_dtype, values_checkable, window_bounds
 from . import op  # noqa: F401  (registers the fake kernel and autograd of itnet::sparse_*)
 from .validate import check_sparse_inputs
 
@@ -57,7 +57,8 @@ def sparse_integral_transform(
     """
     # the arguments by name (one spelling of the list: the signature); the data-dependent
     # checks need a host sync, under torch.compile the op itself performs them
-    sp = check_sparse_inputs(**locals(), check_values=not torch.compiler.is_compiling())
+    check_cpu_dtype(v)
+    sp = check_sparse_inputs(**locals(), check_values=values_checkable(v))
     prob = sp.kernel
     if sp.form == "padded":
         B, N, S = idx.shape

@@ -51,7 +51,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._common.checks import normalize_window
+from .._common.checks import data_check, normalize_window
 
 __all__ = ["uniform", "local", "saliency", "stratified", "importance_log_weights",
            "key_log_weight"]
@@ -350,8 +350,8 @@ def saliency(scores, N, S, *, causal=False, window=None, key_padding_mask=None, 
     generator = _check_generator(generator)
     device = _pick_device(device, scores)
     sc = scores.detach().to(device=device, dtype=_F64)
-    if not bool(torch.isfinite(sc).all()):
-        raise ValueError("scores: expected finite values (mask keys with key_padding_mask)")
+    data_check(~torch.isfinite(sc), "scores: expected finite values (mask keys with "
+               "key_padding_mask)")
     sup = _Support(B, N, M, causal=causal, window=window, key_padding_mask=key_padding_mask,
                    q_pos=q_pos, k_pos=k_pos, device=device)
     u = _uniforms(B, N, S, generator, device)
@@ -488,9 +488,9 @@ def importance_log_weights(log_q: torch.Tensor, normalize: str, *, key_weight=No
         raise ValueError(f"normalize: expected 'none' or 'softmax', got {normalize!r}")
     if not isinstance(log_q, torch.Tensor) or log_q.dim() != 3 or not log_q.is_floating_point():
         raise ValueError("log_q: expected a floating-point tensor of shape (B, N, S)")
-    if bool(torch.isnan(log_q).any()) or bool((log_q == -_INF).any()):
-        raise ValueError("log_q: expected finite log-probabilities, or +inf for a slot without "
-                         "a draw; got NaN or -inf")
+    data_check(torch.isnan(log_q) | (log_q == -_INF),
+               "log_q: expected finite log-probabilities, or +inf for a slot without a draw; "
+               "got NaN or -inf")
     S = log_q.shape[-1]
     lq = log_q.to(_F64)
     absent = lq == _INF
