@@ -251,3 +251,23 @@ def test_sampled_layer_compiles_fullgraph(kw):
     eager = run(layer)
     compiled = run(torch.compile(layer, fullgraph=True, backend="eager"))
     torch.testing.assert_close(compiled, eager)
+
+
+# ---- a logit of -inf by itself in `none` mode (CPU kernels; CUDA in test_reliability_cuda) ----
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("normalize", ["none", "softmax"])
+def test_logit_of_minus_inf_by_itself_cpu(normalize, dtype):
+    from test_reliability_cuda import _minus_inf_case
+    _minus_inf_case(normalize, dtype, "cpu")
+
+
+def test_content_logit_overflow_none_mode():
+    """The finding as reported: finite float32 inputs whose content logit overflows to -inf."""
+    for dt, big in ((torch.float32, 1e30), (F64, 1e300)):
+        q = torch.tensor([[[[big, 1.0]]]], dtype=dt)
+        k = torch.tensor([[[[-big, 0.0], [1.0, 0.0]]]], dtype=dt)
+        v = torch.tensor([[[[1.0, 1.0], [2.0, 2.0]]]], dtype=dt)
+        got = functional.integral_transform(q, k, v, normalize="none")
+        want = reference.integral_transform(q, k, v, normalize="none")
+        assert torch.equal(want, torch.full_like(want, -math.inf))
+        assert torch.equal(got, want)

@@ -62,18 +62,12 @@ inline T row_exp_sum(const T* src, T* dst, int64_t n, T shift) {
   return s;
 }
 
-// `none` normalization: a = l * w on the support, 0 off it (logit -inf).
+// `none` normalization: a = l * w on the support (sup[j] != 0), whatever l is (-inf
+// included), 0 off it. (Scalar: one multiply per pair beside the gemm's Dv.)
 template <class T>
-inline void row_linear_weights(const T* S, const T* kscale, T* A, int64_t n) {
-  using V = Vec<T>;
-  constexpr int64_t VS = V::size();
-  const V ninf(neg_inf<T>());
-  for (int64_t j = 0; j < n; j += VS) {
-    const int64_t cnt = std::min(VS, n - j);
-    const V s = load(S + j, cnt);
-    const V w = kscale ? load(kscale + j, cnt) : V(T(1));
-    store(V::blendv(s * w, V(T(0)), s == ninf), A + j, cnt);
-  }
+inline void row_linear_weights(const T* S, const unsigned char* sup, const T* kscale, T* A,
+                               int64_t n) {
+  for (int64_t j = 0; j < n; ++j) A[j] = sup[j] ? S[j] * (kscale ? kscale[j] : T(1)) : T(0);
 }
 
 template <class T>

@@ -125,13 +125,15 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
     for (int64_t hh = 0; hh < nh; ++hh) {
       const int64_t bh = c.b * p.H + c.h0 + hh;
       T* Sh = ws.S.data() + hh * bq * kBK;
+      const unsigned char* sup_h = p.softmax ? nullptr : ws.sup.data() + hh * bq * kBK;
       const T* dO = static_cast<const T*>(bp.dout) + (bh * p.N + i0) * Dv;
       // weights of the block
       if (p.softmax) {
         for (int64_t i = 0; i < bq; ++i)
           row_exp_sum(Sh + i * kBK, P + i * kBK, bk, softmax_bwd_shift(lse[bh * p.N + i0 + i]));
       } else {
-        for (int64_t i = 0; i < bq; ++i) row_linear_weights(Sh + i * kBK, kscale, P + i * kBK, bk);
+        for (int64_t i = 0; i < bq; ++i)
+          row_linear_weights(Sh + i * kBK, sup_h + i * kBK, kscale, P + i * kBK, bk);
       }
       // dV += P^T dO ;  dP = dO V^T
       T* dv = static_cast<T*>(bp.dv) + (bh * p.M + j0) * Dv;
@@ -142,7 +144,6 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
       V kw_acc[kBK / V::size() + 1];
       const int64_t nkv = (bk + VS - 1) / VS;
       for (int64_t x = 0; x < nkv; ++x) kw_acc[x] = V(T(0));
-      const V ninf(neg_inf<T>());
       for (int64_t i = 0; i < bq; ++i) {
         T* srow = Sh + i * kBK;
         const T* prow = P + i * kBK;
@@ -157,8 +158,12 @@ void bwd_item(const BwdParams& bp, const ItemCoord& c, Scratch<T>& ws, int64_t t
             ds = load(prow + jv, cnt) * (dp - dl);
             kw_acc[x] = kw_acc[x] + ds;  // d / d(log w_j)
           } else {
+            // the support from Scratch::sup (a pair's logit may be -inf on the support)
+            T onv[V::size()];
+            for (int64_t e = 0; e < VS; ++e)
+              onv[e] = e < cnt && sup_h[i * kBK + jv + e] ? T(1) : T(0);
+            const V off = V::loadu(onv) == V(T(0));
             const V s = load(srow + jv, cnt);
-            const V off = s == ninf;
             const V w = kscale ? load(kscale + jv, cnt) : V(T(1));
             kw_acc[x] = kw_acc[x] + V::blendv(dp * s, V(T(0)), off);  // d / d w_j
             ds = V::blendv(dp * w, V(T(0)), off);

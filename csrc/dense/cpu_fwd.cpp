@@ -50,8 +50,10 @@ void fwd_item(const FwdParams& p, const ItemCoord& c, Scratch<T>& ws) {
           mi = m_new;
         }
       } else {
+        const unsigned char* sup = ws.sup.data() + hh * bq * kBK;
         for (int64_t i = 0; i < bq; ++i)
-          row_linear_weights(Sh + i * kBK, kscale ? kscale + j0 : nullptr, Sh + i * kBK, blk.bk);
+          row_linear_weights(Sh + i * kBK, sup + i * kBK, kscale ? kscale + j0 : nullptr,
+                             Sh + i * kBK, blk.bk);
       }
       const T* v = static_cast<const T*>(p.v) + (bh * p.M + j0) * Dv;
       gemm<T>(bq, Dv, blk.bk, T(1), Sh, kBK, 1, v, Dv, true, Oh, Dv);

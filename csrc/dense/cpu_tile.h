@@ -67,11 +67,16 @@ struct Scratch {
   std::vector<T> dW2acc, db2acc;   // nh x R vectors, nh vectors
   std::vector<T> dtT;              // R x kBK
   std::vector<unsigned char> keep;  // window predicate of a tile: kBQ x kBK
+  // `none` mode: the support of the head group's pairs, nh x kBQ x kBK (1 = on). There the
+  // logits keep their own value, -inf included (weight l w = -inf), so the support cannot be
+  // marked by a -inf logit as in softmax mode (where a -inf logit is weight 0 either way).
+  std::vector<unsigned char> sup;
 
   Scratch(const FwdParams& p, int64_t nh, bool backward) {
     const int64_t VS = Vec<T>::size();
     S.resize(nh * kBQ * kBK);
     keep.resize(kBQ * kBK);
+    if (!p.softmax) sup.resize(nh * kBQ * kBK);
     if (p.mlp) {
       hid.resize(p.R * VS);
       if (p.E) {
@@ -149,8 +154,9 @@ inline TileWindow window_relation(const FwdParams& p, int64_t b, int64_t i0, int
 
 // ---------------------------------------------------------------------------
 // Logits of a block, every head of the group: S[hh][i][j], leading dim kBK.
-// Off-support pairs get -inf (in both normalizations; `none` mode maps them
-// to weight 0).
+// Off-support pairs: softmax mode, logit -inf (weight 0); `none` mode, ws.sup
+// = 0 (same layout as S) with the logit left as computed, so that a logit that
+// is -inf by itself still gives the weight -inf w (the oracle's l w).
 
 // Fills te (R x kBK) with t_j + E[o(i, j)] for query row i, and erow with the
 // table row of each key (0 for keys outside the window: their logits are
@@ -240,12 +246,29 @@ void tile_logits(const FwdParams& p, const Block& blk, Scratch<T>& ws) {
   }
   // MLP term
   if (p.mlp) mlp_logits<T, A>(p, blk, S, ws);
-  // per-key bias: log w_j (softmax mode) and -inf for padded keys
+  // `none` mode: the support apart from the logits (Scratch::sup); softmax mode: -inf logits
+  unsigned char* sup = p.softmax ? nullptr : ws.sup.data();
+  if (sup) std::fill_n(sup, nh * blk.bq * kBK, static_cast<unsigned char>(1));
+  auto drop = [&](int64_t hh, int64_t i, int64_t j) {
+    const int64_t at = (hh * blk.bq + i) * kBK + j;
+    if (sup)
+      sup[at] = 0;
+    else
+      S[at] = ninf;
+  };
+  // per-key bias: log w_j (softmax mode) and -inf for padded keys (`none` mode: 0 or -inf)
   if (p.key_bias) {
     const T* kb = static_cast<const T*>(p.key_bias) + blk.b * p.M + blk.j0;
-    for (int64_t r = 0; r < nh * blk.bq; ++r) row_add(S + r * kBK, kb, blk.bk);
+    if (!sup) {
+      for (int64_t r = 0; r < nh * blk.bq; ++r) row_add(S + r * kBK, kb, blk.bk);
+    } else {
+      for (int64_t j = 0; j < blk.bk; ++j)
+        if (kb[j] == ninf)
+          for (int64_t hh = 0; hh < nh; ++hh)
+            for (int64_t i = 0; i < blk.bq; ++i) drop(hh, i, j);
+    }
   }
-  // additive attention mask (any broadcast of (B, H, N, M))
+  // additive attention mask (any broadcast of (B, H, N, M)); -inf: off the support
   if (p.mask) {
     const T* mk = static_cast<const T*>(p.mask);
     const int64_t* st = p.mask_stride;
@@ -254,18 +277,26 @@ void tile_logits(const FwdParams& p, const Block& blk, Scratch<T>& ws) {
       for (int64_t i = 0; i < blk.bq; ++i) {
         const T* mrow = mh + (blk.i0 + i) * st[2] + blk.j0 * st[3];
         T* srow = S + (hh * blk.bq + i) * kBK;
-        for (int64_t j = 0; j < blk.bk; ++j) srow[j] += mrow[j * st[3]];
+        if (!sup) {
+          for (int64_t j = 0; j < blk.bk; ++j) srow[j] += mrow[j * st[3]];
+        } else {
+          for (int64_t j = 0; j < blk.bk; ++j) {
+            const T m = mrow[j * st[3]];
+            if (m == ninf)
+              drop(hh, i, j);
+            else
+              srow[j] += m;
+          }
+        }
       }
     }
   }
   // causal: keys after the query
   if (p.causal && !causal_tile_full(blk.i0, blk.j0 + blk.bk)) {
     for (int64_t hh = 0; hh < nh; ++hh)
-      for (int64_t i = 0; i < blk.bq; ++i) {
-        T* srow = S + (hh * blk.bq + i) * kBK;
+      for (int64_t i = 0; i < blk.bq; ++i)
         for (int64_t j = 0; j < blk.bk; ++j)
-          if (!causal_allows(blk.i0 + i, blk.j0 + j)) srow[j] = ninf;
-      }
+          if (!causal_allows(blk.i0 + i, blk.j0 + j)) drop(hh, i, j);
   }
   // window, only for tiles that straddle its border
   if (blk.rel == TileWindow::Partial) {
@@ -277,11 +308,9 @@ void tile_logits(const FwdParams& p, const Block& blk, Scratch<T>& ws) {
       for (int64_t j = 0; j < blk.bk; ++j)
         keep[i * kBK + j] = window_allows(p.window, pq + i * D, pk + j * D);
     for (int64_t hh = 0; hh < nh; ++hh)
-      for (int64_t i = 0; i < blk.bq; ++i) {
-        T* srow = S + (hh * blk.bq + i) * kBK;
+      for (int64_t i = 0; i < blk.bq; ++i)
         for (int64_t j = 0; j < blk.bk; ++j)
-          if (!keep[i * kBK + j]) srow[j] = ninf;
-      }
+          if (!keep[i * kBK + j]) drop(hh, i, j);
   }
 }
 

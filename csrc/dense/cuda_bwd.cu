@@ -50,12 +50,12 @@ struct Launch {
 };
 
 // dS of one pair (and the contribution to the key-weight gradient, and the
-// weight a the value row gets), common/pair_grad.h. s = -inf: off the
-// support, all 0.
+// weight a the value row gets), common/pair_grad.h. Off the support (on =
+// false, pair_logit): all 0.
 template <class T>
-__device__ __forceinline__ PairGrad<T> pair_grad(const BwdParams& bp, T s, const T* dOi,
-                                                 const T* vj, int64_t row, T w) {
-  if (s == neg_inf<T>()) return PairGrad<T>{T(0), T(0), T(0)};
+__device__ __forceinline__ PairGrad<T> pair_grad(const BwdParams& bp, T s, bool on,
+                                                 const T* dOi, const T* vj, int64_t row, T w) {
+  if (!on) return PairGrad<T>{T(0), T(0), T(0)};
   const FwdParams& p = bp.f;
   const T dp = dot(dOi, vj, p.Dv);
   if (!p.softmax) return itnet::pair_grad(false, s, w, dp, T(0), T(0));
@@ -112,8 +112,9 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
       int64_t erow = 0;
       T ds = T(0);
       if (j < jend) {
-        const T s = pair_logit<T, A>(p, b, h, i, j, erow);
-        ds = pair_grad(bp, s, dOi, vbh + j * Dv, row, kscale ? kscale[j] : T(1)).ds;
+        bool on = false;
+        const T s = pair_logit<T, A>(p, b, h, i, j, erow, on);
+        ds = pair_grad(bp, s, on, dOi, vbh + j * Dv, row, kscale ? kscale[j] : T(1)).ds;
       }
       if (!__any_sync(kFullMask, ds != T(0))) continue;
       db2_acc += ds;
@@ -219,8 +220,9 @@ __global__ void __launch_bounds__(kBwdWarps* kWarp)
       int64_t erow = 0;
       PairGrad<T> g{T(0), T(0), T(0)};
       if (i < N) {
-        const T s = pair_logit<T, A>(p, b, h, i, j, erow);
-        g = pair_grad(bp, s, dObh + i * Dv, vj, bh * N + i, w);
+        bool on = false;
+        const T s = pair_logit<T, A>(p, b, h, i, j, erow, on);
+        g = pair_grad(bp, s, on, dObh + i * Dv, vj, bh * N + i, w);
       }
       kw_acc += g.dw;
       if (!__any_sync(kFullMask, g.ds != T(0) || g.a != T(0))) continue;

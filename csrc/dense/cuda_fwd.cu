@@ -49,7 +49,8 @@ __global__ void __launch_bounds__(kFwdWarps* kWarp) dense_fwd_kernel(const FwdPa
   for (int64_t j0 = 0; j0 < jend; j0 += kWarp) {
     const int64_t j = j0 + lane;
     int64_t erow = 0;
-    const T s = j < jend ? pair_logit<T, A>(p, b, h, i, j, erow) : ninf;
+    bool on = false;
+    const T s = j < jend ? pair_logit<T, A>(p, b, h, i, j, erow, on) : ninf;
     T a = T(0);
     T alpha = T(1);
     if (p.softmax) {
@@ -61,7 +62,7 @@ __global__ void __launch_bounds__(kFwdWarps* kWarp) dense_fwd_kernel(const FwdPa
       l = l * alpha + warp_sum(a);
       m = m_new;
     } else {
-      if (s != ninf) a = s * (kscale ? kscale[j] : T(1));
+      if (on) a = s * (kscale ? kscale[j] : T(1));
       if (!__any_sync(kFullMask, a != T(0))) continue;
     }
     __syncwarp();  // previous chunk's weights fully read

@@ -27,15 +27,18 @@ namespace cuda {
 // common/cuda_pair_mlp.cuh) by their plain names.
 using namespace itnet::cuda;
 
-// Logit of the pair (i, j) for head h of batch b, or -inf when the pair is
-// off the support (causal, window, padded key, attn_mask -inf). erow receives
-// the offset-table row of the pair (0 without a table or off the support).
-// Sum order as on CPU: content + MLP (b2 + sum_r W2 act) + key bias + mask.
+// Logit of the pair (i, j) for head h of batch b, or -inf with on = false when
+// the pair is off the support (causal, window, padded key, attn_mask -inf).
+// `on` tells the support apart from a logit that is -inf by itself (`none`
+// mode: weight -inf w, as the oracle's l w). erow receives the offset-table row
+// of the pair (0 without a table or off the support). Sum order as on CPU:
+// content + MLP (b2 + sum_r W2 act) + key bias + mask.
 template <class T, Activation A>
 __device__ T pair_logit(const FwdParams& p, int64_t b, int64_t h, int64_t i, int64_t j,
-                        int64_t& erow) {
+                        int64_t& erow, bool& on) {
   const T ninf = neg_inf<T>();
   erow = 0;
+  on = false;
   if (p.causal && !causal_allows(i, j)) return ninf;
   if (p.window.dims > 0) {
     const int D = p.window.dims;
@@ -74,6 +77,7 @@ __device__ T pair_logit(const FwdParams& p, int64_t b, int64_t h, int64_t i, int
   }
   if (p.key_bias) s += kb;
   if (p.mask) s += mk;
+  on = true;
   return s;
 }
 

@@ -36,8 +36,9 @@ def check_cpu_dtype(v) -> None:
     refused here, before the other arguments' dtypes are compared with it (under
     torch.autocast("cpu") the layers' projections give bfloat16 while W2, u, t stay float32,
     and a message about W2 would hide the cause)."""
+    from .. import emulate  # (the device emulator's CPU tensors stand for CUDA ones)
     if (isinstance(v, torch.Tensor) and v.device.type == "cpu"
-            and v.dtype in (torch.float16, torch.bfloat16)):
+            and v.dtype in (torch.float16, torch.bfloat16) and not emulate.active()):
         raise ValueError(f"v: expected dtype float32 or float64 on CPU, got {v.dtype} (float16 / "
                          "bfloat16 run on CUDA; under torch.autocast('cpu', ...) call the layer "
                          "outside the autocast region or in float32)")

@@ -110,6 +110,15 @@ def batch_first_inputs(layer, query: Tensor, key: Tensor, value: Tensor):
         )
     if v_in.shape[1] != M:
         raise ValueError(f"key and value must have the same length, got {M} and {v_in.shape[1]}")
+    # the projections' dtype and device (under autocast the projections cast for themselves)
+    p = next(layer.parameters(), None)
+    if p is not None:
+        for name, x in (("query", q_in), ("key", k_in), ("value", v_in)):
+            if x.device != p.device:
+                raise ValueError(f"{name} must be on {p.device} (the layer's device), got {x.device}")
+            if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+                raise ValueError(f"{name} must have dtype {p.dtype} (the layer's parameters), "
+                                 f"got {x.dtype}")
     return q_in, k_in, v_in, is_batched
 
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["available", "load", "configure", "settings", "use", "instrumented", "stats",
-           "reset_stats", "control", "control_names", "emulate_cuda"]
+           "reset_stats", "control", "control_names", "emulate_cuda", "active"]
 
 ORDERS = ("forward", "reverse", "shuffle")
 
@@ -106,6 +106,13 @@ def control(name: str) -> torch.Tensor:
     """Runs a control kernel (csrc/emulate/controls.cu) and returns what it wrote."""
     load()
     return torch.ops.itnet_emu.emu_control(name, 0)
+
+
+def active() -> bool:
+    """Whether an :class:`emulate_cuda` mode is on (the itnet operators then run their CUDA
+    kernels on CPU tensors: checks of what CPU tensors may hold defer to them)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    return any(isinstance(m, emulate_cuda) for m in _get_current_dispatch_mode_stack())
 
 
 class emulate_cuda(TorchDispatchMode):

@@ -253,7 +253,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       for (int e = 0; e < 4; ++e) {
         const float x = s[nt][e];
         float wgt = 0.f, g = 0.f;
-        if (x != neg_inf<float>()) {
+        // on the support: softmax, a finite logit (-inf is weight 0 either way); `none`, the
+        // code (finish_logits), since a logit of -inf by itself has weight -inf w
+        if (p.softmax ? x != neg_inf<float>() : code[nt][e] >= 0) {
           if (p.softmax) {
             wgt = __expf(x - shift[e & 1]);
             g = wgt * (dp[nt][e] - dlt[e & 1]);
@@ -444,7 +446,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, kMlp ? 1 : Cfg::kQMinBlocks)
       for (int e = 0; e < 4; ++e) {
         const float x = s[nt][e];
         float g = 0.f;
-        if (x != neg_inf<float>()) {
+        if (p.softmax ? x != neg_inf<float>() : code[nt][e] >= 0) {  // (as in the key pass)
           if (p.softmax) {
             g = __expf(x - row_shift[e >> 1]) * (dp[nt][e] - row_delta[e >> 1]);
           } else {

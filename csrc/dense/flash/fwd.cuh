@@ -169,9 +169,10 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const FwdParams p, c
     const bool finish = tile_needs_finish(p, i0, kBr, j0, kBc);
 #pragma unroll
     for (int rb = 0; rb < kRB; ++rb) {
+      // code < 0: off the support (window, finish_logits); computed where it can be
+      int code[kNT][4];
       if (kMlp || finish) {
         const FragPos f{b, h, i0, j0, row0(rb)};
-        int code[kNT][4];
         window_codes<kNT, false>(p, f, lane, code);
         if (kPacked)
           add_mlp_packed<T, A, kNT>(s[rb], code, p, f, u_s, t_s, e_s, w2_s, L.ld, L.R4, lane);
@@ -214,9 +215,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const FwdParams p, c
         for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
+            // weight l w on the support (a logit of -inf by itself included), 0 off it
             const float x = s[rb][nt][e];
             const int64_t j = j0 + nt * 8 + acc_col(lane, e);
-            s[rb][nt][e] = x == neg_inf<float>() ? 0.f : (kscale != nullptr ? x * kscale[j] : x);
+            const bool off = (kMlp || finish) && code[nt][e] < 0;
+            s[rb][nt][e] = off ? 0.f : (kscale != nullptr ? x * kscale[j] : x);
           }
       }
     }

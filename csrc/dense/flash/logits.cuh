@@ -164,10 +164,12 @@ __device__ __forceinline__ bool tile_needs_finish(const FwdParams& p, int64_t i0
 
 // Support and the additive per-key / per-pair terms: the finished logit of
 // every element, -inf off the support (outside the tiles, causal, window,
-// padded key, -inf in the mask). Sum order of the other kernels: content +
-// MLP + key bias + mask.
+// padded key, -inf in the mask), where code also becomes -1: `none` mode tells
+// the support from a logit that is -inf by itself by the code (weight -inf w
+// there, as the oracle's l w). Sum order of the other kernels: content + MLP +
+// key bias + mask.
 template <int kNT, bool kKeyRows>
-__device__ __forceinline__ void finish_logits(float (&s)[kNT][4], const int (&code)[kNT][4],
+__device__ __forceinline__ void finish_logits(float (&s)[kNT][4], int (&code)[kNT][4],
                                               const FwdParams& p, const FragPos& f, int lane) {
   const float ninf = neg_inf<float>();
   const float* kb = p.key_bias ? static_cast<const float*>(p.key_bias) + f.b * p.M : nullptr;
@@ -182,16 +184,18 @@ __device__ __forceinline__ void finish_logits(float (&s)[kNT][4], const int (&co
       const int64_t i = f.i0 + Orient<kKeyRows>::q(rl, cl);
       const int64_t j = f.j0 + Orient<kKeyRows>::k(rl, cl);
       float x = s[nt][e];
-      if (i >= p.N || j >= p.M || code[nt][e] < 0 || (p.causal && !causal_allows(i, j))) {
-        x = ninf;
-      } else {
-        if (kb != nullptr) x = kb[j] == ninf ? ninf : x + kb[j];
-        if (mk != nullptr && x != ninf) {
-          const float m = mk[i * p.mask_stride[2] + j * p.mask_stride[3]];
-          x = m == ninf ? ninf : x + m;
-        }
+      bool on = !(i >= p.N || j >= p.M || code[nt][e] < 0 || (p.causal && !causal_allows(i, j)));
+      if (on && kb != nullptr) {
+        on = kb[j] != ninf;
+        x += kb[j];
       }
-      s[nt][e] = x;
+      if (on && mk != nullptr) {
+        const float m = mk[i * p.mask_stride[2] + j * p.mask_stride[3]];
+        on = m != ninf;
+        x += m;
+      }
+      s[nt][e] = on ? x : ninf;
+      if (!on) code[nt][e] = -1;
     }
 }
 
