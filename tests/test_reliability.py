@@ -271,3 +271,38 @@ def test_content_logit_overflow_none_mode():
         want = reference.integral_transform(q, k, v, normalize="none")
         assert torch.equal(want, torch.full_like(want, -math.inf))
         assert torch.equal(got, want)
+
+
+# ---- NaN in one input: the same output rows are NaN in the fused op and the oracle ------------
+_NAN_SPOTS = {"q": (0, 1, 2, 0), "k": (0, 0, 3, 1), "v": (0, 1, 4, 2), "u": (0, 2, 1),
+              "t": (0, 3, 0), "W2": (1, 2), "b2": (0,), "offset_table": (2, 1),
+              "attn_mask": (3, 2), "key_weight": (0, 3)}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+@pytest.mark.parametrize("name", list(_NAN_SPOTS))
+def test_nan_reaches_the_same_rows(name, normalize, causal):
+    """The forward half of the NaN contract (docs/design.md section 4): NaN in an input that
+    takes part reaches the output rows of the pairs that use it, the same rows in the fused op
+    as in the oracle, with every other row finite. (The gradients' NaN patterns are not
+    matched yet.)"""
+    g = torch.Generator().manual_seed(13)
+    B, H, N, M, D, R = 1, 2, 6, 7, 4, 3
+    x = {n: torch.randn(*s, generator=g, dtype=F64) for n, s in (
+        ("q", (B, H, N, D)), ("k", (B, H, M, D)), ("v", (B, H, M, D)), ("u", (B, N, R)),
+        ("t", (B, M, R)), ("W2", (H, R)), ("b2", (H,)), ("offset_table", (5, R)),
+        ("attn_mask", (N, M)), ("key_weight", (B, M)))}
+    x["key_weight"] = x["key_weight"].abs() + 0.1
+    x[name][_NAN_SPOTS[name]] = math.nan
+    kw = dict(x, window=[(-2, 2)], normalize=normalize, causal=causal)
+    if name == "key_weight":
+        with pytest.raises(ValueError, match="key_weight"):  # checked: positive weights
+            functional.integral_transform(**kw)
+        return
+    got = functional.integral_transform(**kw)
+    want = reference.integral_transform(**kw)
+    assert torch.isnan(want).any(), "the NaN must reach some row"
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    fin = ~torch.isnan(want)
+    torch.testing.assert_close(got[fin], want[fin], rtol=1e-10, atol=1e-12)
