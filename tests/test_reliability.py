@@ -306,3 +306,29 @@ def test_nan_reaches_the_same_rows(name, normalize, causal):
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     fin = ~torch.isnan(want)
     torch.testing.assert_close(got[fin], want[fin], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+@pytest.mark.parametrize("name", ["q", "k", "v", "u", "t", "W2", "b2", "offset_table"])
+def test_nan_reaches_the_same_rows_sparse(name, normalize):
+    """The same for the sparse op (NaN in log_w is rejected by both: a checked input)."""
+    g = torch.Generator().manual_seed(14)
+    B, H, N, M, D, R, S = 1, 2, 6, 7, 4, 3, 3
+    x = {n: torch.randn(*s, generator=g, dtype=F64) for n, s in (
+        ("q", (B, H, N, D)), ("k", (B, H, M, D)), ("v", (B, H, M, D)), ("u", (B, N, R)),
+        ("t", (B, M, R)), ("W2", (H, R)), ("b2", (H,)), ("offset_table", (13, R)),
+        ("log_w", (B, N, S)))}
+    idx = torch.randint(0, M, (B, N, S), generator=g)
+    spot = {"q": (0, 1, 2, 0), "k": (0, 0, int(idx[0, 2, 0]), 1), "v": (0, 1, int(idx[0, 3, 1]), 2),
+            "u": (0, 2, 1), "t": (0, int(idx[0, 1, 0]), 0), "W2": (1, 2), "b2": (0,),
+            "offset_table": (int(idx[0, 4, 2]) - 4 + 6, 1)}[name]
+    x[name][spot] = math.nan
+    pos = dict(q_pos=torch.arange(N, dtype=F64).view(1, N, 1),
+               k_pos=torch.arange(M, dtype=F64).view(1, M, 1))
+    kw = dict(x, idx=idx, window=[(-6, 6)], normalize=normalize, **pos)
+    got = functional.sparse_integral_transform(**kw)
+    want = reference.sparse_integral_transform(**kw)
+    assert torch.isnan(want).any(), "the NaN must reach some row"
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    fin = ~torch.isnan(want)
+    torch.testing.assert_close(got[fin], want[fin], rtol=1e-10, atol=1e-12)
