@@ -332,3 +332,50 @@ def test_nan_reaches_the_same_rows_sparse(name, normalize):
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     fin = ~torch.isnan(want)
     torch.testing.assert_close(got[fin], want[fin], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("normalize", ["none", "softmax"])
+@pytest.mark.parametrize("feature_map", ["identity", "elu+1", "relu"])
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_nan_reaches_the_same_rows_lowrank(name, feature_map, normalize, causal):
+    """The same for the low-rank op."""
+    g = torch.Generator().manual_seed(15)
+    x = {n: torch.randn(1, 2, m, 4, generator=g, dtype=F64) for n, m in (("q", 6), ("k", 6), ("v", 6))}
+    x[name][{"q": (0, 1, 2, 0), "k": (0, 0, 3, 1), "v": (0, 1, 4, 2)}[name]] = math.nan
+    kw = dict(feature_map=feature_map, normalize=normalize, causal=causal)
+    got = functional.lowrank_integral_transform(x["q"], x["k"], x["v"], **kw)
+    want = reference.lowrank_integral_transform(x["q"], x["k"], x["v"], **kw)
+    assert torch.isnan(want).any()
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    fin = ~torch.isnan(want)
+    torch.testing.assert_close(got[fin], want[fin], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+@pytest.mark.parametrize("name", [n for n in _NAN_SPOTS if n != "key_weight"])
+def test_nan_gradients_cover_the_oracles(name, normalize, causal):
+    """The backward half of the NaN contract: every gradient entry that is NaN in the oracle is
+    NaN in the fused op (a NaN never turns into a finite gradient), and the entries finite in
+    both agree. (The fused op may be NaN in more entries: a matmul's 0 * NaN over a tile.)
+    Before the fix, the oracle replaced a NaN row max by 0 and gave finite garbage (1e5) in
+    dv, and the fused op's lse of a NaN row was -inf (an empty row's), hiding the NaN."""
+    g = torch.Generator().manual_seed(13)
+    B, H, N, M, D, R = 1, 2, 6, 7, 4, 3
+    x = {n: torch.randn(*s, generator=g, dtype=F64) for n, s in (
+        ("q", (B, H, N, D)), ("k", (B, H, M, D)), ("v", (B, H, M, D)), ("u", (B, N, R)),
+        ("t", (B, M, R)), ("W2", (H, R)), ("b2", (H,)), ("offset_table", (5, R)),
+        ("attn_mask", (N, M)))}
+    x[name][_NAN_SPOTS[name]] = math.nan
+    grads = []
+    for fn in (functional.integral_transform, reference.integral_transform):
+        leaves = {n: t.clone().requires_grad_(n != "attn_mask") for n, t in x.items()}
+        out = fn(**leaves, window=[(-2, 2)], normalize=normalize, causal=causal)
+        out.sum().backward()
+        grads.append({n: t.grad for n, t in leaves.items() if n != "attn_mask"})
+    for n in grads[0]:
+        got, want = grads[0][n], grads[1][n]
+        assert not (torch.isnan(want) & ~torch.isnan(got)).any(), f"grad {n}: NaN turned finite"
+        both = ~torch.isnan(want) & ~torch.isnan(got)
+        torch.testing.assert_close(got[both], want[both], rtol=1e-9, atol=1e-12, msg=f"grad {n}")

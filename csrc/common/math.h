@@ -70,16 +70,19 @@ ITNET_HD T softmax_shift(T m_new) {
   return m_new == neg_inf<T>() ? T(0) : m_new;
 }
 
-// log-sum-exp of a finished row; -inf for an empty support.
+// log-sum-exp of a finished row; -inf for an empty support (l == 0). A row
+// with a NaN logit has l = NaN and gets lse = NaN, so that its backward
+// weights are NaN too, as the oracle's (not those of an empty row).
 template <class T>
 ITNET_HD T softmax_lse(T m, T l) {
-  return l > T(0) ? m + ::log(l) : neg_inf<T>();
+  return l == T(0) ? neg_inf<T>() : m + ::log(l);
 }
 
-// 1 / l, or 0 for an empty support (the output of such a row is exactly 0).
+// 1 / l, or 0 for an empty support (the output of such a row is exactly 0);
+// NaN for a NaN sum.
 template <class T>
 ITNET_HD T softmax_inv_sum(T l) {
-  return l > T(0) ? T(1) / l : T(0);
+  return l == T(0) ? T(0) : T(1) / l;
 }
 
 // What the backward subtracts from a logit to get the probability:

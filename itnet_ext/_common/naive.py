@@ -108,13 +108,16 @@ def _masked_softmax(z, support):
     z = torch.where(support, z, torch.full((), float("-inf"), dtype=cdt, device=device))
     m = z.amax(dim=-1, keepdim=True).detach() if z.shape[-1] > 0 else \
         torch.full(z.shape[:-1] + (1,), float("-inf"), dtype=cdt, device=device)
-    m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=cdt, device=device))
-    pexp = torch.exp(z - m)                                    # exactly 0 off the support
+    # only an empty row's -inf max becomes 0: a NaN max (NaN in the row) stays NaN, so that
+    # the row is NaN in the output and the gradients as in the fused ops, not exp(z) unshifted
+    m = torch.where(m == float("-inf"), torch.zeros((), dtype=cdt, device=device), m)
+    # exactly 0 off the support (also where m is NaN: -inf - NaN would be NaN)
+    pexp = torch.where(support, torch.exp(z - m), torch.zeros((), dtype=cdt, device=device))
     denom = pexp.sum(-1)
-    nonempty = denom > 0
-    denom_safe = torch.where(nonempty, denom, torch.ones((), dtype=cdt, device=device))
-    lse = torch.where(nonempty, torch.log(denom_safe) + m[..., 0],
-                      torch.full((), float("-inf"), dtype=cdt, device=device))
+    empty = denom == 0
+    denom_safe = torch.where(empty, torch.ones((), dtype=cdt, device=device), denom)
+    lse = torch.where(empty, torch.full((), float("-inf"), dtype=cdt, device=device),
+                      torch.log(denom_safe) + m[..., 0])
     return pexp, denom_safe, lse
 
 

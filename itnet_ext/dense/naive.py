@@ -102,7 +102,10 @@ def integral_transform(
             return torch.einsum("bhnm,bhmd->bhnd", a, vc), None
         z = logits if wc is None else logits + torch.log(wc)[:, None, None, :]
         pexp, denom_safe, lse = _masked_softmax(z, support)
-        out = torch.einsum("bhnm,bhmd->bhnd", pexp, vc) / denom_safe[..., None]
+        # normalized first and exactly 0 off the support: a NaN row's 1 / denom then never
+        # reaches, through 0 * NaN, the keys outside that row's support (nor their gradients)
+        a = torch.where(support, pexp / denom_safe[..., None], torch.zeros((), dtype=cdt, device=device))
+        out = torch.einsum("bhnm,bhmd->bhnd", a, vc)
         return out, lse
 
     # Chunk size: user bound, further capped by the per-chunk element budget.
