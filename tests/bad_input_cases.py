@@ -28,15 +28,17 @@ def _t(*shape, dtype=F64, device="cpu", fill=None):
     return x.to(device)
 
 
+def _caller(fn, **base):
+    """call(**over): a case that calls fn with base's arguments, some replaced by ``over``."""
+    def call(**over):
+        kw = {**base, **over}
+        return lambda: fn(**kw)
+    return call
+
+
 def _dense_cases(F):
     q, k, v = _t(2, 2, 5, 4), _t(2, 2, 6, 4), _t(2, 2, 6, 3)
-    fn = F.integral_transform
-
-    def call(**over):
-        kw = dict(q=q, k=k, v=v)
-        kw.update(over)
-        return lambda: fn(**kw)
-
+    call = _caller(F.integral_transform, q=q, k=k, v=v)
     return [
         ("dense/q-rank", call(q=_t(2, 5, 4)), ("raises", "q:")),
         ("dense/k-size", call(k=_t(2, 2, 6, 5)), ("raises", "k:")),
@@ -67,13 +69,7 @@ def _dense_cases(F):
 def _sparse_cases(F):
     q, k, v = _t(2, 2, 5, 4), _t(2, 2, 6, 4), _t(2, 2, 6, 3)
     idx = torch.randint(0, 6, (2, 5, 3), generator=torch.Generator().manual_seed(0))
-    fn = F.sparse_integral_transform
-
-    def call(**over):
-        kw = dict(q=q, k=k, v=v, idx=idx)
-        kw.update(over)
-        return lambda: fn(**kw)
-
+    call = _caller(F.sparse_integral_transform, q=q, k=k, v=v, idx=idx)
     return [
         ("sparse/idx-range", call(idx=idx + 6), ("raises", "idx:")),
         ("sparse/idx-float", call(idx=idx.double()), ("raises", "idx:")),
@@ -95,13 +91,7 @@ def _sparse_cases(F):
 
 def _lowrank_cases(F):
     q, k, v = _t(2, 2, 5, 4), _t(2, 2, 6, 4), _t(2, 2, 6, 3)
-    fn = F.lowrank_integral_transform
-
-    def call(**over):
-        kw = dict(q=q, k=k, v=v)
-        kw.update(over)
-        return lambda: fn(kw.pop("q"), kw.pop("k"), kw.pop("v"), **kw)
-
+    call = _caller(F.lowrank_integral_transform, q=q, k=k, v=v)
     return [
         ("lowrank/q-rank", call(q=_t(5, 4)), ("raises", "q:")),
         ("lowrank/k-size", call(k=_t(2, 2, 6, 3)), ("raises", "k:")),

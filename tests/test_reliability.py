@@ -274,19 +274,20 @@ def test_content_logit_overflow_none_mode():
 
 
 # ---- NaN in one input: the same output rows are NaN in the fused op and the oracle ------------
+# The forward half of the NaN contract (docs/design.md section 4): NaN in an input that takes
+# part reaches the output rows of the pairs that use it, the same rows in the fused op as in
+# the oracle, every other row finite and equal. The backward half: every gradient entry NaN in
+# the oracle is NaN in the fused op (a NaN never turns into a finite gradient; the fused op
+# may be NaN in more entries, 0 * NaN in a tile's matmul), the entries finite in both agree.
+# Before the fixes the oracle replaced a NaN row max by 0 (finite 1e5 gradients in dv) and the
+# fused ops gave a NaN row an empty row's lse of -inf (hiding the NaN from the backward).
 _NAN_SPOTS = {"q": (0, 1, 2, 0), "k": (0, 0, 3, 1), "v": (0, 1, 4, 2), "u": (0, 2, 1),
               "t": (0, 3, 0), "W2": (1, 2), "b2": (0,), "offset_table": (2, 1),
               "attn_mask": (3, 2), "key_weight": (0, 3)}
+_SPARSE_NAMES = ["q", "k", "v", "u", "t", "W2", "b2", "offset_table"]
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("normalize", ["softmax", "none"])
-@pytest.mark.parametrize("name", list(_NAN_SPOTS))
-def test_nan_reaches_the_same_rows(name, normalize, causal):
-    """The forward half of the NaN contract (docs/design.md section 4): NaN in an input that
-    takes part reaches the output rows of the pairs that use it, the same rows in the fused op
-    as in the oracle, with every other row finite. (The gradients' NaN patterns are not
-    matched yet.)"""
+def _dense_nan_problem(name):
     g = torch.Generator().manual_seed(13)
     B, H, N, M, D, R = 1, 2, 6, 7, 4, 3
     x = {n: torch.randn(*s, generator=g, dtype=F64) for n, s in (
@@ -295,102 +296,50 @@ def test_nan_reaches_the_same_rows(name, normalize, causal):
         ("attn_mask", (N, M)), ("key_weight", (B, M)))}
     x["key_weight"] = x["key_weight"].abs() + 0.1
     x[name][_NAN_SPOTS[name]] = math.nan
-    kw = dict(x, window=[(-2, 2)], normalize=normalize, causal=causal)
-    if name == "key_weight":
-        with pytest.raises(ValueError, match="key_weight"):  # checked: positive weights
-            functional.integral_transform(**kw)
-        return
-    got = functional.integral_transform(**kw)
-    want = reference.integral_transform(**kw)
-    assert torch.isnan(want).any(), "the NaN must reach some row"
-    assert torch.equal(torch.isnan(got), torch.isnan(want))
-    fin = ~torch.isnan(want)
-    torch.testing.assert_close(got[fin], want[fin], rtol=1e-10, atol=1e-12)
+    return x
 
 
-@pytest.mark.parametrize("normalize", ["softmax", "none"])
-@pytest.mark.parametrize("name", ["q", "k", "v", "u", "t", "W2", "b2", "offset_table"])
-def test_nan_reaches_the_same_rows_sparse(name, normalize):
-    """The same for the sparse op (NaN in log_w is rejected by both: a checked input)."""
+def _sparse_nan_problem(name):
+    """(tensors, the other keyword arguments); NaN at an entry some listed pair uses."""
     g = torch.Generator().manual_seed(14)
     B, H, N, M, D, R, S = 1, 2, 6, 7, 4, 3, 3
     x = {n: torch.randn(*s, generator=g, dtype=F64) for n, s in (
         ("q", (B, H, N, D)), ("k", (B, H, M, D)), ("v", (B, H, M, D)), ("u", (B, N, R)),
-        ("t", (B, M, R)), ("W2", (H, R)), ("b2", (H,)), ("offset_table", (13, R)),
-        ("log_w", (B, N, S)))}
+        ("t", (B, M, R)), ("W2", (H, R)), ("b2", (H,)), ("offset_table", (13, R)))}
     idx = torch.randint(0, M, (B, N, S), generator=g)
     spot = {"q": (0, 1, 2, 0), "k": (0, 0, int(idx[0, 2, 0]), 1), "v": (0, 1, int(idx[0, 3, 1]), 2),
             "u": (0, 2, 1), "t": (0, int(idx[0, 1, 0]), 0), "W2": (1, 2), "b2": (0,),
             "offset_table": (int(idx[0, 4, 2]) - 4 + 6, 1)}[name]
     x[name][spot] = math.nan
-    pos = dict(q_pos=torch.arange(N, dtype=F64).view(1, N, 1),
-               k_pos=torch.arange(M, dtype=F64).view(1, M, 1))
-    kw = dict(x, idx=idx, window=[(-6, 6)], normalize=normalize, **pos)
-    got = functional.sparse_integral_transform(**kw)
-    want = reference.sparse_integral_transform(**kw)
-    assert torch.isnan(want).any(), "the NaN must reach some row"
-    assert torch.equal(torch.isnan(got), torch.isnan(want))
-    fin = ~torch.isnan(want)
-    torch.testing.assert_close(got[fin], want[fin], rtol=1e-10, atol=1e-12)
+    return x, dict(idx=idx, window=[(-6, 6)], q_pos=torch.arange(N, dtype=F64).view(1, N, 1),
+                   k_pos=torch.arange(M, dtype=F64).view(1, M, 1))
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("normalize", ["none", "softmax"])
-@pytest.mark.parametrize("feature_map", ["identity", "elu+1", "relu"])
-@pytest.mark.parametrize("name", ["q", "k", "v"])
-def test_nan_reaches_the_same_rows_lowrank(name, feature_map, normalize, causal):
-    """The same for the low-rank op."""
+def _lowrank_nan_problem(name):
     g = torch.Generator().manual_seed(15)
-    x = {n: torch.randn(1, 2, m, 4, generator=g, dtype=F64) for n, m in (("q", 6), ("k", 6), ("v", 6))}
-    x[name][{"q": (0, 1, 2, 0), "k": (0, 0, 3, 1), "v": (0, 1, 4, 2)}[name]] = math.nan
-    kw = dict(feature_map=feature_map, normalize=normalize, causal=causal)
-    got = functional.lowrank_integral_transform(x["q"], x["k"], x["v"], **kw)
-    want = reference.lowrank_integral_transform(x["q"], x["k"], x["v"], **kw)
-    assert torch.isnan(want).any()
+    x = {n: torch.randn(1, 2, 6, 4, generator=g, dtype=F64) for n in ("q", "k", "v")}
+    spot = {"q": (0, 1, 2, 0), "k": (0, 0, 3, 1), "v": (0, 1, 4, 2)}[name]
+    x[name][spot] = math.nan
+    return x, spot
+
+
+def _same_nan_rows(got, want):
+    assert torch.isnan(want).any(), "the NaN must reach some row"
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     fin = ~torch.isnan(want)
     torch.testing.assert_close(got[fin], want[fin], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("normalize", ["softmax", "none"])
-@pytest.mark.parametrize("name", [n for n in _NAN_SPOTS if n != "key_weight"])
-def test_nan_gradients_cover_the_oracles(name, normalize, causal):
-    """The backward half of the NaN contract: every gradient entry that is NaN in the oracle is
-    NaN in the fused op (a NaN never turns into a finite gradient), and the entries finite in
-    both agree. (The fused op may be NaN in more entries: a matmul's 0 * NaN over a tile.)
-    Before the fix, the oracle replaced a NaN row max by 0 and gave finite garbage (1e5) in
-    dv, and the fused op's lse of a NaN row was -inf (an empty row's), hiding the NaN."""
-    g = torch.Generator().manual_seed(13)
-    B, H, N, M, D, R = 1, 2, 6, 7, 4, 3
-    x = {n: torch.randn(*s, generator=g, dtype=F64) for n, s in (
-        ("q", (B, H, N, D)), ("k", (B, H, M, D)), ("v", (B, H, M, D)), ("u", (B, N, R)),
-        ("t", (B, M, R)), ("W2", (H, R)), ("b2", (H,)), ("offset_table", (5, R)),
-        ("attn_mask", (N, M)))}
-    x[name][_NAN_SPOTS[name]] = math.nan
-    grads = []
-    for fn in (functional.integral_transform, reference.integral_transform):
-        leaves = {n: t.clone().requires_grad_(n != "attn_mask") for n, t in x.items()}
-        out = fn(**leaves, window=[(-2, 2)], normalize=normalize, causal=causal)
-        out.sum().backward()
-        grads.append({n: t.grad for n, t in leaves.items() if n != "attn_mask"})
-    for n in grads[0]:
-        got, want = grads[0][n], grads[1][n]
-        assert not (torch.isnan(want) & ~torch.isnan(got)).any(), f"grad {n}: NaN turned finite"
-        both = ~torch.isnan(want) & ~torch.isnan(got)
-        torch.testing.assert_close(got[both], want[both], rtol=1e-9, atol=1e-12, msg=f"grad {n}")
-
-
 def _grads(fn, x, **kw):
-    """Fresh leaves of x after fn(**leaves, **kw).sum().backward()."""
-    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    """Fresh leaves of x (attn_mask excluded) after fn(**leaves, **kw).sum().backward()."""
+    leaves = {n: t.clone().requires_grad_(n != "attn_mask") for n, t in x.items()}
     fn(**leaves, **kw).sum().backward()
     return leaves
 
 
 def _cover(got, want, skip=None):
-    """got's NaN entries include want's; the entries finite in both agree (skip: an index
-    excluded from the comparison)."""
+    """got's NaN gradient entries include want's; the entries finite in both agree (skip: the
+    (name, index) left out: the gradient at the NaN entry itself)."""
     for n in want:
         a, b = got[n].grad, want[n].grad
         if a is None or b is None:
@@ -403,42 +352,69 @@ def _cover(got, want, skip=None):
         torch.testing.assert_close(a[both], b[both], rtol=1e-9, atol=1e-12, msg=f"grad {n}")
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
-@pytest.mark.parametrize("name", ["q", "k", "v", "u", "t", "W2", "b2", "offset_table"])
-def test_nan_gradients_cover_the_oracles_sparse(name, normalize):
-    g = torch.Generator().manual_seed(14)
-    B, H, N, M, D, R, S = 1, 2, 6, 7, 4, 3, 3
-    x = {n: torch.randn(*s, generator=g, dtype=F64) for n, s in (
-        ("q", (B, H, N, D)), ("k", (B, H, M, D)), ("v", (B, H, M, D)), ("u", (B, N, R)),
-        ("t", (B, M, R)), ("W2", (H, R)), ("b2", (H,)), ("offset_table", (13, R)))}
-    idx = torch.randint(0, M, (B, N, S), generator=g)
-    spot = {"q": (0, 1, 2, 0), "k": (0, 0, int(idx[0, 2, 0]), 1), "v": (0, 1, int(idx[0, 3, 1]), 2),
-            "u": (0, 2, 1), "t": (0, int(idx[0, 1, 0]), 0), "W2": (1, 2), "b2": (0,),
-            "offset_table": (int(idx[0, 4, 2]) - 4 + 6, 1)}[name]
-    x[name][spot] = math.nan
-    kw = dict(idx=idx, window=[(-6, 6)], normalize=normalize,
-              q_pos=torch.arange(N, dtype=F64).view(1, N, 1),
-              k_pos=torch.arange(M, dtype=F64).view(1, M, 1))
-    got = _grads(functional.sparse_integral_transform, x, **kw)
-    want = _grads(reference.sparse_integral_transform, x, **kw)
-    _cover(got, want)
+@pytest.mark.parametrize("name", list(_NAN_SPOTS))
+def test_nan_reaches_the_same_rows(name, normalize, causal):
+    kw = dict(_dense_nan_problem(name), window=[(-2, 2)], normalize=normalize, causal=causal)
+    if name == "key_weight":
+        with pytest.raises(ValueError, match="key_weight"):  # checked: positive weights
+            functional.integral_transform(**kw)
+        return
+    _same_nan_rows(functional.integral_transform(**kw), reference.integral_transform(**kw))
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+@pytest.mark.parametrize("name", [n for n in _NAN_SPOTS if n != "key_weight"])
+def test_nan_gradients_cover_the_oracles(name, normalize, causal):
+    x = _dense_nan_problem(name)
+    del x["key_weight"]
+    kw = dict(window=[(-2, 2)], normalize=normalize, causal=causal)
+    _cover(_grads(functional.integral_transform, x, **kw),
+           _grads(reference.integral_transform, x, **kw))
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+@pytest.mark.parametrize("name", _SPARSE_NAMES)
+def test_nan_reaches_the_same_rows_sparse(name, normalize):
+    """(NaN in log_w is rejected by both: a checked input.)"""
+    x, kw = _sparse_nan_problem(name)
+    kw = dict(x, normalize=normalize, **kw)
+    _same_nan_rows(functional.sparse_integral_transform(**kw),
+                   reference.sparse_integral_transform(**kw))
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "none"])
+@pytest.mark.parametrize("name", _SPARSE_NAMES)
+def test_nan_gradients_cover_the_oracles_sparse(name, normalize):
+    x, kw = _sparse_nan_problem(name)
+    _cover(_grads(functional.sparse_integral_transform, x, normalize=normalize, **kw),
+           _grads(reference.sparse_integral_transform, x, normalize=normalize, **kw))
+
+
+LOWRANK_CASES = pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+
+
+@LOWRANK_CASES
+@pytest.mark.parametrize("normalize", ["none", "softmax"])
+@pytest.mark.parametrize("feature_map", ["identity", "elu+1", "relu"])
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_nan_reaches_the_same_rows_lowrank(name, feature_map, normalize, causal):
+    x, _ = _lowrank_nan_problem(name)
+    kw = dict(feature_map=feature_map, normalize=normalize, causal=causal)
+    _same_nan_rows(functional.lowrank_integral_transform(**x, **kw),
+                   reference.lowrank_integral_transform(**x, **kw))
+
+
+@LOWRANK_CASES
 @pytest.mark.parametrize("normalize", ["none", "softmax"])
 @pytest.mark.parametrize("feature_map", ["identity", "elu+1", "relu"])
 @pytest.mark.parametrize("name", ["q", "k", "v"])
 def test_nan_gradients_cover_the_oracles_lowrank(name, feature_map, normalize, causal):
     """(The gradient at the NaN entry itself is not compared: an activation's derivative at
     NaN is 0 in the kernels' step function and 1 in torch.relu's backward.)"""
-    g = torch.Generator().manual_seed(15)
-    x = {n: torch.randn(1, 2, 6, 4, generator=g, dtype=F64) for n in ("q", "k", "v")}
-    spot = {"q": (0, 1, 2, 0), "k": (0, 0, 3, 1), "v": (0, 1, 4, 2)}[name]
-    x[name][spot] = math.nan
-    res = []
-    for fn in (functional.lowrank_integral_transform, reference.lowrank_integral_transform):
-        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
-        fn(leaves["q"], leaves["k"], leaves["v"], feature_map=feature_map, normalize=normalize,
-           causal=causal).sum().backward()
-        res.append(leaves)
-    _cover(res[0], res[1], skip=(name, spot))
+    x, spot = _lowrank_nan_problem(name)
+    kw = dict(feature_map=feature_map, normalize=normalize, causal=causal)
+    _cover(_grads(functional.lowrank_integral_transform, x, **kw),
+           _grads(reference.lowrank_integral_transform, x, **kw), skip=(name, spot))

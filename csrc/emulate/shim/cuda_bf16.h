@@ -35,33 +35,5 @@ inline float2 __bfloat1622float2(__nv_bfloat162 h) {
 }
 
 // Packed arithmetic, as for __half2 (cuda_fp16.h).
-namespace itnet_emu_bf16 {
-template <class F>
-inline __nv_bfloat162 lanes(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162 c, F f) {
-  return __floats2bfloat162_rn(
-      static_cast<float>(f(__bfloat162float(a.x), __bfloat162float(b.x), __bfloat162float(c.x))),
-      static_cast<float>(f(__bfloat162float(a.y), __bfloat162float(b.y), __bfloat162float(c.y))));
-}
-}  // namespace itnet_emu_bf16
 inline __nv_bfloat162 __float2bfloat162_rn(float f) { return __floats2bfloat162_rn(f, f); }
-inline __nv_bfloat162 __hadd2(__nv_bfloat162 a, __nv_bfloat162 b) {
-  return itnet_emu_bf16::lanes(a, b, a, [](double x, double y, double) { return x + y; });
-}
-inline __nv_bfloat162 __hsub2(__nv_bfloat162 a, __nv_bfloat162 b) {
-  return itnet_emu_bf16::lanes(a, b, a, [](double x, double y, double) { return x - y; });
-}
-inline __nv_bfloat162 __hmul2(__nv_bfloat162 a, __nv_bfloat162 b) {
-  return itnet_emu_bf16::lanes(a, b, a, [](double x, double y, double) { return x * y; });
-}
-inline __nv_bfloat162 __hfma2(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162 c) {
-  return itnet_emu_bf16::lanes(a, b, c, [](double x, double y, double z) { return x * y + z; });
-}
-inline __nv_bfloat162 __hmax2(__nv_bfloat162 a, __nv_bfloat162 b) {
-  return itnet_emu_bf16::lanes(a, b, a, [](double x, double y, double) { return std::fmax(x, y); });
-}
-inline __nv_bfloat162 h2exp(__nv_bfloat162 a) {
-  return itnet_emu_bf16::lanes(a, a, a, [](double x, double, double) { return std::exp(x); });
-}
-inline __nv_bfloat162 h2rcp(__nv_bfloat162 a) {
-  return itnet_emu_bf16::lanes(a, a, a, [](double x, double, double) { return 1.0 / x; });
-}
+ITNET_EMU_PACKED_OPS(__nv_bfloat162, __bfloat162float, __floats2bfloat162_rn)

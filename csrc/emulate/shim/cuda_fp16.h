@@ -27,37 +27,39 @@ inline __half2 __floats2half2_rn(float lo, float hi) {
 inline __half2 __float22half2_rn(float2 f) { return __floats2half2_rn(f.x, f.y); }
 inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
 
-// Packed arithmetic (the flash kernels' packed MLP math, dense/flash/packed.cuh):
-// each lane computed in double and rounded to half through float32 (correctly
-// rounded but for rare double-rounding ties); exp and the reciprocal are the
-// exactly rounded functions, not the GPU's approximations.
-namespace itnet_emu_fp16 {
-template <class F>
-inline __half2 lanes(__half2 a, __half2 b, __half2 c, F f) {
-  return __floats2half2_rn(
-      static_cast<float>(f(__half2float(a.x), __half2float(b.x), __half2float(c.x))),
-      static_cast<float>(f(__half2float(a.y), __half2float(b.y), __half2float(c.y))));
-}
-}  // namespace itnet_emu_fp16
+// Packed arithmetic (the flash kernels' packed MLP math, dense/flash/packed.cuh),
+// for a 2-lane type V with scalar conversions TO_F (lane -> float) and FROM2
+// (float, float -> V): each lane computed in double and rounded to 16 bits
+// through float32 (correctly rounded but for rare double-rounding ties); exp
+// and the reciprocal are the exactly rounded functions, not the GPU's
+// approximations. Instantiated here for __half2 and in cuda_bf16.h.
+#define ITNET_EMU_PACKED_OPS(V, TO_F, FROM2)                                                 \
+  template <class F>                                                                          \
+  inline V itnet_emu_lanes(V a, V b, V c, F f) {                                              \
+    return FROM2(static_cast<float>(f(TO_F(a.x), TO_F(b.x), TO_F(c.x))),                      \
+                 static_cast<float>(f(TO_F(a.y), TO_F(b.y), TO_F(c.y))));                     \
+  }                                                                                           \
+  inline V __hadd2(V a, V b) {                                                                \
+    return itnet_emu_lanes(a, b, a, [](double x, double y, double) { return x + y; });        \
+  }                                                                                           \
+  inline V __hsub2(V a, V b) {                                                                \
+    return itnet_emu_lanes(a, b, a, [](double x, double y, double) { return x - y; });        \
+  }                                                                                           \
+  inline V __hmul2(V a, V b) {                                                                \
+    return itnet_emu_lanes(a, b, a, [](double x, double y, double) { return x * y; });        \
+  }                                                                                           \
+  inline V __hfma2(V a, V b, V c) {                                                           \
+    return itnet_emu_lanes(a, b, c, [](double x, double y, double z) { return x * y + z; });  \
+  }                                                                                           \
+  inline V __hmax2(V a, V b) {                                                                \
+    return itnet_emu_lanes(a, b, a, [](double x, double y, double) { return std::fmax(x, y); }); \
+  }                                                                                           \
+  inline V h2exp(V a) {                                                                       \
+    return itnet_emu_lanes(a, a, a, [](double x, double, double) { return std::exp(x); });    \
+  }                                                                                           \
+  inline V h2rcp(V a) {                                                                       \
+    return itnet_emu_lanes(a, a, a, [](double x, double, double) { return 1.0 / x; });        \
+  }
+
 inline __half2 __float2half2_rn(float f) { return __floats2half2_rn(f, f); }
-inline __half2 __hadd2(__half2 a, __half2 b) {
-  return itnet_emu_fp16::lanes(a, b, a, [](double x, double y, double) { return x + y; });
-}
-inline __half2 __hsub2(__half2 a, __half2 b) {
-  return itnet_emu_fp16::lanes(a, b, a, [](double x, double y, double) { return x - y; });
-}
-inline __half2 __hmul2(__half2 a, __half2 b) {
-  return itnet_emu_fp16::lanes(a, b, a, [](double x, double y, double) { return x * y; });
-}
-inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
-  return itnet_emu_fp16::lanes(a, b, c, [](double x, double y, double z) { return x * y + z; });
-}
-inline __half2 __hmax2(__half2 a, __half2 b) {
-  return itnet_emu_fp16::lanes(a, b, a, [](double x, double y, double) { return std::fmax(x, y); });
-}
-inline __half2 h2exp(__half2 a) {
-  return itnet_emu_fp16::lanes(a, a, a, [](double x, double, double) { return std::exp(x); });
-}
-inline __half2 h2rcp(__half2 a) {
-  return itnet_emu_fp16::lanes(a, a, a, [](double x, double, double) { return 1.0 / x; });
-}
+ITNET_EMU_PACKED_OPS(__half2, __half2float, __floats2half2_rn)
