@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .checks import Window, normalize_window
+from .checks import Window, data_check, normalize_window
 
 __all__ = ["layer_window", "layer_positions", "batch_first_inputs", "convert_masks",
            "key_masks"]
@@ -204,13 +204,9 @@ def convert_masks(
 
 def check_float_key_mask(kpm: Tensor) -> None:
     """The rule for a float ``key_padding_mask``, in every method: finite values or -inf (a
-    padded key), never NaN or +inf. Under torch.compile an asynchronous assert (no host sync)."""
-    bad = torch.isnan(kpm).any() | (kpm == float("inf")).any()
-    msg = "key_padding_mask: a float mask must not hold NaN or +inf"
-    if torch.compiler.is_compiling():
-        torch._assert_async(~bad, msg)
-    elif bool(bad):
-        raise ValueError(msg)
+    padded key), never NaN or +inf (checks.data_check: an asynchronous assert under compile)."""
+    data_check(torch.isnan(kpm) | (kpm == float("inf")),
+               "key_padding_mask: a float mask must not hold NaN or +inf")
 
 
 def key_masks(key_padding_mask: Optional[Tensor], B: int, M: int, is_batched: bool,

@@ -2,6 +2,7 @@
 entry of ``itnet::decay_scan_fwd`` / ``decay_scan_bwd``, and one step for generation."""
 import torch
 
+from .._common.checks import data_check
 from . import op  # noqa: F401  (registers the fake kernel and autograd of itnet::decay_scan_*)
 from .validate import check_scan_inputs
 
@@ -29,9 +30,8 @@ def _check_stable(p):
     if bad is None:
         return
     what = "log_decay (dt, A)" if p.form == "factored" else "log_decay"
-    if torch.compiler.is_compiling():
-        torch._assert_async(~bad.any(), f"{what}: stable=True needs every log-decay <= 0 "
-                                        "(a decay factor above 1)")
+    if torch.compiler.is_compiling():  # (eager: the message below names the channel or max)
+        data_check(bad, f"{what}: stable=True needs every log-decay <= 0 (a decay factor above 1)")
         return
     if not bool(bad.any()):
         return

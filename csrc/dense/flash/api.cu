@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 
 #include "common/dispatch.h"
@@ -60,6 +61,9 @@ std::string& selected(bool backward) {
   static std::string s[2];
   return s[backward ? 1 : 0];
 }
+// Whether either is selected: the calls of the default configuration (every call outside a
+// benchmark) skip the mutex and the lookup.
+std::atomic<bool> g_any_selected{false};
 
 const char* dtype_name(Dtype dt) { return dt == Dtype::Half ? "float16" : "bfloat16"; }
 
@@ -79,11 +83,13 @@ const S* find_sweep(const std::vector<S>& all, const std::string& name, int d, i
 }
 
 const FwdSweep* fwd_sweep(const FwdParams& p, int dtype) {
+  if (!g_any_selected.load(std::memory_order_acquire)) return nullptr;
   std::lock_guard<std::mutex> lock(sweep_mutex());
   return find_sweep(fwd_sweeps(), selected(false), head_dim_bucket(p.Dk, p.Dv), dtype);
 }
 
 const BwdSweep* bwd_sweep(const FwdParams& p, int dtype) {
+  if (!g_any_selected.load(std::memory_order_acquire)) return nullptr;
   std::lock_guard<std::mutex> lock(sweep_mutex());
   return find_sweep(bwd_sweeps(), selected(true), head_dim_bucket(p.Dk, p.Dv), dtype);
 }
@@ -143,6 +149,7 @@ void select_sweep(const std::string& fwd, const std::string& bwd) {
               " sweep instances; build with ITNET_FLASH_SWEEP=all for the sweep)");
   selected(false) = fwd;
   selected(true) = bwd;
+  g_any_selected.store(!fwd.empty() || !bwd.empty(), std::memory_order_release);
 }
 
 std::vector<std::string> selected_sweep() {
