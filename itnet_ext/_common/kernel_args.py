@@ -237,7 +237,7 @@ def check_inputs(
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"{name}: contains NaN or inf (positions must be finite)")
             if offset_table is not None:
-                if not bool(torch.isfinite(x).all()) or not bool((x == torch.round(x)).all()):
+                if not bool((x == torch.round(x)).all()):  # (finite: checked above)
                     raise ValueError(
                         f"{name}: offset_table requires integer-valued positions, "
                         f"got non-integer values")
